@@ -1,0 +1,615 @@
+/* virtio_blk.c - see virtio_blk.h. */
+#include "blk/virtio_blk.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "util/compiler.h"
+#include "util/log.h"
+
+#define SECTOR_SHIFT 9
+
+/* ---- control thread: features and config ---- */
+
+uint64_t vblk_blk_features(const struct vblk_blk_dev *d)
+{
+    uint64_t f = (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_RING_F_INDIRECT_DESC) |
+                 (1ull << VIRTIO_RING_F_EVENT_IDX) | (1ull << VIRTIO_BLK_F_SIZE_MAX) |
+                 (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_BLK_SIZE) |
+                 (1ull << VIRTIO_BLK_F_TOPOLOGY) | (1ull << VIRTIO_BLK_F_FLUSH) |
+                 (1ull << VIRTIO_BLK_F_CONFIG_WCE) | (1ull << VIRTIO_BLK_F_MQ);
+
+    if (d->bdev->readonly)
+        f |= 1ull << VIRTIO_BLK_F_RO;
+    if (d->bdev->discard)
+        f |= 1ull << VIRTIO_BLK_F_DISCARD;
+    if (d->bdev->write_zeroes)
+        f |= 1ull << VIRTIO_BLK_F_WRITE_ZEROES;
+    return f;
+}
+
+void vblk_blk_config(const struct vblk_blk_dev *d, struct virtio_blk_config *cfg)
+{
+    const struct vblk_bdev *b = d->bdev;
+    uint32_t lbs_sectors = b->lbs >> SECTOR_SHIFT;
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->capacity = htole64(b->size >> SECTOR_SHIFT);
+    cfg->size_max = htole32(VBLK_SIZE_MAX);
+    cfg->seg_max = htole32(VBLK_SEG_MAX);
+    cfg->blk_size = htole32(b->lbs);
+    cfg->physical_block_exp = (uint8_t)b->phys_exp;
+    cfg->alignment_offset = 0;
+    cfg->min_io_size = htole16(1);
+    cfg->opt_io_size = htole32(0);
+    cfg->wce = __atomic_load_n(&d->wce, __ATOMIC_RELAXED);
+    cfg->num_queues = htole16((uint16_t)d->num_queues);
+    cfg->max_discard_sectors = htole32(VBLK_MAX_DISCARD);
+    cfg->max_discard_seg = htole32(1);
+    cfg->discard_sector_alignment = htole32(lbs_sectors);
+    cfg->max_write_zeroes_sectors = htole32(VBLK_MAX_DISCARD);
+    cfg->max_write_zeroes_seg = htole32(1);
+    cfg->write_zeroes_may_unmap = b->zeroes_unmap;
+}
+
+int vblk_blk_set_config(struct vblk_blk_dev *d, uint32_t off, const uint8_t *buf, uint32_t len)
+{
+    if (off != offsetof(struct virtio_blk_config, wce) || len != 1 || buf[0] > 1)
+        return -EINVAL;
+    __atomic_store_n(&d->wce, buf[0] != 0, __ATOMIC_RELAXED);
+    log_info(d->name, "guest turned the write cache %s", buf[0] ? "on" : "off");
+    return 0;
+}
+
+void vblk_blk_reset(struct vblk_blk_dev *d)
+{
+    __atomic_store_n(&d->wce, vblk_cache_wce(d->bdev->cache), __ATOMIC_RELAXED);
+}
+
+/* ---- I/O thread: completion ---- */
+
+static void queue_broken(struct blk_queue *q, const char *why, unsigned head)
+{
+    q->vq.broken = true;
+    if (q->broken_reported)
+        return;
+    q->broken_reported = true;
+    log_err(q->dev->name, "queue %u is broken: %s (head %u); the front-end must reset it",
+            q->index, why, head);
+    if (q->err_fd >= 0)
+        (void)eventfd_write(q->err_fd, 1);
+}
+
+static void req_finish(struct blk_req *req, uint8_t status)
+{
+    struct blk_queue *q = req->q;
+
+    if (req->status)
+        WRITE_ONCE(*req->status, status);
+    if (unlikely(status != VIRTIO_BLK_S_OK)) {
+        if (status == VIRTIO_BLK_S_UNSUPP)
+            q->dev->stats.unsupp++;
+        else
+            q->dev->stats.errors++;
+    }
+    vblk_vq_push(&q->vq, req->head, req->used_len);
+    req->busy = false;
+    q->inflight--;
+    if (q->dev->iot)
+        vblk_iothread_defer(q->dev->iot, &q->flush_hook);
+}
+
+void vblk_blk_queue_flush(struct blk_queue *q)
+{
+    if (vblk_vq_publish(&q->vq) && vblk_vq_should_notify(&q->vq) && q->call_fd >= 0)
+        (void)eventfd_write(q->call_fd, 1);
+}
+
+static void flush_hook(struct vblk_iot_hook *h)
+{
+    vblk_blk_queue_flush(container_of(h, struct blk_queue, flush_hook));
+}
+
+static void engine_queue(struct blk_req *req)
+{
+    struct vblk_engine *e = req->q->dev->eng;
+    int r = e->ops->queue(e, &req->io);
+
+    if (unlikely(r == -EAGAIN)) {
+        e->ops->submit(e);
+        r = e->ops->queue(e, &req->io);
+    }
+    if (unlikely(r < 0)) {
+        log_err(req->q->dev->name, "cannot queue I/O: %s", strerror(-r));
+        req_finish(req, VIRTIO_BLK_S_IOERR);
+    }
+}
+
+void vblk_blk_io_done(struct vblk_io *io, void *arg)
+{
+    struct blk_req *req = container_of(io, struct blk_req, io);
+    uint8_t status = VIRTIO_BLK_S_OK;
+
+    switch (io->op) {
+    case VBLK_IO_READ:
+    case VBLK_IO_WRITE:
+        if (unlikely(io->res != (int64_t)io->len)) {
+            log_dbg(req->q->dev->name, "%s at %llu of %llu bytes: %lld",
+                    io->op == VBLK_IO_READ ? "read" : "write", (unsigned long long)io->offset,
+                    (unsigned long long)io->len, (long long)io->res);
+            status = VIRTIO_BLK_S_IOERR;
+        }
+        break;
+    case VBLK_IO_FALLOCATE:
+        if (io->res == -EOPNOTSUPP && req->type == VIRTIO_BLK_T_DISCARD) {
+            status = VIRTIO_BLK_S_OK; /* discard is a hint */
+        } else if (io->res == -EOPNOTSUPP && (io->mode & FALLOC_FL_ZERO_RANGE) &&
+                   req->q->dev->bdev->zeroes_unmap) {
+            /* no ZERO_RANGE here: a punched hole reads back as zeroes too */
+            io->mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+            engine_queue(req);
+            return;
+        } else if (io->res < 0) {
+            status = VIRTIO_BLK_S_IOERR;
+        }
+        break;
+    default:
+        if (io->res < 0)
+            status = VIRTIO_BLK_S_IOERR;
+        break;
+    }
+    req_finish(req, status);
+}
+
+/* ---- I/O thread: request parsing ---- */
+
+/* Drop bytes from the front of an iovec list (in place). */
+static void iov_skip_head(struct iovec **iov, unsigned *cnt, uint64_t bytes)
+{
+    while (*cnt && bytes) {
+        if ((*iov)->iov_len > bytes) {
+            (*iov)->iov_base = (char *)(*iov)->iov_base + bytes;
+            (*iov)->iov_len -= bytes;
+            return;
+        }
+        bytes -= (*iov)->iov_len;
+        (*iov)++;
+        (*cnt)--;
+    }
+}
+
+/* Drop bytes from the end of an iovec list (in place). */
+static void iov_drop_tail(struct iovec *iov, unsigned *cnt, uint64_t bytes)
+{
+    while (*cnt && bytes) {
+        struct iovec *last = &iov[*cnt - 1];
+
+        if (last->iov_len > bytes) {
+            last->iov_len -= bytes;
+            return;
+        }
+        bytes -= last->iov_len;
+        (*cnt)--;
+    }
+}
+
+/* A data range is a positive multiple of the block size, aligned, and inside the disk. */
+static bool range_ok(const struct vblk_bdev *b, uint64_t sector, uint64_t bytes)
+{
+    uint64_t cap = b->size >> SECTOR_SHIFT;
+
+    if (bytes == 0 || (bytes & (b->lbs - 1)) || (sector & ((b->lbs >> SECTOR_SHIFT) - 1)))
+        return false;
+    return sector <= cap && (bytes >> SECTOR_SHIFT) <= cap - sector;
+}
+
+static void submit_rw(struct blk_req *req, uint8_t op, struct iovec *iov, unsigned cnt,
+                      uint64_t sector, uint64_t len)
+{
+    struct vblk_blk_dev *d = req->q->dev;
+    struct vblk_io *io = &req->io;
+
+    io->op = op;
+    io->iov = iov;
+    io->iovcnt = cnt;
+    io->offset = sector << SECTOR_SHIFT;
+    io->len = len;
+    io->rw_flags = 0;
+    if (op == VBLK_IO_WRITE && !__atomic_load_n(&d->wce, __ATOMIC_RELAXED) &&
+        d->bdev->cache != VBLK_CACHE_UNSAFE)
+        io->rw_flags = RWF_DSYNC; /* write cache off: each write must be durable */
+    engine_queue(req);
+}
+
+static void handle_discard_zeroes(struct blk_req *req, uint32_t type, struct iovec *out,
+                                  unsigned out_cnt, uint64_t out_len, uint64_t in_len)
+{
+    struct vblk_blk_dev *d = req->q->dev;
+    const struct vblk_bdev *b = d->bdev;
+    struct virtio_blk_discard_write_zeroes seg;
+    bool discard = type == VIRTIO_BLK_T_DISCARD;
+    uint64_t sector;
+    uint32_t num, flags;
+
+    if ((discard && !b->discard) || (!discard && !b->write_zeroes) || b->readonly) {
+        req_finish(req, VIRTIO_BLK_S_UNSUPP);
+        return;
+    }
+    /* we advertise one segment per request, like QEMU */
+    if (out_len != sizeof(seg) || in_len != 0) {
+        req_finish(req, VIRTIO_BLK_S_UNSUPP);
+        return;
+    }
+    vblk_iov_to_buf(out, out_cnt, &seg, sizeof(seg));
+    sector = le64toh(seg.sector);
+    num = le32toh(seg.num_sectors);
+    flags = le32toh(seg.flags);
+    if ((discard && flags) || (!discard && (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))) {
+        req_finish(req, VIRTIO_BLK_S_UNSUPP);
+        return;
+    }
+    if (num > VBLK_MAX_DISCARD || !range_ok(b, sector, (uint64_t)num << SECTOR_SHIFT)) {
+        req_finish(req, VIRTIO_BLK_S_IOERR);
+        return;
+    }
+    if (discard)
+        d->stats.discards++;
+    else
+        d->stats.write_zeroes++;
+    if (b->null) {
+        req_finish(req, VIRTIO_BLK_S_OK);
+        return;
+    }
+    req->io.op = VBLK_IO_FALLOCATE;
+    req->io.offset = sector << SECTOR_SHIFT;
+    req->io.len = (uint64_t)num << SECTOR_SHIFT;
+    if (discard || ((flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) && b->zeroes_unmap))
+        req->io.mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    else
+        req->io.mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+    engine_queue(req);
+}
+
+void vblk_blk_handle(struct blk_queue *q, uint16_t head)
+{
+    struct vblk_blk_dev *d = q->dev;
+    const struct vblk_bdev *b = d->bdev;
+    struct blk_req *req = &q->reqs[head];
+    struct vblk_chain c = {.iov = req->iov, .iov_cap = q->iov_cap};
+    struct virtio_blk_outhdr hdr;
+    struct iovec *out, *in;
+    unsigned out_cnt, in_cnt;
+    uint64_t out_len, in_len, sector;
+    uint32_t type;
+
+    if (unlikely(req->busy)) {
+        queue_broken(q, "a head already in flight was made available again", head);
+        return;
+    }
+    if (unlikely(vblk_vq_walk(&q->vq, head, &c) < 0)) {
+        queue_broken(q, "corrupt descriptor chain", head);
+        return;
+    }
+    req->busy = true;
+    q->inflight++;
+    req->status = c.status;
+    req->used_len = 1;
+    req->type = 0xff;
+    d->stats.requests++;
+
+    if (unlikely(!c.status)) {
+        req->used_len = 0; /* nowhere to put a status: the driver sees no bytes written */
+        req_finish(req, VIRTIO_BLK_S_IOERR);
+        return;
+    }
+    if (unlikely(c.err || c.out_len < sizeof(hdr))) {
+        req_finish(req, VIRTIO_BLK_S_IOERR);
+        return;
+    }
+    vblk_iov_to_buf(c.iov, c.out_cnt, &hdr, sizeof(hdr));
+    type = le32toh(hdr.type);
+    sector = le64toh(hdr.sector);
+    req->type = (uint8_t)type;
+
+    out = c.iov;
+    out_cnt = c.out_cnt;
+    iov_skip_head(&out, &out_cnt, sizeof(hdr));
+    out_len = c.out_len - sizeof(hdr);
+    in = c.iov + c.out_cnt;
+    in_cnt = c.in_cnt;
+    iov_drop_tail(in, &in_cnt, 1);
+    in_len = c.in_len - 1;
+
+    switch (type) {
+    case VIRTIO_BLK_T_IN:
+        if (unlikely(out_len || !range_ok(b, sector, in_len))) {
+            req_finish(req, VIRTIO_BLK_S_IOERR);
+            return;
+        }
+        d->stats.reads++;
+        req->used_len = (uint32_t)c.in_len;
+        submit_rw(req, VBLK_IO_READ, in, in_cnt, sector, in_len);
+        return;
+    case VIRTIO_BLK_T_OUT:
+        if (unlikely(b->readonly || in_len || !range_ok(b, sector, out_len))) {
+            req_finish(req, VIRTIO_BLK_S_IOERR);
+            return;
+        }
+        d->stats.writes++;
+        submit_rw(req, VBLK_IO_WRITE, out, out_cnt, sector, out_len);
+        return;
+    case VIRTIO_BLK_T_FLUSH:
+        d->stats.flushes++;
+        if (b->null || b->readonly || b->cache == VBLK_CACHE_UNSAFE) {
+            req_finish(req, VIRTIO_BLK_S_OK);
+            return;
+        }
+        req->io.op = VBLK_IO_FLUSH;
+        engine_queue(req);
+        return;
+    case VIRTIO_BLK_T_GET_ID: {
+        char id[VIRTIO_BLK_ID_BYTES] = {0};
+        uint64_t n;
+
+        if (unlikely(in_len == 0)) {
+            req_finish(req, VIRTIO_BLK_S_IOERR);
+            return;
+        }
+        memcpy(id, d->serial, sizeof(id) < sizeof(d->serial) ? sizeof(id) : sizeof(d->serial));
+        n = vblk_buf_to_iov(in, in_cnt, id, sizeof(id));
+        req->used_len = (uint32_t)n + 1;
+        req_finish(req, VIRTIO_BLK_S_OK);
+        return;
+    }
+    case VIRTIO_BLK_T_DISCARD:
+    case VIRTIO_BLK_T_WRITE_ZEROES:
+        handle_discard_zeroes(req, type, out, out_cnt, out_len, in_len);
+        return;
+    default:
+        req_finish(req, VIRTIO_BLK_S_UNSUPP);
+        return;
+    }
+}
+
+void vblk_blk_queue_process(struct blk_queue *q)
+{
+    struct vblk_vq *vq = &q->vq;
+
+    vblk_vq_disable_notify(vq);
+    for (;;) {
+        int n = vblk_vq_avail(vq);
+
+        if (unlikely(n < 0)) {
+            queue_broken(q, "avail index moved by more than the ring size", vq->last_avail);
+            return;
+        }
+        if (n == 0) {
+            if (!vblk_vq_enable_notify(vq))
+                return;
+            continue;
+        }
+        while (n--) {
+            uint16_t head;
+
+            if (unlikely(vblk_vq_pop(vq, &head) < 0)) {
+                queue_broken(q, "avail ring entry out of range", vq->last_avail);
+                return;
+            }
+            vblk_blk_handle(q, head);
+            if (unlikely(vq->broken))
+                return;
+        }
+    }
+}
+
+/* ---- I/O thread: queue control ---- */
+
+static void kick_ready(struct vblk_iot_source *src)
+{
+    struct blk_queue *q = container_of(src, struct blk_queue, kick_src);
+    eventfd_t v;
+
+    (void)eventfd_read(q->kick_fd, &v);
+    if (q->started && !q->stopping && !q->vq.broken)
+        vblk_blk_queue_process(q);
+}
+
+static int queue_start_fn(void *arg)
+{
+    struct blk_queue *q = arg;
+    int r;
+
+    q->started = true;
+    q->stopping = false;
+    if (q->kick_fd >= 0) {
+        r = vblk_iothread_add_fd(q->dev->iot, q->kick_fd, &q->kick_src);
+        if (r < 0) {
+            q->started = false;
+            return r;
+        }
+    }
+    vblk_blk_queue_process(q);
+    return 0;
+}
+
+static int queue_stop_fn(void *arg)
+{
+    struct blk_queue *q = arg;
+
+    if (!q->stopping) {
+        q->stopping = true;
+        if (q->kick_fd >= 0)
+            vblk_iothread_del_fd(q->dev->iot, q->kick_fd);
+    }
+    /* wait for in-flight requests and for their used entries to be published */
+    if (q->inflight || q->flush_hook.queued)
+        return -EINPROGRESS;
+    q->started = false;
+    q->stopping = false;
+    return 0;
+}
+
+struct set_call_arg {
+    struct blk_queue *q;
+    int fd;
+};
+
+static int set_call_fn(void *arg)
+{
+    struct set_call_arg *a = arg;
+
+    a->q->call_fd = a->fd;
+    return 0;
+}
+
+struct stats_arg {
+    struct vblk_blk_dev *d;
+    struct vblk_blk_stats *out;
+};
+
+static int stats_fn(void *arg)
+{
+    struct stats_arg *a = arg;
+
+    *a->out = a->d->stats;
+    return 0;
+}
+
+/* ---- control thread ---- */
+
+int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *bdev,
+                    struct vblk_iothread *iot, unsigned num_queues, unsigned max_queue_size,
+                    const char *serial)
+{
+    memset(d, 0, sizeof(*d));
+    d->name = name;
+    d->bdev = bdev;
+    d->iot = iot;
+    d->eng = iot ? vblk_iothread_engine(iot) : NULL;
+    d->num_queues = num_queues;
+    d->max_queue_size = max_queue_size;
+    memcpy(d->serial, serial, strnlen(serial, sizeof(d->serial))); /* not NUL-terminated */
+    d->queues = calloc(num_queues, sizeof(*d->queues));
+    if (!d->queues)
+        return -ENOMEM;
+    for (unsigned i = 0; i < num_queues; i++) {
+        struct blk_queue *q = &d->queues[i];
+
+        q->dev = d;
+        q->index = i;
+        q->kick_fd = q->call_fd = q->err_fd = -1;
+        q->kick_src.fn = kick_ready;
+        q->flush_hook.fn = flush_hook;
+    }
+    vblk_blk_reset(d);
+    return 0;
+}
+
+static void queue_free(struct blk_queue *q)
+{
+    free(q->reqs);
+    free(q->iov_pool);
+    q->reqs = NULL;
+    q->iov_pool = NULL;
+}
+
+void vblk_blk_destroy(struct vblk_blk_dev *d)
+{
+    if (!d->queues)
+        return;
+    for (unsigned i = 0; i < d->num_queues; i++)
+        queue_free(&d->queues[i]);
+    free(d->queues);
+    d->queues = NULL;
+}
+
+int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vblk_queue_params *p)
+{
+    struct blk_queue *q;
+    int r;
+
+    if (qidx >= d->num_queues || p->num > d->max_queue_size)
+        return -EINVAL;
+    q = &d->queues[qidx];
+    if (q->started)
+        return -EBUSY;
+    r = vblk_vq_setup(&q->vq, p->mem, p->num, p->desc_uva, p->avail_uva, p->used_uva);
+    if (r < 0)
+        return r;
+    q->vq.event_idx = p->event_idx;
+    q->vq.indirect = p->indirect;
+    q->vq.max_desc = VBLK_SEG_MAX + 2;
+    q->vq.max_seg = VBLK_SIZE_MAX;
+    vblk_vq_start(&q->vq, p->last_avail);
+    q->broken_reported = false;
+
+    queue_free(q);
+    q->iov_cap = VBLK_SEG_MAX + VBLK_IOV_SLACK;
+    q->reqs = calloc(p->num, sizeof(*q->reqs));
+    q->iov_pool = calloc((size_t)p->num * q->iov_cap, sizeof(*q->iov_pool));
+    if (!q->reqs || !q->iov_pool) {
+        queue_free(q);
+        return -ENOMEM;
+    }
+    for (unsigned h = 0; h < p->num; h++) {
+        struct blk_req *req = &q->reqs[h];
+
+        req->q = q;
+        req->head = (uint16_t)h;
+        req->iov = q->iov_pool + (size_t)h * q->iov_cap;
+        req->io.fd = d->bdev->fd;
+    }
+    q->inflight = 0;
+    q->kick_fd = p->kick_fd;
+    q->call_fd = p->call_fd;
+    q->err_fd = p->err_fd;
+    return vblk_iothread_call(d->iot, queue_start_fn, q);
+}
+
+int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_avail)
+{
+    struct blk_queue *q;
+    int r;
+
+    if (qidx >= d->num_queues)
+        return -EINVAL;
+    q = &d->queues[qidx];
+    if (!q->started) {
+        *last_avail = q->vq.last_avail;
+        return 0;
+    }
+    r = vblk_iothread_call(d->iot, queue_stop_fn, q);
+    *last_avail = q->vq.last_avail;
+    q->kick_fd = q->call_fd = q->err_fd = -1;
+    return r;
+}
+
+int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd)
+{
+    struct set_call_arg a = {.fd = call_fd};
+
+    if (qidx >= d->num_queues)
+        return -EINVAL;
+    a.q = &d->queues[qidx];
+    if (!a.q->started) {
+        a.q->call_fd = call_fd;
+        return 0;
+    }
+    return vblk_iothread_call(d->iot, set_call_fn, &a);
+}
+
+void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out)
+{
+    struct stats_arg a = {.d = d, .out = out};
+
+    vblk_iothread_call(d->iot, stats_fn, &a);
+}

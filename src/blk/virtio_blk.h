@@ -1,0 +1,114 @@
+/* virtio_blk.h - the virtio-blk device: requests in, I/O out, status back.
+ *
+ * Owns: feature bits and config space of an export, the per-queue request table (one
+ * preallocated request and iovec slice per ring head), request parsing and validation
+ * (header, direction, limits, ranges, read-only), mapping requests to engine I/O, completion to
+ * the used ring, and queue start/stop/call-fd changes handed to the I/O thread.
+ *
+ * Threads: vblk_blk_create/destroy, the queue control functions and config accessors run on the
+ * control thread; they reach the data plane only through vblk_iothread_call().  Everything
+ * else runs on the device's I/O thread.
+ */
+#ifndef VBLK_VIRTIO_BLK_H
+#define VBLK_VIRTIO_BLK_H
+
+#include <linux/virtio_blk.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bdev/bdev.h"
+#include "engine/engine.h"
+#include "iothread/iothread.h"
+#include "virtq/virtq.h"
+
+#define VBLK_SEG_MAX        254       /* data segments per request */
+#define VBLK_SIZE_MAX       (1u << 20) /* bytes per descriptor */
+#define VBLK_IOV_SLACK      8         /* iovecs for header/status and region splits */
+#define VBLK_MAX_DISCARD    (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
+
+struct vblk_blk_dev;
+struct blk_queue;
+
+struct blk_req {
+    struct vblk_io io;
+    struct blk_queue *q;
+    uint8_t *status;   /* guest byte, NULL if the chain had none */
+    uint32_t used_len; /* bytes reported on the used ring */
+    uint16_t head;
+    uint8_t type;      /* VIRTIO_BLK_T_* (low byte) */
+    bool busy;
+    struct iovec *iov; /* this head's slice of the queue's iovec pool */
+};
+
+struct blk_queue {
+    struct vblk_vq vq;
+    struct vblk_blk_dev *dev;
+    unsigned index;
+    struct blk_req *reqs; /* one per head */
+    struct iovec *iov_pool;
+    unsigned iov_cap;
+    unsigned inflight;
+    int kick_fd, call_fd, err_fd;
+    bool started;
+    bool stopping;
+    bool broken_reported;
+    struct vblk_iot_source kick_src;
+    struct vblk_iot_hook flush_hook;
+};
+
+/* Ring parameters from the front-end, in the control thread's terms. */
+struct vblk_queue_params {
+    const struct vblk_mem *mem;
+    uint16_t num;
+    uint16_t last_avail;
+    uint64_t desc_uva, avail_uva, used_uva;
+    int kick_fd, call_fd, err_fd; /* owned by the caller; -1 if none */
+    bool event_idx, indirect;
+};
+
+struct vblk_blk_stats {
+    uint64_t requests, reads, writes, flushes, discards, write_zeroes, errors, unsupp;
+};
+
+struct vblk_blk_dev {
+    const char *name;
+    struct vblk_bdev *bdev;
+    struct vblk_iothread *iot;
+    struct vblk_engine *eng;
+    unsigned num_queues;
+    unsigned max_queue_size;
+    struct blk_queue *queues;
+    bool wce; /* guest-visible write cache; written by control, read by I/O (atomic) */
+    char serial[VBLK_SERIAL_MAX];
+    struct vblk_blk_stats stats; /* I/O thread only */
+};
+
+/* Control thread. */
+int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *bdev,
+                    struct vblk_iothread *iot, unsigned num_queues, unsigned max_queue_size,
+                    const char *serial);
+void vblk_blk_destroy(struct vblk_blk_dev *d);
+uint64_t vblk_blk_features(const struct vblk_blk_dev *d);
+void vblk_blk_config(const struct vblk_blk_dev *d, struct virtio_blk_config *cfg);
+/* Guest writes to config: only wce is writable.  0 or -EINVAL. */
+int vblk_blk_set_config(struct vblk_blk_dev *d, uint32_t off, const uint8_t *buf, uint32_t len);
+/* Back to the state a new front-end expects (write cache per cache mode). */
+void vblk_blk_reset(struct vblk_blk_dev *d);
+int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vblk_queue_params *p);
+/* Stop taking requests, wait for in-flight ones, return the next avail index. */
+int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_avail);
+int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd);
+/* Copy the I/O thread's counters (waits for the I/O thread). */
+void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out);
+
+/* I/O thread: engine completion callback for every I/O of a blk device. */
+void vblk_blk_io_done(struct vblk_io *io, void *arg);
+
+/* I/O thread, exposed for tests: take every available request of a started queue. */
+void vblk_blk_queue_process(struct blk_queue *q);
+/* I/O thread, exposed for tests: parse and start one request (head already popped). */
+void vblk_blk_handle(struct blk_queue *q, uint16_t head);
+/* I/O thread, exposed for tests: publish used entries and notify. */
+void vblk_blk_queue_flush(struct blk_queue *q);
+
+#endif

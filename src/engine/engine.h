@@ -1,0 +1,95 @@
+/* engine.h - the I/O engine interface: how a block driver's requests reach the kernel.
+ *
+ * Owns: the contract shared by the io_uring, Linux AIO, thread-pool and null engines.  The
+ * caller owns each struct vblk_io (embedded in its request; nothing is allocated per I/O),
+ * queues any number with vblk_engine_queue(), then calls submit() once per batch.  Completions
+ * are collected by reap(), which calls back with the io and sets io->res (bytes or -errno).
+ *
+ * Threads: an engine instance belongs to one I/O thread.  fd() becomes readable when
+ * completions are waiting; has_local() says completions are already queued in-process (null
+ * engine, synchronous fallbacks) and the caller must reap without sleeping.
+ */
+#ifndef VBLK_ENGINE_H
+#define VBLK_ENGINE_H
+
+#include <libaio.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+enum vblk_io_op {
+    VBLK_IO_READ,
+    VBLK_IO_WRITE,
+    VBLK_IO_FLUSH,     /* fdatasync */
+    VBLK_IO_FALLOCATE, /* discard / write-zeroes: fallocate(fd, mode, offset, len) */
+};
+
+struct vblk_io {
+    uint8_t op;
+    int fd;
+    int rw_flags; /* RWF_* for reads/writes (RWF_DSYNC for write-through) */
+    int mode;     /* fallocate mode */
+    const struct iovec *iov;
+    unsigned iovcnt;
+    uint64_t offset;
+    uint64_t len; /* bytes expected (rw) or range length (fallocate) */
+    int64_t res;
+    struct vblk_io *next; /* engine-private list link */
+    struct iocb iocb;     /* Linux AIO only */
+};
+
+struct vblk_engine;
+typedef void (*vblk_io_done_fn)(struct vblk_io *io, void *arg);
+
+struct vblk_engine_ops {
+    const char *name;
+    int (*create)(struct vblk_engine **out, unsigned depth);
+    void (*destroy)(struct vblk_engine *e);
+    /* queue one I/O; 0 or -errno (-EAGAIN: submit and retry) */
+    int (*queue)(struct vblk_engine *e, struct vblk_io *io);
+    /* hand queued I/O to the kernel; 0 or -errno (queued I/O stays queued on -EAGAIN) */
+    int (*submit)(struct vblk_engine *e);
+    /* call done() for every finished I/O; returns how many */
+    unsigned (*reap)(struct vblk_engine *e, vblk_io_done_fn done, void *arg);
+};
+
+struct vblk_engine {
+    const struct vblk_engine_ops *ops;
+    int efd;          /* readable when completions wait; -1 if never */
+    unsigned pending; /* queued, not yet submitted */
+    unsigned local;   /* completions queued in-process */
+};
+
+extern const struct vblk_engine_ops vblk_engine_uring;
+extern const struct vblk_engine_ops vblk_engine_aio;
+extern const struct vblk_engine_ops vblk_engine_threads;
+extern const struct vblk_engine_ops vblk_engine_null;
+
+/* Look up an engine by its option name (io_uring, native, threads, null).  NULL if unknown. */
+const struct vblk_engine_ops *vblk_engine_find(const char *name);
+
+/* Run one I/O synchronously in the calling thread (fallbacks and the thread pool). */
+int64_t vblk_io_run_sync(const struct vblk_io *io);
+
+/* Completion list for engines that finish I/O in-process. */
+struct vblk_io_list {
+    struct vblk_io *head, **tail;
+};
+
+static inline void vblk_io_list_init(struct vblk_io_list *l)
+{
+    l->head = NULL;
+    l->tail = &l->head;
+}
+
+static inline void vblk_io_list_add(struct vblk_io_list *l, struct vblk_io *io)
+{
+    io->next = NULL;
+    *l->tail = io;
+    l->tail = &io->next;
+}
+
+/* Call done() for every io on the list, emptying it; returns how many. */
+unsigned vblk_io_list_drain(struct vblk_io_list *l, vblk_io_done_fn done, void *arg);
+
+#endif

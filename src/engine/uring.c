@@ -1,0 +1,134 @@
+/* uring.c - io_uring engine (liburing).
+ *
+ * One ring per I/O thread, sized for every request the thread's queues can have in flight, so
+ * the completion queue cannot overflow.  queue() only fills SQEs; submit() makes one
+ * io_uring_submit() per batch; completions wake the thread through a registered eventfd.
+ */
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+
+struct uring_engine {
+    struct vblk_engine e;
+    struct io_uring ring;
+};
+
+static int uring_create(struct vblk_engine **out, unsigned depth)
+{
+    struct uring_engine *u = calloc(1, sizeof(*u));
+    unsigned entries = 8;
+    int r;
+
+    if (!u)
+        return -ENOMEM;
+    while (entries < depth && entries < 32768)
+        entries <<= 1;
+    r = io_uring_queue_init(entries, &u->ring, 0);
+    if (r < 0)
+        goto err_free;
+    u->e.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (u->e.efd < 0) {
+        r = -errno;
+        goto err_exit_ring;
+    }
+    r = io_uring_register_eventfd(&u->ring, u->e.efd);
+    if (r < 0)
+        goto err_close_efd;
+    u->e.ops = &vblk_engine_uring;
+    *out = &u->e;
+    return 0;
+
+err_close_efd:
+    close(u->e.efd);
+err_exit_ring:
+    io_uring_queue_exit(&u->ring);
+err_free:
+    free(u);
+    return r;
+}
+
+static void uring_destroy(struct vblk_engine *e)
+{
+    struct uring_engine *u = (struct uring_engine *)e;
+
+    io_uring_queue_exit(&u->ring);
+    close(e->efd);
+    free(u);
+}
+
+static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
+{
+    struct uring_engine *u = (struct uring_engine *)e;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+
+    if (!sqe)
+        return -EAGAIN;
+    switch (io->op) {
+    case VBLK_IO_READ:
+        io_uring_prep_readv(sqe, io->fd, io->iov, io->iovcnt, io->offset);
+        sqe->rw_flags = io->rw_flags;
+        break;
+    case VBLK_IO_WRITE:
+        io_uring_prep_writev(sqe, io->fd, io->iov, io->iovcnt, io->offset);
+        sqe->rw_flags = io->rw_flags;
+        break;
+    case VBLK_IO_FLUSH:
+        io_uring_prep_fsync(sqe, io->fd, IORING_FSYNC_DATASYNC);
+        break;
+    case VBLK_IO_FALLOCATE:
+        io_uring_prep_fallocate(sqe, io->fd, io->mode, io->offset, io->len);
+        break;
+    default:
+        return -EINVAL;
+    }
+    io_uring_sqe_set_data(sqe, io);
+    e->pending++;
+    return 0;
+}
+
+static int uring_submit(struct vblk_engine *e)
+{
+    struct uring_engine *u = (struct uring_engine *)e;
+    int r;
+
+    if (!e->pending)
+        return 0;
+    r = io_uring_submit(&u->ring);
+    if (r < 0)
+        return r; /* -EAGAIN/-EBUSY: SQEs stay queued, retried after the next reap */
+    e->pending -= (unsigned)r < e->pending ? (unsigned)r : e->pending;
+    return 0;
+}
+
+static unsigned uring_reap(struct vblk_engine *e, vblk_io_done_fn done, void *arg)
+{
+    struct uring_engine *u = (struct uring_engine *)e;
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    eventfd_t v;
+
+    (void)eventfd_read(e->efd, &v);
+    io_uring_for_each_cqe(&u->ring, head, cqe)
+    {
+        struct vblk_io *io = io_uring_cqe_get_data(cqe);
+
+        io->res = cqe->res;
+        done(io, arg);
+        n++;
+    }
+    io_uring_cq_advance(&u->ring, n);
+    return n;
+}
+
+const struct vblk_engine_ops vblk_engine_uring = {
+    .name = "io_uring",
+    .create = uring_create,
+    .destroy = uring_destroy,
+    .queue = uring_queue,
+    .submit = uring_submit,
+    .reap = uring_reap,
+};

@@ -1,0 +1,147 @@
+/* export.c - see export.h. */
+#include "export.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+/* Bind and listen on path.  A stale socket nobody listens on is replaced; anything else that
+ * exists at path is an error. */
+static int listen_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat st;
+    int fd, r;
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            snprintf(err, errlen, "socket path '%s' exists and is not a socket", path);
+            return -EEXIST;
+        }
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (r == 0) {
+            snprintf(err, errlen, "socket '%s' is in use by another process", path);
+            return -EADDRINUSE;
+        }
+        unlink(path); /* stale */
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "cannot listen on '%s': %s", path, strerror(-r));
+        close(fd);
+        return r;
+    }
+    return fd;
+}
+
+int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
+{
+    const struct vblk_export_opts *o = &e->opts;
+    char tname[16];
+    int r;
+
+    e->listen_fd = -1;
+    e->iot = NULL;
+    r = vblk_bdev_open(&e->bdev, o, err, errlen);
+    if (r < 0)
+        return r;
+    e->bdev_open = true;
+    r = listen_unix(o->socket, err, errlen);
+    if (r < 0)
+        goto err_close_bdev;
+    e->listen_fd = r;
+    snprintf(tname, sizeof(tname), "vblk-%s", o->id);
+    r = vblk_iothread_create(&e->iot, tname, o->engine, o->num_queues * o->queue_size,
+                             vblk_blk_io_done);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name,
+                 strerror(-r));
+        goto err_close_listen;
+    }
+    r = vblk_blk_create(&e->blk, o->id, &e->bdev, e->iot, o->num_queues, o->queue_size,
+                        o->serial);
+    if (r < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto err_stop_iothread;
+    }
+    e->blk_created = true;
+    vblk_vu_init(&e->vu, o->id, &e->blk);
+    log_info(o->id, "serving %s (%llu bytes%s) on %s: aio=%s cache=%s num-queues=%u%s",
+             o->null ? "null device" : o->file, (unsigned long long)e->bdev.size,
+             e->bdev.blockdev ? ", block device" : "", o->socket, o->engine->name,
+             vblk_cache_name(o->cache), o->num_queues, o->readonly ? " readonly" : "");
+    return 0;
+
+err_stop_iothread:
+    vblk_iothread_destroy(e->iot);
+    e->iot = NULL;
+err_close_listen:
+    close(e->listen_fd);
+    e->listen_fd = -1;
+    unlink(o->socket);
+err_close_bdev:
+    vblk_bdev_close(&e->bdev);
+    e->bdev_open = false;
+    return r;
+}
+
+void vblk_export_log_stats(struct vblk_export *e)
+{
+    struct vblk_blk_stats s;
+
+    if (!e->blk_created)
+        return;
+    vblk_blk_get_stats(&e->blk, &s);
+    log_info(e->opts.id, "requests=%llu reads=%llu writes=%llu flushes=%llu discards=%llu "
+             "write_zeroes=%llu errors=%llu unsupported=%llu",
+             (unsigned long long)s.requests, (unsigned long long)s.reads,
+             (unsigned long long)s.writes, (unsigned long long)s.flushes,
+             (unsigned long long)s.discards, (unsigned long long)s.write_zeroes,
+             (unsigned long long)s.errors, (unsigned long long)s.unsupp);
+}
+
+void vblk_export_stop(struct vblk_export *e)
+{
+    int r;
+
+    if (e->listen_fd >= 0) {
+        close(e->listen_fd);
+        e->listen_fd = -1;
+        unlink(e->opts.socket);
+    }
+    if (e->blk_created) {
+        vblk_vu_disconnect(&e->vu); /* waits for in-flight I/O */
+        vblk_export_log_stats(e);
+    }
+    if (e->bdev_open) {
+        r = vblk_bdev_flush(&e->bdev);
+        if (r < 0)
+            log_err(e->opts.id, "final flush failed: %s", strerror(-r));
+    }
+    if (e->iot) {
+        vblk_iothread_destroy(e->iot);
+        e->iot = NULL;
+    }
+    if (e->blk_created) {
+        vblk_blk_destroy(&e->blk);
+        e->blk_created = false;
+    }
+    if (e->bdev_open) {
+        vblk_bdev_close(&e->bdev);
+        e->bdev_open = false;
+    }
+}

@@ -1,0 +1,36 @@
+/* export.h - one served disk: options, backing store, I/O thread, device and socket.
+ *
+ * Owns: bringing an export up in an order that leaves nothing half-started on failure (open the
+ * backing store, bind the socket, start the I/O thread), and taking it down (stop accepting,
+ * drain in-flight I/O through the device, flush, close, unlink the socket).
+ * Threads: control thread only.
+ */
+#ifndef VBLK_EXPORT_H
+#define VBLK_EXPORT_H
+
+#include <stdbool.h>
+
+#include "bdev/bdev.h"
+#include "blk/virtio_blk.h"
+#include "iothread/iothread.h"
+#include "options.h"
+#include "vhost/vhost_user.h"
+
+struct vblk_export {
+    struct vblk_export_opts opts;
+    struct vblk_bdev bdev;
+    struct vblk_iothread *iot;
+    struct vblk_blk_dev blk;
+    struct vblk_vu_dev vu;
+    int listen_fd;
+    bool bdev_open, blk_created;
+};
+
+/* Bring up e->opts.  0, or -errno with err describing what failed (nothing left running). */
+int vblk_export_start(struct vblk_export *e, char *err, size_t errlen);
+/* Disconnect the front-end (draining I/O), flush, release everything. */
+void vblk_export_stop(struct vblk_export *e);
+/* Log the export's request counters. */
+void vblk_export_log_stats(struct vblk_export *e);
+
+#endif

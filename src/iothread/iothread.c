@@ -1,0 +1,247 @@
+/* iothread.c - see iothread.h. */
+#include "iothread/iothread.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "util/compiler.h"
+#include "util/log.h"
+
+#define IOT_MAX_EVENTS 64
+
+struct vblk_iothread {
+    pthread_t tid;
+    char name[16];
+    int epfd;
+    struct vblk_engine *eng;
+    vblk_io_done_fn done;
+    struct vblk_iot_source eng_src;
+    struct vblk_iot_source cmd_src;
+    struct vblk_iot_hook *hooks;
+
+    /* control channel: one call at a time (the control thread is single) */
+    int cmd_efd;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int (*cmd_fn)(void *arg); /* under lock */
+    void *cmd_arg;            /* under lock */
+    int cmd_ret;              /* under lock */
+    bool cmd_done;            /* under lock */
+    int (*pending_fn)(void *arg); /* I/O thread: a call returning -EINPROGRESS */
+    void *pending_arg;
+    bool stop;
+};
+
+struct vblk_engine *vblk_iothread_engine(struct vblk_iothread *t)
+{
+    return t->eng;
+}
+
+int vblk_iothread_add_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = src};
+
+    return epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+void vblk_iothread_del_fd(struct vblk_iothread *t, int fd)
+{
+    epoll_ctl(t->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+void vblk_iothread_defer(struct vblk_iothread *t, struct vblk_iot_hook *h)
+{
+    if (h->queued)
+        return;
+    h->queued = true;
+    h->next = t->hooks;
+    t->hooks = h;
+}
+
+static void finish_call(struct vblk_iothread *t, int ret)
+{
+    pthread_mutex_lock(&t->lock);
+    t->cmd_ret = ret;
+    t->cmd_done = true;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void cmd_ready(struct vblk_iot_source *src)
+{
+    struct vblk_iothread *t = container_of(src, struct vblk_iothread, cmd_src);
+    int (*fn)(void *);
+    void *arg;
+    eventfd_t v;
+    int r;
+
+    (void)eventfd_read(t->cmd_efd, &v);
+    pthread_mutex_lock(&t->lock);
+    fn = t->cmd_fn;
+    arg = t->cmd_arg;
+    t->cmd_fn = NULL;
+    pthread_mutex_unlock(&t->lock);
+    if (!fn)
+        return;
+    r = fn(arg);
+    if (r == -EINPROGRESS) {
+        t->pending_fn = fn;
+        t->pending_arg = arg;
+        return;
+    }
+    finish_call(t, r);
+}
+
+static void engine_ready(struct vblk_iot_source *src)
+{
+    struct vblk_iothread *t = container_of(src, struct vblk_iothread, eng_src);
+
+    t->eng->ops->reap(t->eng, t->done, t);
+}
+
+static void run_hooks(struct vblk_iothread *t)
+{
+    while (t->hooks) {
+        struct vblk_iot_hook *h = t->hooks;
+
+        t->hooks = h->next;
+        h->queued = false;
+        h->fn(h);
+    }
+}
+
+static void *iothread_main(void *arg)
+{
+    struct vblk_iothread *t = arg;
+    struct epoll_event evs[IOT_MAX_EVENTS];
+
+    while (!t->stop) {
+        struct vblk_engine *e = t->eng;
+        int timeout = e->local ? 0 : -1;
+        int n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
+
+        if (n < 0 && errno != EINTR) {
+            log_err(t->name, "epoll_wait failed: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            struct vblk_iot_source *src = evs[i].data.ptr;
+
+            src->fn(src);
+        }
+        if (e->local)
+            e->ops->reap(e, t->done, t);
+        if (e->pending && e->ops->submit(e) < 0 && e->pending) {
+            /* the kernel is full: reap what finished, then try again */
+            e->ops->reap(e, t->done, t);
+            e->ops->submit(e);
+        }
+        run_hooks(t);
+        if (t->pending_fn) {
+            int r = t->pending_fn(t->pending_arg);
+
+            if (r != -EINPROGRESS) {
+                t->pending_fn = NULL;
+                finish_call(t, r);
+            }
+        }
+    }
+    return NULL;
+}
+
+static int stop_fn(void *arg)
+{
+    struct vblk_iothread *t = arg;
+
+    t->stop = true;
+    return 0;
+}
+
+int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
+{
+    int r;
+
+    pthread_mutex_lock(&t->lock);
+    t->cmd_fn = fn;
+    t->cmd_arg = arg;
+    t->cmd_done = false;
+    (void)eventfd_write(t->cmd_efd, 1);
+    while (!t->cmd_done)
+        pthread_cond_wait(&t->cond, &t->lock);
+    r = t->cmd_ret;
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int vblk_iothread_create(struct vblk_iothread **out, const char *name,
+                         const struct vblk_engine_ops *engine, unsigned depth,
+                         vblk_io_done_fn done)
+{
+    struct vblk_iothread *t = calloc(1, sizeof(*t));
+    int r;
+
+    if (!t)
+        return -ENOMEM;
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->done = done;
+    t->cmd_src.fn = cmd_ready;
+    t->eng_src.fn = engine_ready;
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->cond, NULL);
+    t->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (t->epfd < 0) {
+        r = -errno;
+        goto err_free;
+    }
+    t->cmd_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (t->cmd_efd < 0) {
+        r = -errno;
+        goto err_close_epoll;
+    }
+    r = engine->create(&t->eng, depth);
+    if (r < 0)
+        goto err_close_cmd;
+    r = vblk_iothread_add_fd(t, t->cmd_efd, &t->cmd_src);
+    if (!r && t->eng->efd >= 0)
+        r = vblk_iothread_add_fd(t, t->eng->efd, &t->eng_src);
+    if (r < 0)
+        goto err_destroy_engine;
+    r = -pthread_create(&t->tid, NULL, iothread_main, t);
+    if (r < 0)
+        goto err_destroy_engine;
+    pthread_setname_np(t->tid, t->name);
+    *out = t;
+    return 0;
+
+err_destroy_engine:
+    t->eng->ops->destroy(t->eng);
+err_close_cmd:
+    close(t->cmd_efd);
+err_close_epoll:
+    close(t->epfd);
+err_free:
+    pthread_cond_destroy(&t->cond);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+    return r;
+}
+
+void vblk_iothread_destroy(struct vblk_iothread *t)
+{
+    if (!t)
+        return;
+    vblk_iothread_call(t, stop_fn, t);
+    pthread_join(t->tid, NULL);
+    t->eng->ops->destroy(t->eng);
+    close(t->cmd_efd);
+    close(t->epfd);
+    pthread_cond_destroy(&t->cond);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+}

@@ -1,0 +1,57 @@
+/* options.h - the command line: --export key=value,... parsing and validation.
+ *
+ * Owns: turning one --export argument into a checked struct vblk_export_opts, with an error
+ * message that names the key, the bad value and what is allowed.  No side effects: nothing is
+ * opened or created here, so a bad option never leaves anything half-started.
+ */
+#ifndef VBLK_OPTIONS_H
+#define VBLK_OPTIONS_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+
+enum vblk_cache {
+    VBLK_CACHE_NONE,         /* O_DIRECT, write cache on (guest flushes) */
+    VBLK_CACHE_WRITEBACK,    /* page cache, write cache on */
+    VBLK_CACHE_WRITETHROUGH, /* page cache, every write is durable (write cache off) */
+    VBLK_CACHE_DIRECTSYNC,   /* O_DIRECT, every write is durable */
+    VBLK_CACHE_UNSAFE,       /* page cache, flushes ignored */
+};
+
+#define VBLK_SERIAL_MAX 20 /* VIRTIO_BLK_ID_BYTES */
+#define VBLK_ID_MAX     63
+#define VBLK_SOCK_MAX   107 /* sizeof(sun_path) - 1 */
+
+struct vblk_export_opts {
+    char id[VBLK_ID_MAX + 1];
+    char file[PATH_MAX];
+    char socket[VBLK_SOCK_MAX + 1];
+    bool readonly;
+    const struct vblk_engine_ops *engine;
+    enum vblk_cache cache;
+    unsigned num_queues;
+    unsigned queue_size; /* largest vring accepted */
+    bool discard_unmap;
+    bool has_serial;
+    char serial[VBLK_SERIAL_MAX + 1];
+    unsigned logical_block_size;
+    bool null;          /* file=null://SIZE */
+    uint64_t null_size; /* bytes */
+};
+
+/* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,
+ * logical-block-size=512, serial=<id>. */
+void vblk_opts_defaults(struct vblk_export_opts *o);
+
+/* Parse "key=value,..." (",," is a literal comma in a value).  0, or -EINVAL with err set. */
+int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *err, size_t errlen);
+
+/* Parse a size with an optional k/m/g/t suffix (powers of 1024).  0 or -EINVAL. */
+int vblk_parse_size(const char *s, uint64_t *out);
+
+const char *vblk_cache_name(enum vblk_cache c);
+
+#endif

@@ -1,0 +1,741 @@
+/* vhost_user.c - see vhost_user.h. */
+#include "vhost/vhost_user.h"
+
+#include <errno.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+static const char *const req_names[VHOST_USER_MAX_REQUEST] = {
+    [VHOST_USER_GET_FEATURES] = "GET_FEATURES",
+    [VHOST_USER_SET_FEATURES] = "SET_FEATURES",
+    [VHOST_USER_SET_OWNER] = "SET_OWNER",
+    [VHOST_USER_RESET_OWNER] = "RESET_OWNER",
+    [VHOST_USER_SET_MEM_TABLE] = "SET_MEM_TABLE",
+    [VHOST_USER_SET_LOG_BASE] = "SET_LOG_BASE",
+    [VHOST_USER_SET_LOG_FD] = "SET_LOG_FD",
+    [VHOST_USER_SET_VRING_NUM] = "SET_VRING_NUM",
+    [VHOST_USER_SET_VRING_ADDR] = "SET_VRING_ADDR",
+    [VHOST_USER_SET_VRING_BASE] = "SET_VRING_BASE",
+    [VHOST_USER_GET_VRING_BASE] = "GET_VRING_BASE",
+    [VHOST_USER_SET_VRING_KICK] = "SET_VRING_KICK",
+    [VHOST_USER_SET_VRING_CALL] = "SET_VRING_CALL",
+    [VHOST_USER_SET_VRING_ERR] = "SET_VRING_ERR",
+    [VHOST_USER_GET_PROTOCOL_FEATURES] = "GET_PROTOCOL_FEATURES",
+    [VHOST_USER_SET_PROTOCOL_FEATURES] = "SET_PROTOCOL_FEATURES",
+    [VHOST_USER_GET_QUEUE_NUM] = "GET_QUEUE_NUM",
+    [VHOST_USER_SET_VRING_ENABLE] = "SET_VRING_ENABLE",
+    [VHOST_USER_GET_CONFIG] = "GET_CONFIG",
+    [VHOST_USER_SET_CONFIG] = "SET_CONFIG",
+    [VHOST_USER_GET_MAX_MEM_SLOTS] = "GET_MAX_MEM_SLOTS",
+    [VHOST_USER_ADD_MEM_REG] = "ADD_MEM_REG",
+    [VHOST_USER_REM_MEM_REG] = "REM_MEM_REG",
+};
+
+const char *vblk_vu_request_name(uint32_t req)
+{
+    if (req < VHOST_USER_MAX_REQUEST && req_names[req])
+        return req_names[req];
+    return "unknown";
+}
+
+static void vring_reset(struct vu_vring *vr)
+{
+    memset(vr, 0, sizeof(*vr));
+    vr->enabled = true;
+    vr->kick_fd = vr->call_fd = vr->err_fd = -1;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void close_msg_fds(struct vblk_vu_dev *v)
+{
+    for (unsigned i = 0; i < v->nfds; i++)
+        close_fd(&v->fds[i]);
+    v->nfds = 0;
+}
+
+void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *blk)
+{
+    memset(v, 0, sizeof(*v));
+    v->name = name;
+    v->blk = blk;
+    v->conn_fd = -1;
+    v->nvrings = blk->num_queues;
+    for (unsigned i = 0; i < VBLK_VU_MAX_QUEUES; i++)
+        vring_reset(&v->vrings[i]);
+}
+
+/* ---- ring lifecycle ---- */
+
+static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
+{
+    struct vu_vring *vr = &v->vrings[i];
+    struct vblk_queue_params p;
+    int r;
+
+    if (vr->started || !vr->kick_set || !vr->addr_set || !vr->enabled || !v->mem || !vr->num)
+        return 0;
+    p = (struct vblk_queue_params){
+        .mem = v->mem,
+        .num = vr->num,
+        .last_avail = vr->base,
+        .desc_uva = vr->desc_uva,
+        .avail_uva = vr->avail_uva,
+        .used_uva = vr->used_uva,
+        .kick_fd = vr->kick_fd,
+        .call_fd = vr->call_fd,
+        .err_fd = vr->err_fd,
+        .event_idx = !!(v->features & (1ull << VIRTIO_RING_F_EVENT_IDX)),
+        .indirect = !!(v->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)),
+    };
+    r = vblk_blk_queue_start(v->blk, i, &p);
+    if (r < 0) {
+        log_err(v->name, "cannot start queue %u: %s", i,
+                r == -EINVAL ? "ring size or addresses outside guest memory" : strerror(-r));
+        return r;
+    }
+    vr->started = true;
+    log_dbg(v->name, "queue %u started: %u entries from avail index %u", i, vr->num, vr->base);
+    return 0;
+}
+
+static void ring_stop(struct vblk_vu_dev *v, unsigned i)
+{
+    struct vu_vring *vr = &v->vrings[i];
+    uint16_t base;
+
+    if (!vr->started)
+        return;
+    vblk_blk_queue_stop(v->blk, i, &base);
+    vr->base = base;
+    vr->started = false;
+}
+
+/* Swap in a new memory table with every running ring stopped; returns the old table. */
+static struct vblk_mem *mem_swap(struct vblk_vu_dev *v, struct vblk_mem *mem, int *err)
+{
+    bool was[VBLK_VU_MAX_QUEUES];
+    struct vblk_mem *old = v->mem;
+
+    *err = 0;
+    for (unsigned i = 0; i < v->nvrings; i++) {
+        was[i] = v->vrings[i].started;
+        ring_stop(v, i);
+    }
+    v->mem = mem;
+    for (unsigned i = 0; i < v->nvrings; i++) {
+        if (was[i] && !*err)
+            *err = ring_try_start(v, i);
+    }
+    return old;
+}
+
+/* ---- replies ---- */
+
+static int send_reply(struct vblk_vu_dev *v, const void *payload, uint32_t size)
+{
+    struct vhost_user_msg m;
+    ssize_t n;
+
+    m.hdr.request = v->msg.hdr.request;
+    m.hdr.flags = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK;
+    m.hdr.size = size;
+    memcpy(&m.payload, payload, size);
+    n = send(v->conn_fd, &m, VHOST_USER_HDR_SIZE + size, MSG_NOSIGNAL);
+    if (n != (ssize_t)(VHOST_USER_HDR_SIZE + size)) {
+        log_err(v->name, "cannot send %s reply: %s", vblk_vu_request_name(m.hdr.request),
+                n < 0 ? strerror(errno) : "short write");
+        return -EIO;
+    }
+    return 0;
+}
+
+static int reply_u64(struct vblk_vu_dev *v, uint64_t val)
+{
+    return send_reply(v, &val, sizeof(val));
+}
+
+/* ---- message handlers: each checks size and fds before use ---- */
+
+#define PROTO_ERR(v, ...)                                                                          \
+    ({                                                                                             \
+        log_err((v)->name, __VA_ARGS__);                                                           \
+        -EPROTO;                                                                                   \
+    })
+
+static int need_size(struct vblk_vu_dev *v, uint32_t size)
+{
+    if (v->msg.hdr.size != size)
+        return PROTO_ERR(v, "%s: payload of %u bytes, expected %u",
+                         vblk_vu_request_name(v->msg.hdr.request), v->msg.hdr.size, size);
+    return 0;
+}
+
+static int need_fds(struct vblk_vu_dev *v, unsigned n)
+{
+    if (v->nfds != n)
+        return PROTO_ERR(v, "%s: %u file descriptors, expected %u",
+                         vblk_vu_request_name(v->msg.hdr.request), v->nfds, n);
+    return 0;
+}
+
+static int vring_index(struct vblk_vu_dev *v, uint32_t idx)
+{
+    if (idx >= v->nvrings)
+        return PROTO_ERR(v, "%s: queue index %u out of range (%u queues)",
+                         vblk_vu_request_name(v->msg.hdr.request), idx, v->nvrings);
+    return 0;
+}
+
+static uint64_t offered_features(struct vblk_vu_dev *v)
+{
+    return vblk_blk_features(v->blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES);
+}
+
+static int h_set_features(struct vblk_vu_dev *v)
+{
+    uint64_t f;
+
+    if (need_size(v, 8) < 0)
+        return -EPROTO;
+    f = v->msg.payload.u64;
+    if (f & ~offered_features(v))
+        return PROTO_ERR(v, "SET_FEATURES: 0x%llx has bits we did not offer (0x%llx)",
+                         (unsigned long long)f, (unsigned long long)offered_features(v));
+    v->features = f;
+    return 0;
+}
+
+static int h_set_protocol_features(struct vblk_vu_dev *v)
+{
+    uint64_t f;
+
+    if (need_size(v, 8) < 0)
+        return -EPROTO;
+    f = v->msg.payload.u64;
+    if (f & ~VBLK_VU_PROTOCOL_FEATURES)
+        return PROTO_ERR(v, "SET_PROTOCOL_FEATURES: 0x%llx has bits we did not offer",
+                         (unsigned long long)f);
+    v->protocol_features = f;
+    return 0;
+}
+
+static void reset_state(struct vblk_vu_dev *v)
+{
+    for (unsigned i = 0; i < v->nvrings; i++) {
+        struct vu_vring *vr = &v->vrings[i];
+
+        ring_stop(v, i);
+        close_fd(&vr->kick_fd);
+        close_fd(&vr->call_fd);
+        close_fd(&vr->err_fd);
+        vring_reset(vr);
+    }
+    if (v->mem) {
+        vblk_mem_unmap_all(v->mem);
+        free(v->mem);
+        v->mem = NULL;
+    }
+    v->features = 0;
+    v->protocol_features = 0;
+    vblk_blk_reset(v->blk);
+}
+
+static int h_set_mem_table(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_memory *m = &v->msg.payload.memory;
+    struct vblk_mem *mem, *old;
+    int r;
+
+    if (v->msg.hdr.size < 8)
+        return PROTO_ERR(v, "SET_MEM_TABLE: payload of %u bytes", v->msg.hdr.size);
+    if (m->nregions == 0 || m->nregions > VHOST_USER_MEM_REGIONS_MAX)
+        return PROTO_ERR(v, "SET_MEM_TABLE: %u regions (1 to %d allowed)", m->nregions,
+                         VHOST_USER_MEM_REGIONS_MAX);
+    if (need_size(v, 8 + m->nregions * (uint32_t)sizeof(m->regions[0])) < 0 ||
+        need_fds(v, m->nregions) < 0)
+        return -EPROTO;
+    mem = calloc(1, sizeof(*mem));
+    if (!mem)
+        return -ENOMEM;
+    for (unsigned i = 0; i < m->nregions; i++) {
+        struct vblk_mem_region reg;
+
+        r = vblk_mem_region_map(&reg, &m->regions[i], v->fds[i]);
+        if (r < 0) {
+            log_err(v->name, "SET_MEM_TABLE: cannot map region %u: %s", i, strerror(-r));
+            goto err_unmap;
+        }
+        r = vblk_mem_add(mem, &reg);
+        if (r < 0) {
+            vblk_mem_region_unmap(&reg);
+            log_err(v->name, "SET_MEM_TABLE: region %u overlaps another", i);
+            goto err_unmap;
+        }
+    }
+    close_msg_fds(v);
+    old = mem_swap(v, mem, &r);
+    if (old) {
+        vblk_mem_unmap_all(old);
+        free(old);
+    }
+    return r;
+
+err_unmap:
+    vblk_mem_unmap_all(mem);
+    free(mem);
+    return -EPROTO;
+}
+
+static int h_add_mem_reg(struct vblk_vu_dev *v)
+{
+    struct vblk_mem *mem, *old;
+    struct vblk_mem_region reg;
+    int r;
+
+    if (need_size(v, sizeof(struct vhost_user_mem_reg_msg)) < 0 || need_fds(v, 1) < 0)
+        return -EPROTO;
+    mem = calloc(1, sizeof(*mem));
+    if (!mem)
+        return -ENOMEM;
+    if (v->mem)
+        *mem = *v->mem; /* shares the mappings; the old struct is freed without unmapping */
+    r = vblk_mem_region_map(&reg, &v->msg.payload.memreg.region, v->fds[0]);
+    if (r < 0) {
+        free(mem);
+        return PROTO_ERR(v, "ADD_MEM_REG: cannot map region: %s", strerror(-r));
+    }
+    r = vblk_mem_add(mem, &reg);
+    if (r < 0) {
+        vblk_mem_region_unmap(&reg);
+        free(mem);
+        return PROTO_ERR(v, "ADD_MEM_REG: %s", r == -ENOSPC ? "no free slot" : "overlap");
+    }
+    close_msg_fds(v);
+    old = mem_swap(v, mem, &r);
+    free(old);
+    return r;
+}
+
+static int h_rem_mem_reg(struct vblk_vu_dev *v)
+{
+    struct vblk_mem *mem, *old;
+    struct vblk_mem_region gone;
+    int idx, r;
+
+    /* some front-ends pass the region's fd here too; it is closed after dispatch */
+    if (need_size(v, sizeof(struct vhost_user_mem_reg_msg)) < 0)
+        return -EPROTO;
+    idx = v->mem ? vblk_mem_find(v->mem, &v->msg.payload.memreg.region) : -ENOENT;
+    if (idx < 0)
+        return PROTO_ERR(v, "REM_MEM_REG: no such region");
+    mem = calloc(1, sizeof(*mem));
+    if (!mem)
+        return -ENOMEM;
+    *mem = *v->mem;
+    gone = mem->r[idx];
+    mem->r[idx] = mem->r[--mem->nregions];
+    old = mem_swap(v, mem, &r);
+    vblk_mem_region_unmap(&gone);
+    free(old);
+    return r;
+}
+
+static int h_set_vring_num(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_vring_state *s = &v->msg.payload.state;
+
+    if (need_size(v, sizeof(*s)) < 0 || vring_index(v, s->index) < 0)
+        return -EPROTO;
+    if (s->num == 0 || s->num > v->blk->max_queue_size || (s->num & (s->num - 1)))
+        return PROTO_ERR(v, "SET_VRING_NUM: queue %u size %u is not a power of two up to %u",
+                         s->index, s->num, v->blk->max_queue_size);
+    if (v->vrings[s->index].started)
+        return PROTO_ERR(v, "SET_VRING_NUM: queue %u is running", s->index);
+    v->vrings[s->index].num = (uint16_t)s->num;
+    return 0;
+}
+
+static int h_set_vring_addr(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_vring_addr *a = &v->msg.payload.addr;
+    struct vu_vring *vr;
+    bool was;
+
+    if (need_size(v, sizeof(*a)) < 0 || vring_index(v, a->index) < 0)
+        return -EPROTO;
+    if (a->flags & ~1u)
+        return PROTO_ERR(v, "SET_VRING_ADDR: unknown flags 0x%x", a->flags);
+    vr = &v->vrings[a->index];
+    was = vr->started;
+    ring_stop(v, a->index);
+    vr->desc_uva = a->desc_user_addr;
+    vr->avail_uva = a->avail_user_addr;
+    vr->used_uva = a->used_user_addr;
+    vr->addr_set = true;
+    return was ? ring_try_start(v, a->index) : 0;
+}
+
+static int h_set_vring_base(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_vring_state *s = &v->msg.payload.state;
+
+    if (need_size(v, sizeof(*s)) < 0 || vring_index(v, s->index) < 0)
+        return -EPROTO;
+    if (s->num > 0xffff)
+        return PROTO_ERR(v, "SET_VRING_BASE: queue %u base %u out of range", s->index, s->num);
+    if (v->vrings[s->index].started)
+        return PROTO_ERR(v, "SET_VRING_BASE: queue %u is running", s->index);
+    v->vrings[s->index].base = (uint16_t)s->num;
+    return 0;
+}
+
+static int h_get_vring_base(struct vblk_vu_dev *v)
+{
+    struct vhost_user_vring_state s = v->msg.payload.state;
+    struct vu_vring *vr;
+
+    if (need_size(v, sizeof(s)) < 0 || vring_index(v, s.index) < 0)
+        return -EPROTO;
+    vr = &v->vrings[s.index];
+    ring_stop(v, s.index); /* waits for in-flight requests */
+    close_fd(&vr->kick_fd);
+    vr->kick_set = false;
+    s.num = vr->base;
+    return send_reply(v, &s, sizeof(s));
+}
+
+/* SET_VRING_KICK/CALL/ERR: u64 with the index in bits 0-7 and "no fd" in bit 8. */
+static int vring_fd_msg(struct vblk_vu_dev *v, unsigned *idx, int *fd)
+{
+    uint64_t u;
+
+    if (need_size(v, 8) < 0)
+        return -EPROTO;
+    u = v->msg.payload.u64;
+    if (u & ~(uint64_t)(VHOST_USER_VRING_IDX_MASK | VHOST_USER_VRING_NOFD_MASK))
+        return PROTO_ERR(v, "%s: reserved bits set in 0x%llx",
+                         vblk_vu_request_name(v->msg.hdr.request), (unsigned long long)u);
+    *idx = (unsigned)(u & VHOST_USER_VRING_IDX_MASK);
+    if (vring_index(v, *idx) < 0)
+        return -EPROTO;
+    if (u & VHOST_USER_VRING_NOFD_MASK) {
+        if (need_fds(v, 0) < 0)
+            return -EPROTO;
+        *fd = -1;
+    } else {
+        if (need_fds(v, 1) < 0)
+            return -EPROTO;
+        *fd = v->fds[0];
+        v->fds[0] = -1;
+        v->nfds = 0;
+    }
+    return 0;
+}
+
+static int h_set_vring_kick(struct vblk_vu_dev *v)
+{
+    struct vu_vring *vr;
+    unsigned i;
+    int fd;
+
+    if (vring_fd_msg(v, &i, &fd) < 0)
+        return -EPROTO;
+    vr = &v->vrings[i];
+    if (fd < 0) {
+        log_err(v->name, "SET_VRING_KICK: queue %u without a kick fd (polling) is not supported",
+                i);
+        return -EPROTO;
+    }
+    ring_stop(v, i);
+    close_fd(&vr->kick_fd);
+    vr->kick_fd = fd;
+    vr->kick_set = true;
+    return ring_try_start(v, i);
+}
+
+static int h_set_vring_call(struct vblk_vu_dev *v)
+{
+    struct vu_vring *vr;
+    unsigned i;
+    int fd, r;
+
+    if (vring_fd_msg(v, &i, &fd) < 0)
+        return -EPROTO;
+    vr = &v->vrings[i];
+    r = vblk_blk_queue_set_call(v->blk, i, fd); /* the I/O thread lets go of the old fd */
+    close_fd(&vr->call_fd);
+    vr->call_fd = fd;
+    return r;
+}
+
+static int h_set_vring_err(struct vblk_vu_dev *v)
+{
+    struct vu_vring *vr;
+    bool was;
+    unsigned i;
+    int fd;
+
+    if (vring_fd_msg(v, &i, &fd) < 0)
+        return -EPROTO;
+    vr = &v->vrings[i];
+    was = vr->started;
+    ring_stop(v, i); /* rare: restart the ring so the I/O thread sees the new fd */
+    close_fd(&vr->err_fd);
+    vr->err_fd = fd;
+    return was ? ring_try_start(v, i) : 0;
+}
+
+static int h_set_vring_enable(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_vring_state *s = &v->msg.payload.state;
+    struct vu_vring *vr;
+
+    if (need_size(v, sizeof(*s)) < 0 || vring_index(v, s->index) < 0)
+        return -EPROTO;
+    if (s->num > 1)
+        return PROTO_ERR(v, "SET_VRING_ENABLE: queue %u value %u", s->index, s->num);
+    vr = &v->vrings[s->index];
+    vr->enabled = s->num;
+    if (!vr->enabled) {
+        ring_stop(v, s->index);
+        return 0;
+    }
+    return ring_try_start(v, s->index);
+}
+
+static int h_get_config(struct vblk_vu_dev *v)
+{
+    struct vhost_user_config c = v->msg.payload.config;
+    struct virtio_blk_config cfg;
+    uint8_t space[VHOST_USER_MAX_CONFIG_SIZE] = {0};
+
+    if (v->msg.hdr.size < VHOST_USER_CONFIG_HDR_SIZE || c.size > VHOST_USER_MAX_CONFIG_SIZE ||
+        c.offset > VHOST_USER_MAX_CONFIG_SIZE - c.size ||
+        v->msg.hdr.size != VHOST_USER_CONFIG_HDR_SIZE + c.size)
+        return PROTO_ERR(v, "GET_CONFIG: bad offset %u / size %u / payload %u", c.offset, c.size,
+                         v->msg.hdr.size);
+    vblk_blk_config(v->blk, &cfg);
+    memcpy(space, &cfg, sizeof(cfg));
+    memcpy(c.region, space + c.offset, c.size);
+    return send_reply(v, &c, VHOST_USER_CONFIG_HDR_SIZE + c.size);
+}
+
+static int h_set_config(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_config *c = &v->msg.payload.config;
+
+    if (v->msg.hdr.size < VHOST_USER_CONFIG_HDR_SIZE || c->size > VHOST_USER_MAX_CONFIG_SIZE ||
+        c->offset > VHOST_USER_MAX_CONFIG_SIZE - c->size ||
+        v->msg.hdr.size != VHOST_USER_CONFIG_HDR_SIZE + c->size)
+        return PROTO_ERR(v, "SET_CONFIG: bad offset %u / size %u / payload %u", c->offset,
+                         c->size, v->msg.hdr.size);
+    if (vblk_blk_set_config(v->blk, c->offset, c->region, c->size) < 0)
+        return PROTO_ERR(v, "SET_CONFIG: %u bytes at offset %u are not writable", c->size,
+                         c->offset);
+    return 0;
+}
+
+int vblk_vu_dispatch(struct vblk_vu_dev *v)
+{
+    uint32_t req = v->msg.hdr.request;
+    int r;
+
+    log_dbg(v->name, "%s (%u bytes, %u fds)", vblk_vu_request_name(req), v->msg.hdr.size,
+            v->nfds);
+    /* only fd-carrying messages may carry fds (REM_MEM_REG: tolerated and closed) */
+    if (v->nfds && req != VHOST_USER_SET_MEM_TABLE && req != VHOST_USER_ADD_MEM_REG &&
+        req != VHOST_USER_REM_MEM_REG && req != VHOST_USER_SET_VRING_KICK &&
+        req != VHOST_USER_SET_VRING_CALL && req != VHOST_USER_SET_VRING_ERR)
+        return PROTO_ERR(v, "%s: unexpected file descriptors", vblk_vu_request_name(req));
+
+    switch (req) {
+    case VHOST_USER_GET_FEATURES:
+        return reply_u64(v, offered_features(v));
+    case VHOST_USER_SET_FEATURES:
+        r = h_set_features(v);
+        break;
+    case VHOST_USER_SET_OWNER:
+        r = 0;
+        break;
+    case VHOST_USER_RESET_OWNER:
+        reset_state(v);
+        r = 0;
+        break;
+    case VHOST_USER_GET_PROTOCOL_FEATURES:
+        return reply_u64(v, VBLK_VU_PROTOCOL_FEATURES);
+    case VHOST_USER_SET_PROTOCOL_FEATURES:
+        r = h_set_protocol_features(v);
+        break;
+    case VHOST_USER_GET_QUEUE_NUM:
+        return reply_u64(v, v->nvrings);
+    case VHOST_USER_GET_MAX_MEM_SLOTS:
+        return reply_u64(v, VBLK_MEM_SLOTS_MAX);
+    case VHOST_USER_SET_MEM_TABLE:
+        r = h_set_mem_table(v);
+        break;
+    case VHOST_USER_ADD_MEM_REG:
+        r = h_add_mem_reg(v);
+        break;
+    case VHOST_USER_REM_MEM_REG:
+        r = h_rem_mem_reg(v);
+        break;
+    case VHOST_USER_SET_VRING_NUM:
+        r = h_set_vring_num(v);
+        break;
+    case VHOST_USER_SET_VRING_ADDR:
+        r = h_set_vring_addr(v);
+        break;
+    case VHOST_USER_SET_VRING_BASE:
+        r = h_set_vring_base(v);
+        break;
+    case VHOST_USER_GET_VRING_BASE:
+        return h_get_vring_base(v);
+    case VHOST_USER_SET_VRING_KICK:
+        r = h_set_vring_kick(v);
+        break;
+    case VHOST_USER_SET_VRING_CALL:
+        r = h_set_vring_call(v);
+        break;
+    case VHOST_USER_SET_VRING_ERR:
+        r = h_set_vring_err(v);
+        break;
+    case VHOST_USER_SET_VRING_ENABLE:
+        r = h_set_vring_enable(v);
+        break;
+    case VHOST_USER_GET_CONFIG:
+        return h_get_config(v);
+    case VHOST_USER_SET_CONFIG:
+        r = h_set_config(v);
+        break;
+    default:
+        return PROTO_ERR(v, "unsupported request %u (%s)", req, vblk_vu_request_name(req));
+    }
+    if (r < 0)
+        return r;
+    if ((v->msg.hdr.flags & VHOST_USER_NEED_REPLY) &&
+        (v->protocol_features & (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK)))
+        return reply_u64(v, 0);
+    return 0;
+}
+
+/* ---- connection ---- */
+
+int vblk_vu_attach(struct vblk_vu_dev *v, int fd)
+{
+    if (v->conn_fd >= 0)
+        return -EBUSY;
+    v->conn_fd = fd;
+    v->have = 0;
+    v->nfds = 0;
+    log_info(v->name, "front-end connected");
+    return 0;
+}
+
+void vblk_vu_disconnect(struct vblk_vu_dev *v)
+{
+    if (v->conn_fd < 0)
+        return;
+    reset_state(v);
+    close_msg_fds(v);
+    close(v->conn_fd);
+    v->conn_fd = -1;
+    v->have = 0;
+    log_info(v->name, "front-end disconnected");
+}
+
+/* Receive up to want bytes at the end of the message buffer, collecting fds. */
+static int recv_part(struct vblk_vu_dev *v, uint32_t want)
+{
+    char control[CMSG_SPACE(VHOST_USER_MAX_FDS * sizeof(int))];
+    struct iovec iov = {.iov_base = (char *)&v->msg + v->have, .iov_len = want};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                        .msg_controllen = sizeof(control)};
+    struct cmsghdr *cm;
+    ssize_t n;
+    int err = 0;
+
+    n = recvmsg(v->conn_fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        unsigned cnt;
+        int *fds = (int *)CMSG_DATA(cm);
+
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        cnt = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (unsigned i = 0; i < cnt; i++) {
+            if (v->nfds < VHOST_USER_MAX_FDS)
+                v->fds[v->nfds++] = fds[i];
+            else {
+                close(fds[i]);
+                err = -EPROTO;
+            }
+        }
+    }
+    if (mh.msg_flags & MSG_CTRUNC)
+        err = -EPROTO;
+    if (err)
+        return PROTO_ERR(v, "too many file descriptors with one message");
+    if (n == 0)
+        return -ECONNRESET;
+    v->have += (uint32_t)n;
+    return 0;
+}
+
+int vblk_vu_readable(struct vblk_vu_dev *v)
+{
+    int r;
+
+    for (;;) {
+        uint32_t want;
+
+        if (v->have < VHOST_USER_HDR_SIZE)
+            want = VHOST_USER_HDR_SIZE - v->have;
+        else
+            want = VHOST_USER_HDR_SIZE + v->msg.hdr.size - v->have;
+        if (want) {
+            r = recv_part(v, want);
+            if (r == -EAGAIN)
+                return 0;
+            if (r < 0)
+                goto close;
+        }
+        if (v->have == VHOST_USER_HDR_SIZE) {
+            if ((v->msg.hdr.flags & VHOST_USER_VERSION_MASK) != VHOST_USER_VERSION) {
+                r = PROTO_ERR(v, "message with protocol version %u",
+                              v->msg.hdr.flags & VHOST_USER_VERSION_MASK);
+                goto close;
+            }
+            if (v->msg.hdr.size > VHOST_USER_PAYLOAD_MAX) {
+                r = PROTO_ERR(v, "%s: payload of %u bytes is too large",
+                              vblk_vu_request_name(v->msg.hdr.request), v->msg.hdr.size);
+                goto close;
+            }
+        }
+        if (v->have >= VHOST_USER_HDR_SIZE && v->have == VHOST_USER_HDR_SIZE + v->msg.hdr.size) {
+            r = vblk_vu_dispatch(v);
+            close_msg_fds(v);
+            v->have = 0;
+            if (r < 0)
+                goto close;
+        }
+    }
+close:
+    if (r != -ECONNRESET)
+        log_err(v->name, "closing the front-end connection after an error");
+    vblk_vu_disconnect(v);
+    return r;
+}

@@ -1,0 +1,72 @@
+/* vhost_user.h - vhost-user back-end for one export: one front-end connection at a time.
+ *
+ * Owns: receiving messages (header, payload, fds) without blocking, checking each against the
+ * spec before use, and applying them: features, memory table, vring setup, config, and the
+ * lifecycle of each ring (started on KICK, stopped on GET_VRING_BASE / disable / disconnect).
+ * Any malformed message (bad size, unknown code, bad fd count, index out of range, ...)
+ * closes the connection with a log line; the export then accepts a new front-end.
+ *
+ * Threads: control thread only.  The data plane is reached through virtio_blk.h.
+ */
+#ifndef VBLK_VHOST_USER_H
+#define VBLK_VHOST_USER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "blk/virtio_blk.h"
+#include "vhost/guest_mem.h"
+#include "vhost/vhost_user_proto.h"
+
+#define VBLK_VU_MAX_QUEUES 64
+
+struct vu_vring {
+    uint16_t num;
+    uint16_t base;
+    uint64_t desc_uva, avail_uva, used_uva;
+    bool addr_set;
+    bool kick_set;
+    bool enabled;
+    bool started;
+    int kick_fd, call_fd, err_fd;
+};
+
+struct vblk_vu_dev {
+    const char *name;
+    struct vblk_blk_dev *blk;
+    int conn_fd; /* -1 when no front-end */
+    uint64_t features;
+    uint64_t protocol_features;
+    struct vblk_mem *mem;
+    unsigned nvrings;
+    struct vu_vring vrings[VBLK_VU_MAX_QUEUES];
+    /* receive state */
+    struct vhost_user_msg msg;
+    uint32_t have;
+    int fds[VHOST_USER_MAX_FDS];
+    unsigned nfds;
+};
+
+#define VBLK_VU_PROTOCOL_FEATURES                                                                  \
+    ((1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |              \
+     (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS))
+
+void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *blk);
+
+/* Take a new connection (non-blocking fd).  -EBUSY if one is already served (fd not taken). */
+int vblk_vu_attach(struct vblk_vu_dev *v, int fd);
+
+/* The connection is readable: receive and handle whole messages.  0, or -errno after which the
+ * connection has been closed (peer hung up or protocol error). */
+int vblk_vu_readable(struct vblk_vu_dev *v);
+
+/* Stop every ring (waiting for in-flight I/O), unmap guest memory, close the connection. */
+void vblk_vu_disconnect(struct vblk_vu_dev *v);
+
+/* Handle the message in v->msg with v->fds; exposed for tests and fuzzing.  0 or -errno (the
+ * caller closes the connection). */
+int vblk_vu_dispatch(struct vblk_vu_dev *v);
+
+const char *vblk_vu_request_name(uint32_t req);
+
+#endif

@@ -1,0 +1,285 @@
+/* virtq.c - see virtq.h. */
+#include "virtq/virtq.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "util/compiler.h"
+
+int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, uint64_t desc_uva,
+                  uint64_t avail_uva, uint64_t used_uva)
+{
+    void *d, *a, *u;
+
+    if (num == 0 || num > VBLK_VQ_MAX_SIZE || (num & (num - 1)))
+        return -EINVAL;
+    if ((desc_uva & 15) || (avail_uva & 1) || (used_uva & 3))
+        return -EINVAL;
+    d = vblk_mem_uva_range(mem, desc_uva, vblk_vq_desc_size(num));
+    a = vblk_mem_uva_range(mem, avail_uva, vblk_vq_avail_size(num));
+    u = vblk_mem_uva_range(mem, used_uva, vblk_vq_used_size(num));
+    if (!d || !a || !u)
+        return -EINVAL;
+    vq->desc = d;
+    vq->avail = a;
+    vq->used = u;
+    vq->mem = mem;
+    vq->num = num;
+    return 0;
+}
+
+void vblk_vq_start(struct vblk_vq *vq, uint16_t last_avail)
+{
+    vq->broken = false;
+    vq->last_avail = last_avail;
+    vq->shadow_avail = last_avail;
+    vq->used_idx = __atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE);
+    vq->published_used = vq->used_idx;
+    vq->signalled_valid = false;
+    vq->signalled_used = vq->used_idx;
+}
+
+/*
+ * The acquire load of avail->idx orders it before our reads of the ring entries it covers,
+ * pairing with the driver's write barrier before it bumps the index.
+ */
+int vblk_vq_avail(struct vblk_vq *vq)
+{
+    uint16_t idx, n;
+
+    if (unlikely(vq->broken))
+        return -EIO;
+    if (vq->shadow_avail == vq->last_avail) {
+        idx = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
+        vq->shadow_avail = idx;
+    } else {
+        idx = vq->shadow_avail;
+    }
+    n = (uint16_t)(idx - vq->last_avail);
+    if (unlikely(n > vq->num)) {
+        vq->broken = true;
+        return -EIO;
+    }
+    return n;
+}
+
+int vblk_vq_pop(struct vblk_vq *vq, uint16_t *head)
+{
+    uint16_t h = READ_ONCE(vq->avail->ring[vq->last_avail & (vq->num - 1)]);
+
+    if (unlikely(h >= vq->num)) {
+        vq->broken = true;
+        return -EIO;
+    }
+    vq->last_avail++;
+    *head = h;
+    return 0;
+}
+
+struct desc_copy {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+
+/* Fetch a descriptor exactly once: the guest may rewrite it under us. */
+static inline void desc_read(const struct vring_desc *d, struct desc_copy *out)
+{
+    const uint64_t *w = (const uint64_t *)d;
+    uint64_t w0 = __atomic_load_n(&w[0], __ATOMIC_RELAXED);
+    uint64_t w1 = __atomic_load_n(&w[1], __ATOMIC_RELAXED);
+
+    out->addr = w0;
+    out->len = (uint32_t)w1;
+    out->flags = (uint16_t)(w1 >> 32);
+    out->next = (uint16_t)(w1 >> 48);
+}
+
+static int chain_add(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t gpa, uint32_t len,
+                     bool writable)
+{
+    uint64_t left = len;
+
+    if (gpa + len < gpa)
+        return -EFAULT;
+    while (left) {
+        uint64_t l = left;
+        void *p = vblk_mem_gpa(vq->mem, gpa, &l);
+
+        if (!p)
+            return -EFAULT;
+        if (c->out_cnt + c->in_cnt >= c->iov_cap)
+            return -E2BIG;
+        c->iov[c->out_cnt + c->in_cnt].iov_base = p;
+        c->iov[c->out_cnt + c->in_cnt].iov_len = l;
+        if (writable)
+            c->in_cnt++;
+        else
+            c->out_cnt++;
+        gpa += l;
+        left -= l;
+    }
+    if (writable)
+        c->in_len += len;
+    else
+        c->out_len += len;
+    return 0;
+}
+
+static inline void chain_fail(struct vblk_chain *c, int err)
+{
+    if (!c->err)
+        c->err = err;
+}
+
+/*
+ * Walk one chain.  Structure problems (indices, loops, indirect tables) break the ring; content
+ * problems only fail the request, and the walk goes on so that the status byte is still found.
+ */
+int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
+{
+    const struct vring_desc *table = vq->desc;
+    unsigned max = vq->num, i = head, count = 0;
+    uint64_t status_gpa = 0;
+    uint32_t status_len = 0;
+    bool indirect = false;
+    struct desc_copy d;
+
+    c->out_cnt = c->in_cnt = 0;
+    c->out_len = c->in_len = 0;
+    c->status = NULL;
+    c->ndesc = 0;
+    c->err = 0;
+
+    for (;;) {
+        if (unlikely(i >= max))
+            goto broken;
+        desc_read(&table[i], &d);
+
+        if (d.flags & VRING_DESC_F_INDIRECT) {
+            uint64_t n = d.len / 16;
+
+            /* only the head may point at a table; no nesting; no NEXT alongside it */
+            if (!vq->indirect || indirect || count || (d.flags & VRING_DESC_F_NEXT))
+                goto broken;
+            if (d.len == 0 || (d.len & 15) || n > VBLK_VQ_MAX_INDIRECT)
+                goto broken;
+            if (n > vq->max_desc)
+                chain_fail(c, -E2BIG); /* over the advertised limits: fail, don't break */
+            table = vblk_mem_gpa_range(vq->mem, d.addr, d.len);
+            if (!table || ((uintptr_t)table & 7))
+                goto broken;
+            indirect = true;
+            max = (unsigned)n;
+            i = 0;
+            continue;
+        }
+
+        if (unlikely(++count > max))
+            goto broken; /* a loop */
+        c->ndesc++;
+        if (c->ndesc > vq->max_desc)
+            chain_fail(c, -E2BIG);
+
+        if (d.len == 0) {
+            chain_fail(c, -EINVAL);
+        } else if (d.len > vq->max_seg) {
+            chain_fail(c, -E2BIG);
+        } else if (d.flags & VRING_DESC_F_WRITE) {
+            status_gpa = d.addr;
+            status_len = d.len;
+            if (!c->err)
+                chain_fail(c, chain_add(vq, c, d.addr, d.len, true));
+        } else {
+            if (c->in_cnt)
+                chain_fail(c, -EINVAL); /* readable after writable */
+            if (!c->err)
+                chain_fail(c, chain_add(vq, c, d.addr, d.len, false));
+        }
+
+        if (!(d.flags & VRING_DESC_F_NEXT))
+            break;
+        i = d.next;
+    }
+
+    if (status_len) {
+        uint64_t gpa = status_gpa + status_len - 1;
+
+        if (gpa >= status_gpa) /* no wrap */
+            c->status = vblk_mem_gpa_range(vq->mem, gpa, 1);
+    }
+    return 0;
+
+broken:
+    vq->broken = true;
+    return -EIO;
+}
+
+/*
+ * The full barrier orders our used->idx store before reading the driver's used_event/flags;
+ * it pairs with the driver's barrier between writing used_event and reading used->idx.
+ */
+bool vblk_vq_should_notify(struct vblk_vq *vq)
+{
+    uint16_t old, new, ev;
+    bool valid;
+
+    smp_mb();
+    if (!vq->event_idx)
+        return !(READ_ONCE(vq->avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
+    old = vq->signalled_used;
+    valid = vq->signalled_valid;
+    new = vq->used_idx;
+    vq->signalled_used = new;
+    vq->signalled_valid = true;
+    ev = READ_ONCE(vq->avail->ring[vq->num]); /* used_event */
+    return !valid || vring_need_event(ev, new, old);
+}
+
+bool vblk_vq_enable_notify(struct vblk_vq *vq)
+{
+    if (vq->event_idx) {
+        /* avail_event lives right after the used ring */
+        uint16_t *avail_event = (uint16_t *)&vq->used->ring[vq->num];
+
+        WRITE_ONCE(*avail_event, vq->last_avail);
+    } else {
+        WRITE_ONCE(vq->used->flags, 0);
+    }
+    smp_mb(); /* the flag/event store must be visible before we re-read avail->idx */
+    vq->shadow_avail = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
+    return vq->shadow_avail != vq->last_avail;
+}
+
+void vblk_vq_disable_notify(struct vblk_vq *vq)
+{
+    if (!vq->event_idx)
+        WRITE_ONCE(vq->used->flags, VRING_USED_F_NO_NOTIFY);
+}
+
+uint64_t vblk_iov_to_buf(const struct iovec *iov, unsigned cnt, void *buf, uint64_t len)
+{
+    uint64_t done = 0;
+
+    for (unsigned i = 0; i < cnt && done < len; i++) {
+        uint64_t l = iov[i].iov_len < len - done ? iov[i].iov_len : len - done;
+
+        memcpy((char *)buf + done, iov[i].iov_base, l);
+        done += l;
+    }
+    return done;
+}
+
+uint64_t vblk_buf_to_iov(const struct iovec *iov, unsigned cnt, const void *buf, uint64_t len)
+{
+    uint64_t done = 0;
+
+    for (unsigned i = 0; i < cnt && done < len; i++) {
+        uint64_t l = iov[i].iov_len < len - done ? iov[i].iov_len : len - done;
+
+        memcpy(iov[i].iov_base, (const char *)buf + done, l);
+        done += l;
+    }
+    return done;
+}

@@ -1,0 +1,128 @@
+/* virtq.h - split virtqueue, device side.
+ *
+ * Owns: reading the avail ring, walking descriptor chains (direct and indirect) into iovecs that
+ * point into guest memory, writing the used ring, and deciding when the driver must be notified
+ * (EVENT_IDX or flags).  Everything read from the ring is guest-controlled: indices are bounded,
+ * each descriptor is fetched exactly once, loops and over-long chains are caught.
+ *
+ * Errors come in two kinds:
+ *  - ring errors (index out of range, loop, bad indirect table, avail index jump): the queue is
+ *    marked broken (vq->broken) and every later call does nothing;
+ *  - request errors (an address outside guest memory, too many segments, data in the wrong
+ *    direction): the chain is consumed, chain->err says why, and the caller fails that request.
+ *
+ * Threads: a vq is used only by the I/O thread that owns it, except vblk_vq_setup/reset which the
+ * control plane calls while the queue is stopped.
+ */
+#ifndef VBLK_VIRTQ_H
+#define VBLK_VIRTQ_H
+
+#include <linux/virtio_ring.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "vhost/guest_mem.h"
+
+#define VBLK_VQ_MAX_SIZE     1024  /* largest ring we accept (QEMU's VIRTQUEUE_MAX_SIZE) */
+#define VBLK_VQ_MAX_INDIRECT 32768 /* larger indirect tables are a ring error */
+
+struct vblk_vq {
+    /* layout, fixed while started */
+    struct vring_desc *desc;
+    struct vring_avail *avail;
+    struct vring_used *used;
+    const struct vblk_mem *mem;
+    uint16_t num;
+    bool event_idx;
+    bool indirect;
+    uint16_t max_desc;  /* most descriptors one request may use (chain or indirect table) */
+    uint32_t max_seg;   /* largest descriptor length accepted */
+    /* data-plane state */
+    bool broken;
+    bool signalled_valid;
+    uint16_t last_avail;     /* next avail entry to consume */
+    uint16_t shadow_avail;   /* avail->idx as last read */
+    uint16_t used_idx;       /* next used entry to fill */
+    uint16_t published_used; /* used->idx as last written */
+    uint16_t signalled_used; /* used_idx at the last notification */
+};
+
+struct vblk_chain {
+    struct iovec *iov; /* caller's array: readable entries first, then writable */
+    unsigned iov_cap;
+    unsigned out_cnt, in_cnt;
+    uint64_t out_len, in_len;
+    uint8_t *status; /* last byte of the last writable descriptor, NULL if none/unmapped */
+    unsigned ndesc;
+    int err; /* 0, or a request error: -EFAULT, -E2BIG, -EINVAL */
+};
+
+/* Byte sizes of the three ring parts for a ring of num entries (with EVENT_IDX fields). */
+static inline uint64_t vblk_vq_desc_size(unsigned num)
+{
+    return 16ull * num;
+}
+static inline uint64_t vblk_vq_avail_size(unsigned num)
+{
+    return 6ull + 2ull * num;
+}
+static inline uint64_t vblk_vq_used_size(unsigned num)
+{
+    return 6ull + 8ull * num;
+}
+
+/* Point vq at rings given as front-end virtual addresses in mem.  0, or -EINVAL if num is not
+ * a power of two in [1, VBLK_VQ_MAX_SIZE], a part is misaligned, or not inside one region. */
+int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, uint64_t desc_uva,
+                  uint64_t avail_uva, uint64_t used_uva);
+
+/* Start consuming at last_avail; used_idx continues from the ring's used->idx (as libvhost-user
+ * does), since every request before a stop was completed. */
+void vblk_vq_start(struct vblk_vq *vq, uint16_t last_avail);
+
+/* Number of new avail entries (0..num), or -EIO (queue broken) if the index jumped too far. */
+int vblk_vq_avail(struct vblk_vq *vq);
+
+/* Take the next head.  Only call after vblk_vq_avail() > 0.  0, or -EIO (head out of range). */
+int vblk_vq_pop(struct vblk_vq *vq, uint16_t *head);
+
+/* Walk the chain at head into c (c->iov/iov_cap set by caller).  0 (check c->err), or -EIO. */
+int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c);
+
+/* Put head on the used ring with len bytes written; not visible until vblk_vq_publish(). */
+static inline void vblk_vq_push(struct vblk_vq *vq, uint16_t head, uint32_t len)
+{
+    struct vring_used_elem *e = &vq->used->ring[vq->used_idx & (vq->num - 1)];
+
+    e->id = head;
+    e->len = len;
+    vq->used_idx++;
+}
+
+/* Make pushed entries visible (release store of used->idx).  Returns true if anything new. */
+static inline bool vblk_vq_publish(struct vblk_vq *vq)
+{
+    if (vq->used_idx == vq->published_used)
+        return false;
+    __atomic_store_n(&vq->used->idx, vq->used_idx, __ATOMIC_RELEASE);
+    vq->published_used = vq->used_idx;
+    return true;
+}
+
+/* After publishing: does the driver want an interrupt?  Updates the signalled index. */
+bool vblk_vq_should_notify(struct vblk_vq *vq);
+
+/* Ask the driver to kick for entries after last_avail; returns true if entries arrived in the
+ * meantime (caller must process them instead of sleeping). */
+bool vblk_vq_enable_notify(struct vblk_vq *vq);
+
+/* Tell the driver not to kick while we are busy (no-op with EVENT_IDX). */
+void vblk_vq_disable_notify(struct vblk_vq *vq);
+
+/* Copy up to len bytes from the start of iov[0..cnt) into buf; returns bytes copied. */
+uint64_t vblk_iov_to_buf(const struct iovec *iov, unsigned cnt, void *buf, uint64_t len);
+/* Copy up to len bytes from buf into iov[0..cnt); returns bytes copied. */
+uint64_t vblk_buf_to_iov(const struct iovec *iov, unsigned cnt, const void *buf, uint64_t len);
+
+#endif

@@ -1,0 +1,280 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# run.sh [--backend vblkd|qsd] [--out DIR] [--keep] [TEST...]
+#
+# End-to-end tests of a vhost-user-blk back-end: boots a Debian kernel +
+# busybox initramfs in QEMU (TCG) with -device vhost-user-blk-pci and runs
+# guest-side checks.  Back-ends: vblkd ($VBLKD, default build/src/vblkd) or
+# qemu-storage-daemon (qsd, reference implementation).
+#
+# Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
+# (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# tails) / "SKIP name: reason" per test and finally "N passed, N failed"
+# (skipped tests are counted on a line of their own before it).
+# Exit status 1 if any test failed, 2 on usage/setup errors.
+#
+# Environment: VBLKD, QEMU, QSD, QSD_AIO (default io_uring), E2E_OUT (cache
+# for the initramfs), E2E_GUEST_TIMEOUT (s, default 60), E2E_KEEP=1 (keep
+# logs), E2E_KVER (kernel version), E2E_VBLKD_WC (expected initial write
+# cache mode with vblkd: back|through, default back).
+set -u
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+. "$HERE/lib.sh"
+
+BACKEND=vblkd
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback"
+TESTS=()
+: "${VBLKD:=$REPO/build/src/vblkd}"
+: "${E2E_OUT:=$REPO/build/e2e}"
+
+usage() { sed -n '3,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--backend) BACKEND=${2:-}; shift 2 ;;
+	--backend=*) BACKEND=${1#*=}; shift ;;
+	--out) E2E_OUT=${2:-}; shift 2 ;;
+	--keep) E2E_KEEP=1; shift ;;
+	-h|--help) usage ;;
+	-*) echo "unknown option $1" >&2; usage ;;
+	*) TESTS+=("$1"); shift ;;
+	esac
+done
+[ ${#TESTS[@]} -gt 0 ] || read -r -a TESTS <<<"$ALL_TESTS"
+for t in "${TESTS[@]}"; do
+	case " $ALL_TESTS " in *" $t "*) ;; *) echo "unknown test '$t' (known: $ALL_TESTS)" >&2; exit 2 ;; esac
+done
+
+case "$BACKEND" in
+vblkd)
+	[ -x "$VBLKD" ] || { echo "vblkd not found at $VBLKD (set VBLKD=)" >&2; exit 2; } ;;
+qsd)
+	command -v "$QSD" >/dev/null || { echo "$QSD not found (apt-get install qemu-system-common)" >&2; exit 2; } ;;
+*) echo "unknown backend '$BACKEND'" >&2; usage ;;
+esac
+command -v "$QEMU" >/dev/null || { echo "$QEMU not found (apt-get install qemu-system-x86)" >&2; exit 2; }
+
+"$HERE/build-initramfs.sh" "$E2E_OUT" || { echo "building the test initramfs failed" >&2; exit 2; }
+E2E_KERNEL=$E2E_OUT/vmlinuz
+E2E_INITRD=$E2E_OUT/initramfs.cpio.gz
+GIO=$E2E_OUT/guest-io
+
+e2e_setup || exit 2
+
+DISK_SIZE=$((64 * 1024 * 1024))
+eval "$(grep -E '^IO_(REGIONS|HOLES)=' "$HERE/guest/tests.sh")"
+
+# host-side checks of the image file (buffered reads: the back-end may use
+# O_DIRECT or the page cache, both are coherent with buffered reads)
+host_verify_io() {
+	local img=$1 seed=$2 r
+	for r in $IO_REGIONS; do
+		if ! "$GIO" -b verify "$img" "${r%%:*}" "${r#*:}" "$seed" >>"$E2E_TMP/host.log" 2>&1; then
+			FAIL_REASON="host: image does not contain seed $seed pattern at $r (see host.log)"
+			return 1
+		fi
+	done
+	for r in $IO_HOLES; do
+		if ! "$GIO" -b zero "$img" "${r%%:*}" "${r#*:}" >>"$E2E_TMP/host.log" 2>&1; then
+			FAIL_REASON="host: never-written range $r of the image is not zero"
+			return 1
+		fi
+	done
+}
+
+# the guest io test, once or twice (with a back-end restart in between)
+# io_test NAME RESTART [BACKEND-OPTS...]
+io_test() {
+	local name=$1 restart=$2; shift 2
+	local img=$E2E_TMP/$name.img
+	LOGS=("$E2E_TMP/$name.1.log" "$E2E_TMP/$name.1.log.qemu" "$E2E_TMP/$name.daemon.log")
+	mkimg "$img" $DISK_SIZE
+	backend_start "$name" "$img" "$@" || return 1
+	guest_run "$E2E_TMP/$name.1.log" "${BACKEND_SOCK[$name]}" io "vblk.seed=11 vblk.size=$DISK_SIZE" || return 1
+	host_verify_io "$img" 11 || return 1
+	if [ "$restart" = restart ]; then
+		# data must survive a guest restart and a back-end restart
+		backend_stop "$name" || return 1
+		cp "$E2E_TMP/$name.daemon.log" "$E2E_TMP/$name.daemon.1.log"
+		backend_start "$name" "$img" "$@" || return 1
+		LOGS=("$E2E_TMP/$name.2.log" "$E2E_TMP/$name.2.log.qemu" "$E2E_TMP/$name.daemon.log")
+		guest_run "$E2E_TMP/$name.2.log" "${BACKEND_SOCK[$name]}" io \
+			"vblk.seed=12 vblk.expect=11 vblk.size=$DISK_SIZE" || return 1
+		host_verify_io "$img" 12 || return 1
+	fi
+	backend_stop "$name" || return 1
+}
+
+t_io() { io_test io restart; }
+
+vblkd_only() {
+	if [ "$BACKEND" != vblkd ]; then
+		SKIP_REASON="$1 variant is only run against vblkd"
+		return 77
+	fi
+}
+t_aio-native() { vblkd_only aio=native || return; io_test aio-native once aio=native; }
+t_aio-threads() { vblkd_only aio=threads || return; io_test aio-threads once aio=threads; }
+t_cache-writeback() { vblkd_only cache=writeback || return; io_test cache-writeback once cache=writeback; }
+
+t_fs() {
+	local img=$E2E_TMP/fs.img
+	LOGS=("$E2E_TMP/fs.log" "$E2E_TMP/fs.log.qemu" "$E2E_TMP/fs.daemon.log" "$E2E_TMP/fs.fsck")
+	mkimg "$img" $DISK_SIZE
+	backend_start fs "$img" || return 1
+	guest_run "$E2E_TMP/fs.log" "${BACKEND_SOCK[fs]}" fs "vblk.size=$DISK_SIZE" || return 1
+	backend_stop fs || return 1
+	# the file system must also be clean as seen from the host
+	if ! e2fsck -fn "$img" >"$E2E_TMP/fs.fsck" 2>&1; then
+		FAIL_REASON="host: e2fsck -fn of the image found errors"
+		return 1
+	fi
+}
+
+t_discard() {
+	local img=$E2E_TMP/discard.img
+	LOGS=("$E2E_TMP/discard.log" "$E2E_TMP/discard.log.qemu" "$E2E_TMP/discard.daemon.log" "$E2E_TMP/host.log")
+	mkimg "$img" $DISK_SIZE
+	backend_start discard "$img" discard=unmap || return 1
+	# file back-end with punch-hole: discarded ranges read back as zeroes
+	guest_run "$E2E_TMP/discard.log" "${BACKEND_SOCK[discard]}" discard \
+		"vblk.seed=21 vblk.dzero=1 vblk.size=$DISK_SIZE" || return 1
+	backend_stop discard || return 1
+	# host view: zeroes where discarded, pattern elsewhere
+	local M=$((1024 * 1024))
+	if ! { "$GIO" -b zero "$img" $((5 * M)) $M && "$GIO" -b zero "$img" 8M 2M &&
+		"$GIO" -b verify "$img" 0 4M 21 && "$GIO" -b verify "$img" 4M 1M 28 &&
+		"$GIO" -b verify "$img" 10M 2M 21; } >>"$E2E_TMP/host.log" 2>&1; then
+		FAIL_REASON="host: image content after discard/write-zeroes is wrong (see host.log)"
+		return 1
+	fi
+	# discard must have released space in the image (punched a hole):
+	# 17 MiB were written, >= 1 MiB (5M..6M) must be deallocated again
+	local alloc=$(($(stat -c '%b * %B' "$img")))
+	if [ $alloc -gt $((16 * M)) ]; then
+		FAIL_REASON="host: image still has $((alloc / 1024)) KiB allocated, discard did not punch holes"
+		return 1
+	fi
+}
+
+t_mq() {
+	local img=$E2E_TMP/mq.img
+	LOGS=("$E2E_TMP/mq.log" "$E2E_TMP/mq.log.qemu" "$E2E_TMP/mq.daemon.log")
+	mkimg "$img" $DISK_SIZE
+	backend_start mq "$img" num-queues=2 || return 1
+	GUEST_SMP=2 GUEST_QUEUES=2 guest_run "$E2E_TMP/mq.log" "${BACKEND_SOCK[mq]}" mq \
+		"vblk.seed=31 vblk.queues=2 vblk.size=$DISK_SIZE" || return 1
+	backend_stop mq || return 1
+	local i
+	for i in 0 1 2 3; do
+		if ! "$GIO" -b verify "$img" $((i * 4))M 4M $((31 + i)) >>"$E2E_TMP/host.log" 2>&1; then
+			FAIL_REASON="host: writer $i's data missing from the image"
+			return 1
+		fi
+	done
+}
+
+t_ro() {
+	local img=$E2E_TMP/ro.img
+	LOGS=("$E2E_TMP/ro.log" "$E2E_TMP/ro.log.qemu" "$E2E_TMP/ro.daemon.log")
+	mkimg "$img" $DISK_SIZE
+	"$GIO" -b write "$img" 0 1M 41 && "$GIO" -b write "$img" -64K 64K 41 || {
+		FAIL_REASON="host: cannot pre-seed image"; return 1; }
+	local before after
+	before=$(md5sum <"$img")
+	backend_start ro "$img" readonly=on || return 1
+	guest_run "$E2E_TMP/ro.log" "${BACKEND_SOCK[ro]}" ro "vblk.seed=41 vblk.size=$DISK_SIZE" || return 1
+	backend_stop ro || return 1
+	after=$(md5sum <"$img")
+	if [ "$before" != "$after" ]; then
+		FAIL_REASON="host: read-only image was modified"
+		return 1
+	fi
+}
+
+t_flush() {
+	local img=$E2E_TMP/flush.img wc
+	LOGS=("$E2E_TMP/flush.log" "$E2E_TMP/flush.log.qemu" "$E2E_TMP/flush.daemon.log")
+	# qemu-storage-daemon 7.2 offers VIRTIO_BLK_F_CONFIG_WCE with wce=0, so
+	# the guest starts in write through; the guest test then switches to
+	# write back through the config space.
+	case "$BACKEND" in
+	qsd) wc=through ;;
+	*) wc=${E2E_VBLKD_WC:-back} ;;
+	esac
+	mkimg "$img" $DISK_SIZE
+	backend_start flush "$img" || return 1
+	guest_run "$E2E_TMP/flush.log" "${BACKEND_SOCK[flush]}" flush \
+		"vblk.seed=51 vblk.wc=$wc vblk.size=$DISK_SIZE" || return 1
+	# TODO: when vblkd exposes per-export statistics, check here that it
+	# saw the flushes the guest reports (VBLK-E2E: INFO flushes completed).
+	backend_stop flush || return 1
+}
+
+t_kill() {
+	local img=$E2E_TMP/kill.img
+	LOGS=("$E2E_TMP/kill.hammer.log" "$E2E_TMP/kill.hammer.log.qemu" "$E2E_TMP/kill.daemon.log")
+	mkimg "$img" $DISK_SIZE
+	backend_start kill "$img" || return 1
+	local sock=${BACKEND_SOCK[kill]} dpid=${BACKEND_PID[kill]}
+	guest_start "$E2E_TMP/kill.hammer.log" "$sock" "vblk.test=hammer vblk.seed=61"
+	if ! wait_for_line "$E2E_TMP/kill.hammer.log" '^VBLK-E2E: HAMMER running' 60; then
+		guest_kill
+		FAIL_REASON="hammer guest did not start writing"
+		return 1
+	fi
+	sleep 3
+	if ! kill -0 "$GUEST_PID" 2>/dev/null; then
+		wait "$GUEST_PID"
+		FAIL_REASON="hammer guest exited early"
+		return 1
+	fi
+	guest_kill   # abrupt front-end disconnect with I/O in flight
+	sleep 1
+	if ! backend_alive kill; then
+		FAIL_REASON="$BACKEND died when the front-end was killed"
+		return 1
+	fi
+	# the same daemon instance must accept a new front-end on the same socket
+	LOGS=("$E2E_TMP/kill.io.log" "$E2E_TMP/kill.io.log.qemu" "$E2E_TMP/kill.daemon.log")
+	guest_run "$E2E_TMP/kill.io.log" "$sock" io "vblk.seed=62 vblk.size=$DISK_SIZE" || return 1
+	if [ "${BACKEND_PID[kill]}" != "$dpid" ] || ! backend_alive kill; then
+		FAIL_REASON="$BACKEND did not survive"
+		return 1
+	fi
+	backend_stop kill || return 1
+	host_verify_io "$img" 62 || return 1
+}
+
+# ---------------------------------------------------------------------------
+npass=0 nfail=0 nskip=0
+echo "vblk e2e: backend=$BACKEND kernel=$(readlink "$E2E_KERNEL") tests: ${TESTS[*]}"
+for t in "${TESTS[@]}"; do
+	FAIL_REASON= SKIP_REASON= LOGS=()
+	start=${EPOCHREALTIME/./}
+	"t_$t"
+	rc=$?
+	# stop anything the test left running
+	for n in "${!BACKEND_PID[@]}"; do
+		backend_stop "$n" >/dev/null 2>&1
+	done
+	us=$((${EPOCHREALTIME/./} - start))
+	el=$((us / 1000000)).$((us / 100000 % 10))
+	if [ $rc -eq 0 ]; then
+		echo "PASS $t (${el}s)"
+		npass=$((npass + 1))
+	elif [ $rc -eq 77 ]; then
+		echo "SKIP $t: $SKIP_REASON"
+		nskip=$((nskip + 1))
+	else
+		echo "FAIL $t: ${FAIL_REASON:-unknown failure} (${el}s)"
+		show_logs "${LOGS[@]}"
+		nfail=$((nfail + 1))
+		E2E_KEEP=${E2E_KEEP:-1}
+	fi
+done
+[ $nskip -eq 0 ] || echo "($nskip skipped)"
+echo "$npass passed, $nfail failed"
+[ $nfail -eq 0 ]
