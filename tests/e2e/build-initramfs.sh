@@ -27,7 +27,7 @@ OUT=$(cd "$OUT" && pwd)
 # ---- pick the kernel -------------------------------------------------------
 pick_kernel() {
 	local k v best=""
-	for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V); do
+	for k in $(printf '%s\n' /boot/vmlinuz-* | sort -V); do
 		v=${k#/boot/vmlinuz-}
 		[ -f "/lib/modules/$v/modules.dep" ] && [ -r "$k" ] && best=$v
 	done
@@ -59,7 +59,8 @@ WANT_MODS="crc32c_generic virtio_pci virtio_blk ext4"
 
 OUTFILE=$OUT/initramfs.cpio.gz
 STAMP=$OUT/initramfs.stamp
-INPUTS=("$HERE/build-initramfs.sh" "$HERE/guest-io.c" "$HERE"/guest/* "$BUSYBOX" $HOST_BINS "$MODDIR/modules.dep")
+read -r -a HOST_BIN_LIST <<<"$HOST_BINS"
+INPUTS=("$HERE/build-initramfs.sh" "$HERE/guest-io.c" "$HERE"/guest/* "$BUSYBOX" "${HOST_BIN_LIST[@]}" "$MODDIR/modules.dep")
 
 up_to_date() {
 	[ -f "$OUTFILE" ] && [ -f "$STAMP" ] && [ -x "$OUT/guest-io" ] || return 1

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Helpers for the vblk end-to-end tests (sourced by run.sh; bash).
 #
@@ -80,7 +81,7 @@ mkimg() {
 backend_start() {
 	local name=$1 img=$2; shift 2
 	local sock=$E2E_TMP/$name.sock log=$E2E_TMP/$name.daemon.log
-	local ro=off nq=1 aio= cache=none discard= extra=() o
+	local ro=off nq=1 aio='' cache=none discard='' extra=() o
 	for o in "$@"; do
 		case "$o" in
 		readonly=*) ro=${o#*=} ;;

@@ -180,8 +180,10 @@ t_ro() {
 	local img=$E2E_TMP/ro.img
 	LOGS=("$E2E_TMP/ro.log" "$E2E_TMP/ro.log.qemu" "$E2E_TMP/ro.daemon.log")
 	mkimg "$img" $DISK_SIZE
-	"$GIO" -b write "$img" 0 1M 41 && "$GIO" -b write "$img" -64K 64K 41 || {
-		FAIL_REASON="host: cannot pre-seed image"; return 1; }
+	if ! { "$GIO" -b write "$img" 0 1M 41 && "$GIO" -b write "$img" -64K 64K 41; }; then
+		FAIL_REASON="host: cannot pre-seed image"
+		return 1
+	fi
 	local before after
 	before=$(md5sum <"$img")
 	backend_start ro "$img" readonly=on || return 1
@@ -252,7 +254,7 @@ t_kill() {
 npass=0 nfail=0 nskip=0
 echo "vblk e2e: backend=$BACKEND kernel=$(readlink "$E2E_KERNEL") tests: ${TESTS[*]}"
 for t in "${TESTS[@]}"; do
-	FAIL_REASON= SKIP_REASON= LOGS=()
+	FAIL_REASON='' SKIP_REASON='' LOGS=()
 	start=${EPOCHREALTIME/./}
 	"t_$t"
 	rc=$?

@@ -3,11 +3,13 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#define HUP_CHECK_NS    1000000000ull
 #define STALL_NS        (30ull * 1000000000ull)
 #define WAIT_TIMEOUT_MS 100
 #define MAX_PRINTED     16
@@ -290,9 +292,21 @@ static int job_submit_batch(struct job *j, enum phase ph, uint64_t now, uint64_t
     return queued ? blkq_kick(&j->q) : 0;
 }
 
+/* While requests hang, notice a back-end that died instead of waiting for the stall timeout. */
+static bool job_backend_gone(struct job *j)
+{
+    struct pollfd pfd = {.fd = j->cfg->dev_sock, .events = POLLRDHUP};
+
+    if (j->cfg->dev_sock < 0 || poll(&pfd, 1, 0) <= 0 ||
+        !(pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+        return false;
+    fprintf(stderr, "vblk-bench: job %u: back-end closed the vhost-user connection\n", j->id);
+    return true;
+}
+
 static int job_run_phase(struct job *j, enum phase ph, uint64_t t0)
 {
-    uint64_t last_progress = now_ns();
+    uint64_t last_progress = now_ns(), last_hup_check = 0;
     unsigned inflight = 0;
     bool more = true;
     int ret, n;
@@ -316,6 +330,11 @@ static int job_run_phase(struct job *j, enum phase ph, uint64_t t0)
         }
         if (!inflight)
             continue;
+        if (now - last_progress > HUP_CHECK_NS && now - last_hup_check > HUP_CHECK_NS) {
+            last_hup_check = now;
+            if (job_backend_gone(j))
+                return -ECONNRESET;
+        }
         if (now - last_progress > STALL_NS) {
             fprintf(stderr,
                     "vblk-bench: job %u: no completion for %llu s with %u requests in "

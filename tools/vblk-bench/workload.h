@@ -31,6 +31,7 @@ struct bench_cfg {
     uint64_t seed;
     uint64_t gen; /* verify generation stamped into every sector */
     bool quiet;
+    int dev_sock; /* vhost-user socket, watched for hang-ups while I/O is stuck */
 };
 
 struct job {
