@@ -176,6 +176,59 @@ backend_stop() {
 	return 0
 }
 
+# backend_counters NAME: read the back-end's request counters into CNT[]
+# (vblkd logs "requests=N reads=N writes=N flushes=N discards=N
+# write_zeroes=N errors=N unsupported=N" on SIGUSR1).  Returns 1 when the
+# back-end has no counters (qemu-storage-daemon), 2 on failure (FAIL_REASON).
+declare -A CNT=()
+backend_counters() {
+	local name=$1 log=${BACKEND_LOG[$1]} n0 kv deadline
+	CNT=()
+	[ "$BACKEND" = vblkd ] || return 1
+	n0=$(grep -c 'requests=' "$log")
+	kill -USR1 "${BACKEND_PID[$name]}" 2>/dev/null || {
+		FAIL_REASON="cannot signal $BACKEND $name"; return 2; }
+	deadline=$((SECONDS + 5))
+	until [ "$(grep -c 'requests=' "$log")" -gt "$n0" ]; do
+		if [ $SECONDS -ge $deadline ]; then
+			FAIL_REASON="$BACKEND $name logged no counters on SIGUSR1"
+			return 2
+		fi
+		sleep 0.05
+	done
+	for kv in $(grep 'requests=' "$log" | tail -1); do
+		case "$kv" in
+		*=[0-9]*) CNT[${kv%%=*}]=${kv#*=} ;;
+		esac
+	done
+	e2e_log "$name counters: $(grep 'requests=' "$log" | tail -1 | sed 's/.*requests=/requests=/')"
+	return 0
+}
+
+# expect_counters NAME 'KEY OP VALUE'...: check back-end counters (no-op for
+# back-ends without counters).  Example: expect_counters io 'errors -eq 0'
+expect_counters() {
+	local name=$1 c k op v; shift
+	backend_counters "$name"
+	case $? in 1) return 0 ;; 2) return 1 ;; esac
+	for c in "$@"; do
+		read -r k op v <<<"$c"
+		if [ -z "${CNT[$k]:-}" ]; then
+			FAIL_REASON="$BACKEND counters have no '$k'"
+			return 1
+		fi
+		if ! test "${CNT[$k]}" "$op" "$v"; then
+			FAIL_REASON="$BACKEND counter $k=${CNT[$k]}, expected $op $v"
+			return 1
+		fi
+	done
+}
+
+# guest_info LOG PREFIX: value after "VBLK-E2E: INFO PREFIX" in a guest log
+guest_info() {
+	tr -d '\r' <"$1" | sed -n "s/^VBLK-E2E: INFO $2//p" | tail -1
+}
+
 # ---------------------------------------------------------------------------
 # guests
 #

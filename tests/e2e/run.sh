@@ -57,13 +57,28 @@ esac
 command -v "$QEMU" >/dev/null || { echo "$QEMU not found (apt-get install qemu-system-x86)" >&2; exit 2; }
 
 "$HERE/build-initramfs.sh" "$E2E_OUT" || { echo "building the test initramfs failed" >&2; exit 2; }
+# used by guest_start in lib.sh
+# shellcheck disable=SC2034
 E2E_KERNEL=$E2E_OUT/vmlinuz
+# shellcheck disable=SC2034
 E2E_INITRD=$E2E_OUT/initramfs.cpio.gz
 GIO=$E2E_OUT/guest-io
 
 e2e_setup || exit 2
 
 DISK_SIZE=$((64 * 1024 * 1024))
+
+# qemu-storage-daemon: fall back to aio=threads where io_uring is unavailable
+if [ "$BACKEND" = qsd ] && [ -z "${QSD_AIO_SET:-}" ] && [ "$QSD_AIO" = io_uring ]; then
+	mkimg "$E2E_TMP/probe.img" 1M
+	if backend_start probe "$E2E_TMP/probe.img" && backend_stop probe; then
+		:
+	else
+		echo "note: qemu-storage-daemon with aio=io_uring does not work here; using aio=threads"
+		QSD_AIO=threads
+	fi
+	rm -f "$E2E_TMP/probe.img" "$E2E_TMP/probe.daemon.log"
+fi
 eval "$(grep -E '^IO_(REGIONS|HOLES)=' "$HERE/guest/tests.sh")"
 
 # host-side checks of the image file (buffered reads: the back-end may use
@@ -93,6 +108,7 @@ io_test() {
 	mkimg "$img" $DISK_SIZE
 	backend_start "$name" "$img" "$@" || return 1
 	guest_run "$E2E_TMP/$name.1.log" "${BACKEND_SOCK[$name]}" io "vblk.seed=11 vblk.size=$DISK_SIZE" || return 1
+	expect_counters "$name" 'errors -eq 0' 'writes -ge 8' 'reads -ge 8' || return 1
 	host_verify_io "$img" 11 || return 1
 	if [ "$restart" = restart ]; then
 		# data must survive a guest restart and a back-end restart
@@ -125,6 +141,7 @@ t_fs() {
 	mkimg "$img" $DISK_SIZE
 	backend_start fs "$img" || return 1
 	guest_run "$E2E_TMP/fs.log" "${BACKEND_SOCK[fs]}" fs "vblk.size=$DISK_SIZE" || return 1
+	expect_counters fs 'errors -eq 0' || return 1
 	backend_stop fs || return 1
 	# the file system must also be clean as seen from the host
 	if ! e2fsck -fn "$img" >"$E2E_TMP/fs.fsck" 2>&1; then
@@ -141,6 +158,7 @@ t_discard() {
 	# file back-end with punch-hole: discarded ranges read back as zeroes
 	guest_run "$E2E_TMP/discard.log" "${BACKEND_SOCK[discard]}" discard \
 		"vblk.seed=21 vblk.dzero=1 vblk.size=$DISK_SIZE" || return 1
+	expect_counters discard 'errors -eq 0' 'discards -ge 2' 'write_zeroes -ge 3' || return 1
 	backend_stop discard || return 1
 	# host view: zeroes where discarded, pattern elsewhere
 	local M=$((1024 * 1024))
@@ -166,6 +184,7 @@ t_mq() {
 	backend_start mq "$img" num-queues=2 || return 1
 	GUEST_SMP=2 GUEST_QUEUES=2 guest_run "$E2E_TMP/mq.log" "${BACKEND_SOCK[mq]}" mq \
 		"vblk.seed=31 vblk.queues=2 vblk.size=$DISK_SIZE" || return 1
+	expect_counters mq 'errors -eq 0' || return 1
 	backend_stop mq || return 1
 	local i
 	for i in 0 1 2 3; do
@@ -188,6 +207,7 @@ t_ro() {
 	before=$(md5sum <"$img")
 	backend_start ro "$img" readonly=on || return 1
 	guest_run "$E2E_TMP/ro.log" "${BACKEND_SOCK[ro]}" ro "vblk.seed=41 vblk.size=$DISK_SIZE" || return 1
+	expect_counters ro 'writes -eq 0' 'discards -eq 0' 'write_zeroes -eq 0' 'reads -ge 2' || return 1
 	backend_stop ro || return 1
 	after=$(md5sum <"$img")
 	if [ "$before" != "$after" ]; then
@@ -210,8 +230,11 @@ t_flush() {
 	backend_start flush "$img" || return 1
 	guest_run "$E2E_TMP/flush.log" "${BACKEND_SOCK[flush]}" flush \
 		"vblk.seed=51 vblk.wc=$wc vblk.size=$DISK_SIZE" || return 1
-	# TODO: when vblkd exposes per-export statistics, check here that it
-	# saw the flushes the guest reports (VBLK-E2E: INFO flushes completed).
+	# the back-end must have seen (at least) the flushes the guest completed
+	local gflush
+	gflush=$(guest_info "$E2E_TMP/flush.log" 'flushes completed: ')
+	[ -n "$gflush" ] || { FAIL_REASON="guest reported no flush count"; return 1; }
+	expect_counters flush 'errors -eq 0' "flushes -ge $gflush" || return 1
 	backend_stop flush || return 1
 }
 
@@ -242,6 +265,7 @@ t_kill() {
 	# the same daemon instance must accept a new front-end on the same socket
 	LOGS=("$E2E_TMP/kill.io.log" "$E2E_TMP/kill.io.log.qemu" "$E2E_TMP/kill.daemon.log")
 	guest_run "$E2E_TMP/kill.io.log" "$sock" io "vblk.seed=62 vblk.size=$DISK_SIZE" || return 1
+	expect_counters kill 'writes -ge 8' || return 1
 	if [ "${BACKEND_PID[kill]}" != "$dpid" ] || ! backend_alive kill; then
 		FAIL_REASON="$BACKEND did not survive"
 		return 1

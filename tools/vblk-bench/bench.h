@@ -26,6 +26,7 @@ struct options {
     bool verbose;
     bool no_indirect;
     bool no_event_idx;
+    bool force_write;
 };
 
 struct device {

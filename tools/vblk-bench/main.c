@@ -170,7 +170,7 @@ static int validate(struct options *o, const struct device *d)
                 d->queues);
         return -EINVAL;
     }
-    if (writes && vhc_has_feature(&d->vhc, VIRTIO_BLK_F_RO)) {
+    if (writes && !o->force_write && vhc_has_feature(&d->vhc, VIRTIO_BLK_F_RO)) {
         fprintf(stderr, "vblk-bench: device is read-only\n");
         return -EROFS;
     }

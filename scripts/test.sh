@@ -1,0 +1,114 @@
+#!/bin/bash
+# test.sh - build vblk and run every test suite; ends with "N passed, N failed".
+#
+#   scripts/test.sh            all suites
+#   scripts/test.sh unit       only the given suites (unit asan integration bench e2e fuzz)
+#
+# Suites: unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), integration (vblkd
+# driven over its socket by vblk-bench and a hostile front-end), bench (vblk-bench's own tests
+# against qemu-storage-daemon), e2e (a QEMU guest on vblkd), fuzz (each libFuzzer target for
+# FUZZ_SECONDS, default 20; needs clang).
+set -u
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+suites=("$@")
+[ ${#suites[@]} -gt 0 ] || suites=(unit asan integration bench e2e fuzz)
+passed=0
+failed=0
+logdir=$(mktemp -d "${TMPDIR:-/tmp}/vblk-test.XXXXXX")
+
+count() { # suite name, pass count, fail count
+    echo "== $1: $2 passed, $3 failed"
+    passed=$((passed + $2))
+    failed=$((failed + $3))
+}
+
+# meson_suite NAME BUILDDIR [meson test args]: run and count meson tests
+meson_suite() {
+    local name=$1 dir=$2
+    shift 2
+    if ! meson test -C "$dir" --print-errorlogs "$@" >"$logdir/$name.log" 2>&1; then
+        tail -60 "$logdir/$name.log"
+    fi
+    local ok fail
+    ok=$(grep -E '^Ok: ' "$logdir/$name.log" | awk '{print $2}')
+    fail=$(grep -E '^(Fail|Unexpected Pass|Timeout):' "$logdir/$name.log" | awk '{s += $2} END {print s + 0}')
+    grep -E '^(Ok|Expected Fail|Fail|Unexpected Pass|Skipped|Timeout):' "$logdir/$name.log" | tr '\n' ' '
+    echo
+    if [ -z "$ok" ]; then
+        echo "$name: meson test did not run"
+        count "$name" 0 1
+    else
+        count "$name" "$ok" "$fail"
+    fi
+}
+
+# script_suite NAME CMD...: run a script that prints PASS/FAIL lines and "N passed, N failed"
+script_suite() {
+    local name=$1 line
+    shift
+    "$@" >"$logdir/$name.log" 2>&1
+    grep -E '^(PASS|FAIL|SKIP)|^    ' "$logdir/$name.log" | grep -vE '^    (vblkd|e2e):' | head -200
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$logdir/$name.log" | tail -1)
+    if [ -n "$line" ]; then
+        count "$name" "$(echo "$line" | awk '{print $1}')" "$(echo "$line" | awk '{print $3}')"
+    else
+        tail -30 "$logdir/$name.log"
+        count "$name" 0 1
+    fi
+}
+
+build_ok=1
+if ! scripts/build.sh build >"$logdir/build.log" 2>&1; then
+    tail -40 "$logdir/build.log"
+    echo "build failed"
+    build_ok=0
+    count build 0 1
+fi
+
+for s in "${suites[@]}"; do
+    [ $build_ok = 1 ] || break
+    case "$s" in
+    unit)
+        meson_suite unit build --suite unit
+        ;;
+    asan)
+        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+            >"$logdir/build-asan.log" 2>&1; then
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+                meson_suite asan build-asan --suite unit
+        else
+            tail -40 "$logdir/build-asan.log"
+            count asan 0 1
+        fi
+        ;;
+    integration)
+        script_suite integration bash tests/integration/run.sh build
+        ;;
+    bench)
+        script_suite bench bash tools/vblk-bench/tests/test-bench.sh build/tools/vblk-bench/vblk-bench
+        ;;
+    e2e)
+        script_suite e2e bash tests/e2e/run.sh --backend vblkd
+        ;;
+    fuzz)
+        if [ -x tests/fuzz/run.sh ] && command -v clang >/dev/null; then
+            if bash tests/fuzz/run.sh "${FUZZ_SECONDS:-20}" >"$logdir/fuzz.log" 2>&1; then
+                count fuzz 1 0
+            else
+                tail -40 "$logdir/fuzz.log"
+                count fuzz 0 1
+            fi
+        else
+            echo "== fuzz: skipped (needs clang and tests/fuzz/run.sh)"
+        fi
+        ;;
+    *)
+        echo "unknown suite '$s' (unit asan bench e2e fuzz)"
+        count "$s" 0 1
+        ;;
+    esac
+done
+echo "logs: $logdir"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""hostile.py SOCKET - a misbehaving vhost-user front-end.
+
+Sends one malformed message per connection and checks that vblkd closes that connection (and
+only that one).  Each case prints "PASS hostile-<name>" or "FAIL hostile-<name>: why".  Exit 1
+if any case failed.  Standard library only.
+"""
+import os
+import socket
+import struct
+import sys
+
+VERSION = 0x1
+NEED_REPLY = 0x8
+
+
+def msg(req, payload=b"", flags=VERSION, size=None):
+    return struct.pack("<III", req, flags, len(payload) if size is None else size) + payload
+
+
+def closed_after(sock_path, data, fds=()):
+    """Send data; True if the daemon closes the connection (EOF) within 5 s."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(sock_path)
+    try:
+        if fds:
+            s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i" * len(fds), *fds))])
+        else:
+            s.sendall(data)
+        while True:
+            b = s.recv(4096)
+            if not b:
+                return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        s.close()
+
+
+def get_features_ok(sock_path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(sock_path)
+    s.sendall(msg(1))
+    hdr = s.recv(12)
+    s.close()
+    return len(hdr) == 12 and struct.unpack("<III", hdr)[0] == 1
+
+
+def main():
+    path = sys.argv[1]
+    u64 = lambda v: struct.pack("<Q", v)
+    state = lambda i, n: struct.pack("<II", i, n)
+    r, w = os.pipe()
+    cases = {
+        "unknown-request": msg(999),
+        "bad-version": msg(1, flags=0x2),
+        "oversized-payload": msg(2, size=1 << 20),
+        "set-features-short": msg(2, b"\x00\x00\x00\x00"),
+        "set-features-unoffered": msg(2, u64(1 << 63)),
+        "vring-num-not-pow2": msg(8, state(0, 100)),
+        "vring-num-zero": msg(8, state(0, 0)),
+        "vring-num-too-big": msg(8, state(0, 65536)),
+        "vring-index-out-of-range": msg(8, state(200, 128)),
+        "vring-kick-index-out-of-range": msg(12, u64(77 | 0x100)),
+        "vring-kick-reserved-bits": msg(12, u64(1 << 40)),
+        "mem-table-too-many-regions": msg(5, struct.pack("<II", 9, 0) + bytes(32 * 9)),
+        "mem-table-no-regions": msg(5, struct.pack("<II", 0, 0)),
+        "mem-table-missing-fds": msg(5, struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 4096, 0, 0)),
+        "get-config-bad-size": msg(24, struct.pack("<III", 0, 300, 0) + bytes(256)),
+        "set-config-readonly-field": msg(25, struct.pack("<III", 0, 8, 0) + bytes(8)),
+        "log-base-unsupported": msg(6, u64(0)),
+    }
+    failed = 0
+    for name, data in cases.items():
+        ok = closed_after(path, data)
+        print(("PASS" if ok else "FAIL") + " hostile-" + name + ("" if ok else ": connection stayed open"))
+        failed += not ok
+    ok = closed_after(path, msg(1), fds=(r,))
+    print(("PASS" if ok else "FAIL") + " hostile-unexpected-fd")
+    failed += not ok
+    ok = get_features_ok(path)
+    print(("PASS" if ok else "FAIL") + " hostile-still-serving" + ("" if ok else ": no GET_FEATURES reply"))
+    failed += not ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+#!/bin/bash
+# run.sh - vblkd driven over its real socket by vblk-bench (no guest): every engine and cache
+# mode with --verify, the null backend, read-only exports, a hostile front-end, and a check that
+# one export misbehaving leaves the others serving.
+#
+# usage: tests/integration/run.sh [BUILD_DIR]
+# Prints PASS/FAIL lines and "N passed, N failed"; exit 1 on failure.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+build=${1:-$repo/build}
+VBLKD=${VBLKD:-$build/src/vblkd}
+BENCH=${VBLK_BENCH:-$build/tools/vblk-bench/vblk-bench}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/vblk-int.XXXXXX")
+passed=0
+failed=0
+daemon=
+
+cleanup() {
+    if [ -n "$daemon" ] && kill -0 "$daemon" 2>/dev/null; then
+        kill -KILL "$daemon" 2>/dev/null
+        wait "$daemon" 2>/dev/null
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+pass() { echo "PASS $1"; passed=$((passed + 1)); }
+fail() {
+    echo "FAIL $1: $2"
+    failed=$((failed + 1))
+    [ -f "$tmp/daemon.log" ] && tail -15 "$tmp/daemon.log" | sed 's/^/    /'
+}
+check() { # name, command...
+    local name=$1
+    shift
+    if "$@" >"$tmp/out" 2>&1; then pass "$name"; else fail "$name" "$(tail -3 "$tmp/out" | tr '\n' ' ')"; fi
+}
+check_fails() { # name, command... (must exit non-zero)
+    local name=$1
+    shift
+    if "$@" >"$tmp/out" 2>&1; then fail "$name" "succeeded but should not"; else pass "$name"; fi
+}
+
+wait_sockets() {
+    local s i
+    for i in $(seq 100); do
+        for s in "$@"; do [ -S "$s" ] || continue 2; done
+        return 0
+    done
+    return 1
+}
+
+# start_daemon EXPORT... : one vblkd serving all the given exports
+start_daemon() {
+    local args=() e socks=()
+    for e in "$@"; do
+        args+=(--export "$e")
+        socks+=("$(echo "$e" | sed -n 's/.*socket=\([^,]*\).*/\1/p')")
+    done
+    "$VBLKD" "${args[@]}" >"$tmp/daemon.log" 2>&1 &
+    daemon=$!
+    for _ in $(seq 100); do
+        wait_sockets "${socks[@]}" && return 0
+        kill -0 "$daemon" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+stop_daemon() { # must exit 0 on SIGTERM
+    kill -TERM "$daemon"
+    wait "$daemon"
+    local rc=$?
+    daemon=
+    return $rc
+}
+
+for f in a b c d e; do truncate -s 64M "$tmp/$f.img"; done
+S=$tmp
+if ! start_daemon \
+    "id=uring,file=$S/a.img,socket=$S/uring.sock,aio=io_uring,cache=none,num-queues=2" \
+    "id=native,file=$S/b.img,socket=$S/native.sock,aio=native,cache=directsync" \
+    "id=threads,file=$S/c.img,socket=$S/threads.sock,aio=threads,cache=writeback" \
+    "id=wt,file=$S/d.img,socket=$S/wt.sock,cache=writethrough,logical-block-size=4096" \
+    "id=ro,file=$S/e.img,socket=$S/ro.sock,readonly=on" \
+    "id=null,file=null://1G,socket=$S/null.sock"; then
+    fail daemon-start "vblkd did not come up"
+    echo "$passed passed, $failed failed"
+    exit 1
+fi
+pass daemon-start
+
+B="$BENCH --runtime=1"
+check verify-io_uring-2q $BENCH --socket "$S/uring.sock" --verify --numjobs=2 --bs=16k
+check verify-native-directsync $BENCH --socket "$S/native.sock" --verify --wait
+check verify-threads-writeback $BENCH --socket "$S/threads.sock" --verify --no-indirect
+check verify-writethrough-4k $BENCH --socket "$S/wt.sock" --verify --bs=4k --no-event-idx
+check verify-large-1m $BENCH --socket "$S/uring.sock" --verify --bs=1m --size=32M
+check randrw-io_uring $B --socket "$S/uring.sock" --rw=randrw --iodepth=32
+check randrw-null-poll $B --socket "$S/null.sock" --rw=randrw --poll
+check randread-null-wait $B --socket "$S/null.sock" --rw=randread --wait --numjobs=1
+check read-only-reads $B --socket "$S/ro.sock" --rw=randread
+check_fails read-only-rejects-writes $BENCH --socket "$S/ro.sock" --rw=randwrite --ios=64 --force-write
+if grep -q '"errors": *64' <($BENCH --socket "$S/ro.sock" --rw=randwrite --ios=64 --json --force-write 2>/dev/null); then
+    pass read-only-every-write-ioerr
+else
+    fail read-only-every-write-ioerr "expected 64 errors"
+fi
+check_fails unaligned-4k-export $BENCH --socket "$S/wt.sock" --bs=512 --ios=32
+
+# a hostile front-end on one export; the daemon survives and the others keep serving
+if python3 "$here/hostile.py" "$S/null.sock" >"$tmp/hostile.out" 2>&1; then
+    pass hostile-front-end
+else
+    fail hostile-front-end "$(grep FAIL "$tmp/hostile.out" | tr '\n' ' ')"
+fi
+sed 's/^/    /' "$tmp/hostile.out"
+kill -0 "$daemon" 2>/dev/null && pass daemon-alive-after-hostile || fail daemon-alive-after-hostile "vblkd died"
+check other-export-still-serves $B --socket "$S/uring.sock" --rw=randrw --verify
+check hostile-export-serves-again $B --socket "$S/null.sock" --rw=randread
+
+# a second front-end while one is connected is refused, the first keeps working
+$BENCH --socket "$S/uring.sock" --runtime=3 --rw=randread >"$tmp/first.out" 2>&1 &
+first=$!
+sleep 1
+check_fails second-front-end-refused $BENCH --socket "$S/uring.sock" --ios=16
+wait $first && pass first-front-end-unaffected || fail first-front-end-unaffected "$(tail -2 "$tmp/first.out")"
+
+# SIGUSR1 logs counters; the flushes guests send are counted
+kill -USR1 "$daemon"
+sleep 0.3
+grep -q "uring: requests=" "$tmp/daemon.log" && pass stats-on-sigusr1 || fail stats-on-sigusr1 "no counters logged"
+
+if stop_daemon; then pass sigterm-exit-0; else fail sigterm-exit-0 "non-zero exit"; fi
+for s in uring native null; do
+    [ -e "$S/$s.sock" ] && { fail socket-removed "$s.sock left behind"; continue 2; }
+done
+pass socket-removed
+
+# bad command lines fail cleanly and leave nothing behind
+check_fails cli-unknown-key "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock,colour=blue
+grep -q "unknown key 'colour'" "$tmp/out" && pass cli-error-names-key || fail cli-error-names-key "$(cat "$tmp/out")"
+check_fails cli-bad-cache "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock,cache=sometimes
+check_fails cli-missing-file "$VBLKD" --export id=x,file=$S/nope.img,socket=$S/x.sock
+check_fails cli-second-export-bad "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock \
+    --export id=y,file=$S/nope.img,socket=$S/y.sock
+[ -e "$S/x.sock" ] && fail cli-nothing-half-started "x.sock left behind" || pass cli-nothing-half-started
+check cli-help "$VBLKD" --help
+check cli-version "$VBLKD" --version
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

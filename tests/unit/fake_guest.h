@@ -1,0 +1,113 @@
+/* fake_guest.h - in-process "guest" for the unit tests: guest memory, driver-side split rings,
+ * and a virtio-blk device whose queues are started without an I/O thread.
+ *
+ * Memory layout (region 0, FG_R0_SIZE bytes at guest-physical FG_GPA0):
+ *   ring q (q < FG_MAX_QUEUES) at FG_GPA0 + q * FG_RING_STRIDE: desc table, avail ring, used ring
+ *   data area from FG_GPA0 + FG_DATA_OFF, handed out by fg_alloc() (bump allocator)
+ * Region 1 (optional, FG_R1_SIZE bytes) follows region 0 directly in guest-physical space but is
+ * a separate host allocation, so a buffer crossing the boundary needs two iovecs.
+ */
+#ifndef VBLK_TEST_FAKE_GUEST_H
+#define VBLK_TEST_FAKE_GUEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bdev/bdev.h"
+#include "blk/virtio_blk.h"
+#include "engine/engine.h"
+#include "vhost/guest_mem.h"
+#include "virtq/virtq.h"
+
+#define FG_GPA0        0x100000ull
+#define FG_UVA0        0x7f0000000000ull
+#define FG_R0_SIZE     (8u << 20)
+#define FG_R1_SIZE     (1u << 20)
+#define FG_MAX_QUEUES  4
+#define FG_RING_STRIDE 0x8000u /* enough for a 1024-entry ring: 16K + 2K + 8K */
+#define FG_DATA_OFF    (FG_MAX_QUEUES * FG_RING_STRIDE)
+
+struct fg_ring {
+    uint16_t num;
+    struct vring_desc *desc;
+    struct vring_avail *avail;
+    struct vring_used *used;
+    uint64_t desc_uva, avail_uva, used_uva;
+    uint16_t avail_idx; /* driver's next avail index */
+    uint16_t next_desc; /* next free descriptor (bump, wraps) */
+};
+
+struct fake_guest {
+    struct vblk_mem mem;
+    uint8_t *r0, *r1;
+    uint64_t next_data; /* bump allocator, guest-physical */
+    struct fg_ring ring[FG_MAX_QUEUES];
+};
+
+/* Guest memory with two regions when two_regions, rings of num entries for nq queues. */
+void fg_init(struct fake_guest *g, unsigned nq, uint16_t num, bool two_regions);
+void fg_fini(struct fake_guest *g);
+/* Start a ring over: zero it and reset the driver indices (used->idx and avail->idx = idx). */
+void fg_ring_reset(struct fake_guest *g, unsigned q, uint16_t idx);
+
+/* Guest-physical address of a fresh zeroed buffer of len bytes (16-byte aligned). */
+uint64_t fg_alloc(struct fake_guest *g, uint64_t len);
+/* Host pointer for a guest-physical address (must be in guest memory). */
+void *fg_ptr(struct fake_guest *g, uint64_t gpa);
+
+/* Write descriptor i of ring q. */
+void fg_desc(struct fake_guest *g, unsigned q, uint16_t i, uint64_t addr, uint32_t len,
+             uint16_t flags, uint16_t next);
+/* A segment of a chain built by fg_chain(). */
+struct fg_seg {
+    uint64_t addr;
+    uint32_t len;
+    bool write;
+};
+/* Lay out n descriptors chained with NEXT from the ring's free descriptors; returns the head. */
+uint16_t fg_chain(struct fake_guest *g, unsigned q, const struct fg_seg *s, unsigned n);
+/* Build an indirect table in guest memory from s[0..n), and one ring descriptor pointing at it. */
+uint16_t fg_chain_indirect(struct fake_guest *g, unsigned q, const struct fg_seg *s, unsigned n);
+/* Make head available (writes the ring entry and bumps avail->idx). */
+void fg_post(struct fake_guest *g, unsigned q, uint16_t head);
+/* Used ring entry i (absolute used index, masked) and used->idx. */
+struct vring_used_elem fg_used_elem(struct fake_guest *g, unsigned q, uint16_t i);
+uint16_t fg_used_idx(struct fake_guest *g, unsigned q);
+
+/* ---- virtio-blk ---- */
+
+#define FB_STATUS_UNSET 0xee /* what status bytes hold before the device writes them */
+
+struct fake_blk {
+    struct fake_guest g;
+    struct vblk_bdev bdev;
+    struct vblk_blk_dev d;
+    struct vblk_engine *eng;
+    char path[64]; /* backing temp file, "" for null */
+};
+
+enum fb_backing { FB_NULL, FB_FILE };
+
+/* A device of nq queues of num entries over a null bdev (size bytes, null engine) or a temp file
+ * of size bytes (io_uring engine, or the thread pool when io_uring is unavailable). */
+void fb_init(struct fake_blk *b, enum fb_backing backing, uint64_t size, unsigned nq, uint16_t num);
+void fb_fini(struct fake_blk *b);
+/* Start queue q the way vblk_blk_queue_start does, without an I/O thread. */
+void fb_queue_start(struct fake_blk *b, unsigned q, bool event_idx, bool indirect);
+/* Process queue q, run the engine until nothing is in flight, publish used entries. */
+void fb_run(struct fake_blk *b, unsigned q);
+/* Process queue q and hand I/O to the engine, without reaping (requests stay in flight). */
+void fb_process_only(struct fake_blk *b, unsigned q);
+
+/* A request: header (16 readable bytes), data, status (1 writable byte, preset to
+ * FB_STATUS_UNSET).  data_len 0: no data descriptor. */
+struct fb_req {
+    uint16_t head;
+    uint64_t hdr_gpa, data_gpa, status_gpa;
+    uint8_t *data;
+};
+void fb_req_build(struct fake_blk *b, unsigned q, struct fb_req *r, uint32_t type, uint64_t sector,
+                  uint32_t data_len, bool data_write);
+uint8_t fb_status(struct fake_blk *b, const struct fb_req *r);
+
+#endif
