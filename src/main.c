@@ -46,6 +46,7 @@ static void usage(FILE *f)
             "  discard=unmap|ignore      pass discards to the file, or don't offer them (unmap)\n"
             "  serial=STR                answer to GET_ID, up to 20 characters (the id)\n"
             "  logical-block-size=N      512 to 64k (512)\n"
+            "  read-zeroes=on|off        null://: zero-fill read buffers, or leave them (on)\n"
             "\n"
             "Options:\n"
             "  -v, --verbose             log every vhost-user message\n"

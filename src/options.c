@@ -29,6 +29,7 @@ void vblk_opts_defaults(struct vblk_export_opts *o)
     o->queue_size = 1024;
     o->discard_unmap = true;
     o->logical_block_size = 512;
+    o->read_zeroes = true;
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -174,13 +175,16 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
             return fail(err, errlen, "logical-block-size='%s': must be a power of two from 512 "
                                      "to 64k", v);
         o->logical_block_size = (unsigned)sz;
+    } else if (!strcmp(key, "read-zeroes")) {
+        if (parse_bool(v, &o->read_zeroes) < 0)
+            return fail(err, errlen, "read-zeroes='%s': allowed values are on, off", v);
     } else if (!strcmp(key, "type")) {
         if (strcmp(v, "vhost-user-blk"))
             return fail(err, errlen, "type='%s': the only export type is vhost-user-blk", v);
     } else {
         return fail(err, errlen, "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
                                  "cache, num-queues, queue-size, discard, serial, "
-                                 "logical-block-size)", key);
+                                 "logical-block-size, read-zeroes)", key);
     }
     return 0;
 }

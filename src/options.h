@@ -40,10 +40,11 @@ struct vblk_export_opts {
     unsigned logical_block_size;
     bool null;          /* file=null://SIZE */
     uint64_t null_size; /* bytes */
+    bool read_zeroes;   /* null: zero-fill reads (on) */
 };
 
 /* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,
- * logical-block-size=512, serial=<id>. */
+ * logical-block-size=512, serial=<id>, read-zeroes=on. */
 void vblk_opts_defaults(struct vblk_export_opts *o);
 
 /* Parse "key=value,..." (",," is a literal comma in a value).  0, or -EINVAL with err set. */

@@ -34,6 +34,7 @@ int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *
 
     if (o->null) {
         b->null = true;
+        b->read_zeroes = o->read_zeroes;
         b->size = o->null_size - o->null_size % b->lbs;
         b->discard = o->discard_unmap && !o->readonly;
         b->write_zeroes = !o->readonly;

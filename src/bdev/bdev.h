@@ -2,8 +2,8 @@
  *
  * Owns: opening the file or block device with the flags its cache mode means, its size and
  * block sizes, and the final flush on shutdown.  Drivers: "file" (regular file or block device,
- * I/O through the export's engine) and "null" (file=null://SIZE: no storage, reads return
- * zeroes).  The per-request path does not call in here: the virtio-blk layer fills struct
+ * I/O through the export's engine) and "null" (file=null://SIZE: no storage, requests complete
+ * at once in the I/O thread, reads return zeroes unless read-zeroes=off).  The per-request path does not call in here: the virtio-blk layer fills struct
  * vblk_io from the fields below and hands it to the engine.
  */
 #ifndef VBLK_BDEV_H
@@ -27,6 +27,7 @@ struct vblk_bdev {
     bool discard;         /* DISCARD offered */
     bool write_zeroes;    /* WRITE_ZEROES offered */
     bool zeroes_unmap;    /* WRITE_ZEROES with UNMAP may punch holes */
+    bool read_zeroes;     /* null: reads fill the buffer with zeroes */
 };
 
 /* Open per o.  0, or -errno with a message in err naming the file and what failed. */

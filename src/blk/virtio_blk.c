@@ -218,6 +218,15 @@ static void submit_rw(struct blk_req *req, uint8_t op, struct iovec *iov, unsign
     struct vblk_blk_dev *d = req->q->dev;
     struct vblk_io *io = &req->io;
 
+    if (d->bdev->null) {
+        /* no storage: complete inline */
+        if (op == VBLK_IO_READ && d->bdev->read_zeroes) {
+            for (unsigned i = 0; i < cnt; i++)
+                memset(iov[i].iov_base, 0, iov[i].iov_len);
+        }
+        req_finish(req, VIRTIO_BLK_S_OK);
+        return;
+    }
     io->op = op;
     io->iov = iov;
     io->iovcnt = cnt;

@@ -69,7 +69,7 @@ e2e_setup || exit 2
 DISK_SIZE=$((64 * 1024 * 1024))
 
 # qemu-storage-daemon: fall back to aio=threads where io_uring is unavailable
-if [ "$BACKEND" = qsd ] && [ -z "${QSD_AIO_SET:-}" ] && [ "$QSD_AIO" = io_uring ]; then
+if [ "$BACKEND" = qsd ] && [ "$QSD_AIO" = io_uring ]; then
 	mkimg "$E2E_TMP/probe.img" 1M
 	if backend_start probe "$E2E_TMP/probe.img" && backend_stop probe; then
 		:
