@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len)
 {
@@ -47,12 +48,19 @@ int vblk_mem_region_check(const struct vhost_user_mem_region *d)
 int vblk_mem_region_map(struct vblk_mem_region *out, const struct vhost_user_mem_region *d, int fd)
 {
     uint64_t map_size;
+    struct stat st;
     void *p;
 
     if (vblk_mem_region_check(d) < 0)
         return -EINVAL;
     /* Map from offset 0 like libvhost-user: mmap_offset need not be page aligned. */
     map_size = d->mmap_offset + d->memory_size;
+    /* Touching a mapping past the end of its file raises SIGBUS: refuse regions the fd does not
+     * back.  (A front-end that shrinks the file later is not caught here; QEMU seals memfds.) */
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size < map_size)
+        return -ERANGE;
     p = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (p == MAP_FAILED)
         return -errno;

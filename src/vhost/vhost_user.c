@@ -274,7 +274,8 @@ static int h_set_mem_table(struct vblk_vu_dev *v)
 
         r = vblk_mem_region_map(&reg, &m->regions[i], v->fds[i]);
         if (r < 0) {
-            log_err(v->name, "SET_MEM_TABLE: cannot map region %u: %s", i, strerror(-r));
+            log_err(v->name, "SET_MEM_TABLE: cannot map region %u: %s", i,
+                    r == -ERANGE ? "larger than the file that backs it" : strerror(-r));
             goto err_unmap;
         }
         r = vblk_mem_add(mem, &reg);
@@ -314,7 +315,8 @@ static int h_add_mem_reg(struct vblk_vu_dev *v)
     r = vblk_mem_region_map(&reg, &v->msg.payload.memreg.region, v->fds[0]);
     if (r < 0) {
         free(mem);
-        return PROTO_ERR(v, "ADD_MEM_REG: cannot map region: %s", strerror(-r));
+        return PROTO_ERR(v, "ADD_MEM_REG: cannot map region: %s",
+                         r == -ERANGE ? "larger than the file that backs it" : strerror(-r));
     }
     r = vblk_mem_add(mem, &reg);
     if (r < 0) {

@@ -81,9 +81,9 @@ echo "build-initramfs: building $OUTFILE for kernel $KVER" >&2
 
 # ---- guest helper ------------------------------------------------------------
 CC=${CC:-gcc}
-"$CC" -std=gnu11 -static -O2 -Wall -Wextra -Werror -o "$OUT/guest-io.tmp" "$HERE/guest-io.c" \
+"$CC" -std=gnu11 -static -O2 -Wall -Wextra -Werror -o "$OUT/guest-io.tmp.$$" "$HERE/guest-io.c" \
 	|| die "compiling guest-io.c failed (static libc: apt-get install libc6-dev)"
-mv "$OUT/guest-io.tmp" "$OUT/guest-io"
+mv "$OUT/guest-io.tmp.$$" "$OUT/guest-io"
 
 # ---- staging tree --------------------------------------------------------------
 ROOT=$(mktemp -d "$OUT/root.XXXXXX")
@@ -168,8 +168,8 @@ echo "build-initramfs: modules: ${ORDER[*]}" >&2
 
 # ---- pack ------------------------------------------------------------------------
 (cd "$ROOT" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) \
-	| gzip -1 >"$OUTFILE.tmp"
-mv "$OUTFILE.tmp" "$OUTFILE"
+	| gzip -1 >"$OUTFILE.tmp.$$"
+mv "$OUTFILE.tmp.$$" "$OUTFILE"
 echo "$KVER $WANT_MODS" >"$STAMP"
 ln -sfn "$KERNEL" "$OUT/vmlinuz"
 echo "build-initramfs: wrote $OUTFILE ($(du -h "$OUTFILE" | cut -f1))" >&2

@@ -79,6 +79,34 @@ def main():
         ok = closed_after(path, data)
         print(("PASS" if ok else "FAIL") + " hostile-" + name + ("" if ok else ": connection stayed open"))
         failed += not ok
+    # a region bigger than the file behind it would SIGBUS on access: refused
+    mfd = os.memfd_create("hostile")
+    os.ftruncate(mfd, 4096)
+    region = struct.pack("<QQQQ", 0, 1 << 30, 0x7f0000000000, 0)
+    ok = closed_after(path, msg(5, struct.pack("<II", 1, 0) + region), fds=(mfd,))
+    print(("PASS" if ok else "FAIL") + " hostile-mem-region-beyond-fd")
+    failed += not ok
+    # rings outside guest memory: the ring cannot start, the connection is closed
+    os.ftruncate(mfd, 1 << 20)
+    region = struct.pack("<QQQQ", 0, 1 << 20, 0x7f0000000000, 0)
+    seq = (msg(5, struct.pack("<II", 1, 0) + region) + msg(8, state(0, 128))
+           + msg(9, struct.pack("<IIQQQQ", 0, 0, 0x7f0000100000, 0x7f0000200000, 0x7f0000300000, 0)))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendmsg([seq[:12 + 8 + 32]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", mfd))])
+    s.sendall(seq[12 + 8 + 32:])
+    efd = os.eventfd(0) if hasattr(os, "eventfd") else os.pipe()[0]
+    s.sendmsg([msg(12, u64(0))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", efd))])
+    try:
+        ok = s.recv(64) == b""
+    except (socket.timeout, TimeoutError):
+        ok = False
+    except ConnectionResetError:
+        ok = True
+    s.close()
+    print(("PASS" if ok else "FAIL") + " hostile-rings-outside-memory")
+    failed += not ok
     ok = closed_after(path, msg(1), fds=(r,))
     print(("PASS" if ok else "FAIL") + " hostile-unexpected-fd")
     failed += not ok

@@ -1,0 +1,775 @@
+/* test_virtio_blk.c - virtio-blk request handling on queues started without an I/O thread. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <linux/virtio_config.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "fake_guest.h"
+
+#define NUM      512
+#define NQ       2
+#define DISK     (1u << 20) /* bytes */
+#define CAP      (DISK / 512)
+
+static struct fake_blk fb;
+
+static int setup_null(void **state)
+{
+    fb_init(&fb, FB_NULL, DISK, NQ, NUM);
+    for (unsigned q = 0; q < NQ; q++)
+        fb_queue_start(&fb, q, true, true);
+    return 0;
+}
+
+static int setup_file(void **state)
+{
+    fb_init(&fb, FB_FILE, DISK, NQ, NUM);
+    for (unsigned q = 0; q < NQ; q++)
+        fb_queue_start(&fb, q, true, true);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fb_fini(&fb);
+    return 0;
+}
+
+static struct blk_queue *Q(unsigned q)
+{
+    return &fb.d.queues[q];
+}
+
+/* Build, post and run one request on queue q; returns its status byte. */
+static uint8_t run_req(unsigned q, struct fb_req *r, uint32_t type, uint64_t sector, uint32_t len,
+                       bool data_write)
+{
+    fb_req_build(&fb, q, r, type, sector, len, data_write);
+    fg_post(&fb.g, q, r->head);
+    fb_run(&fb, q);
+    return fb_status(&fb, r);
+}
+
+/* The used entry of the most recent completion on queue q. */
+static struct vring_used_elem last_used(unsigned q)
+{
+    return fg_used_elem(&fb.g, q, (uint16_t)(fg_used_idx(&fb.g, q) - 1));
+}
+
+static void assert_last_used(unsigned q, uint16_t head, uint32_t len)
+{
+    struct vring_used_elem e = last_used(q);
+
+    assert_int_equal(e.id, head);
+    assert_int_equal(e.len, len);
+}
+
+/* ---- reads and writes ---- */
+
+static void test_out_in_round_trip_on_a_file(void **state)
+{
+    struct fb_req w, r;
+    uint8_t pattern[4096], disk[4096];
+
+    for (unsigned i = 0; i < sizeof(pattern); i++)
+        pattern[i] = (uint8_t)(i * 7 + 3);
+    fb_req_build(&fb, 0, &w, VIRTIO_BLK_T_OUT, 8, sizeof(pattern), false);
+    memcpy(w.data, pattern, sizeof(pattern));
+    fg_post(&fb.g, 0, w.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &w), VIRTIO_BLK_S_OK);
+    assert_last_used(0, w.head, 1);
+    assert_int_equal(pread(fb.bdev.fd, disk, sizeof(disk), 8 * 512), (ssize_t)sizeof(disk));
+    assert_memory_equal(disk, pattern, sizeof(pattern));
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 8, sizeof(pattern), true), VIRTIO_BLK_S_OK);
+    assert_memory_equal(r.data, pattern, sizeof(pattern));
+    assert_last_used(0, r.head, sizeof(pattern) + 1);
+    assert_int_equal(fg_used_idx(&fb.g, 0), 2);
+    assert_int_equal(fb.d.stats.reads, 1);
+    assert_int_equal(fb.d.stats.writes, 1);
+    assert_int_equal(fb.d.stats.errors, 0);
+    assert_false(Q(0)->vq.broken);
+}
+
+static void test_in_on_a_file_spanning_regions_and_indirect(void **state)
+{
+    uint64_t boundary = FG_GPA0 + FG_R0_SIZE;
+    uint64_t hdr = fg_alloc(&fb.g, 16), st = fg_alloc(&fb.g, 1);
+    struct virtio_blk_outhdr *h = fg_ptr(&fb.g, hdr);
+    struct fg_seg s[] = {{hdr, 16, false}, {boundary - 1024, 2048, true}, {st, 1, true}};
+    uint8_t disk[2048];
+    uint16_t head;
+
+    for (unsigned i = 0; i < sizeof(disk); i++)
+        disk[i] = (uint8_t)(i ^ 0x5a);
+    assert_int_equal(pwrite(fb.bdev.fd, disk, sizeof(disk), 4096), (ssize_t)sizeof(disk));
+    h->type = VIRTIO_BLK_T_IN;
+    h->sector = 8;
+    *(uint8_t *)fg_ptr(&fb.g, st) = FB_STATUS_UNSET;
+    head = fg_chain_indirect(&fb.g, 0, s, 3);
+    fg_post(&fb.g, 0, head);
+    fb_run(&fb, 0);
+    assert_int_equal(*(uint8_t *)fg_ptr(&fb.g, st), VIRTIO_BLK_S_OK);
+    assert_memory_equal(fb.g.r0 + FG_R0_SIZE - 1024, disk, 1024);
+    assert_memory_equal(fb.g.r1, disk + 1024, 1024);
+    assert_last_used(0, head, 2049);
+}
+
+static void test_in_on_null_reads_zeroes(void **state)
+{
+    struct fb_req r;
+
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 1024, true);
+    memset(r.data, 0xaa, 1024);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
+    for (unsigned i = 0; i < 1024; i++)
+        assert_int_equal(r.data[i], 0);
+    assert_last_used(0, r.head, 1025);
+}
+
+static void test_out_on_null_is_ok(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, CAP - 1, 512, false), VIRTIO_BLK_S_OK);
+    assert_last_used(0, r.head, 1);
+}
+
+static void test_several_requests_complete_in_one_batch(void **state)
+{
+    struct fb_req r[8];
+
+    for (unsigned i = 0; i < 8; i++) {
+        fb_req_build(&fb, 0, &r[i], i & 1 ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, i, 512, !(i & 1));
+        fg_post(&fb.g, 0, r[i].head);
+    }
+    fb_run(&fb, 0);
+    assert_int_equal(fg_used_idx(&fb.g, 0), 8);
+    for (unsigned i = 0; i < 8; i++) {
+        assert_int_equal(fb_status(&fb, &r[i]), VIRTIO_BLK_S_OK);
+        assert_int_equal(fg_used_elem(&fb.g, 0, (uint16_t)i).id, r[i].head);
+    }
+    assert_int_equal(Q(0)->inflight, 0);
+}
+
+static void test_write_cache_off_makes_writes_dsync(void **state)
+{
+    struct fb_req r;
+
+    fb.d.wce = false;
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_OUT, 0, 512, false);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
+    assert_int_equal(Q(0)->reqs[r.head].io.rw_flags, RWF_DSYNC);
+
+    fb.d.wce = true;
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 512, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(Q(0)->reqs[r.head].io.rw_flags, 0);
+}
+
+/* ---- malformed requests ---- */
+
+static void test_header_shorter_than_16_bytes_is_ioerr(void **state)
+{
+    uint64_t hdr = fg_alloc(&fb.g, 16), st = fg_alloc(&fb.g, 1);
+    struct fg_seg s[] = {{hdr, 15, false}, {st, 1, true}};
+    uint16_t head = fg_chain(&fb.g, 0, s, 2);
+
+    *(uint8_t *)fg_ptr(&fb.g, st) = FB_STATUS_UNSET;
+    fg_post(&fb.g, 0, head);
+    fb_run(&fb, 0);
+    assert_int_equal(*(uint8_t *)fg_ptr(&fb.g, st), VIRTIO_BLK_S_IOERR);
+    assert_last_used(0, head, 1);
+    assert_int_equal(fb.d.stats.errors, 1);
+}
+
+static void test_status_in_read_only_descriptor_is_not_written(void **state)
+{
+    uint64_t hdr = fg_alloc(&fb.g, 16), st = fg_alloc(&fb.g, 1);
+    struct virtio_blk_outhdr *h = fg_ptr(&fb.g, hdr);
+    struct fg_seg s[] = {{hdr, 16, false}, {st, 1, false}};
+    uint16_t head = fg_chain(&fb.g, 0, s, 2);
+
+    h->type = VIRTIO_BLK_T_FLUSH;
+    *(uint8_t *)fg_ptr(&fb.g, st) = FB_STATUS_UNSET;
+    fg_post(&fb.g, 0, head);
+    fb_run(&fb, 0);
+    assert_int_equal(*(uint8_t *)fg_ptr(&fb.g, st), FB_STATUS_UNSET);
+    assert_int_equal(fg_used_idx(&fb.g, 0), 1);
+    assert_last_used(0, head, 0);
+    assert_false(Q(0)->vq.broken);
+}
+
+static void test_in_with_readable_data_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 0, 512, false), VIRTIO_BLK_S_IOERR);
+    assert_last_used(0, r.head, 1);
+}
+
+static void test_out_with_writable_data_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 512, true), VIRTIO_BLK_S_IOERR);
+    assert_last_used(0, r.head, 1);
+}
+
+static void test_in_without_data_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 0, 0, true), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 0, false), VIRTIO_BLK_S_IOERR);
+}
+
+static void test_sector_beyond_capacity_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, CAP - 1, 512, true), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, CAP, 512, true), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, CAP - 1, 1024, true), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, CAP, 512, false), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, CAP - 1, 1024, false), VIRTIO_BLK_S_IOERR);
+}
+
+static void test_sector_plus_length_overflow_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, UINT64_MAX, 1024, true), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, UINT64_MAX - 1, 1024, false),
+                     VIRTIO_BLK_S_IOERR);
+    /* sector << 9 would wrap to a small offset */
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 1ull << 55, 512, false),
+                     VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, (1ull << 55) + 1, 512, true),
+                     VIRTIO_BLK_S_IOERR);
+}
+
+static void test_unaligned_length_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 0, 700, true), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 511, false), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 1023, false), VIRTIO_BLK_S_IOERR);
+}
+
+static void test_unaligned_sector_with_4k_blocks_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    fb.bdev.lbs = 4096;
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 8, 4096, true), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 1, 4096, true), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 8, 512, true), VIRTIO_BLK_S_IOERR);
+}
+
+/* header + n data segments of 512 bytes + status, as an indirect table */
+static uint16_t indirect_request(unsigned q, uint32_t type, unsigned nseg, bool data_write,
+                                 uint64_t *st)
+{
+    struct fg_seg *s = calloc(nseg + 2, sizeof(*s));
+    uint64_t hdr = fg_alloc(&fb.g, 16);
+    struct virtio_blk_outhdr *h = fg_ptr(&fb.g, hdr);
+    uint16_t head;
+
+    h->type = type;
+    h->sector = 0;
+    s[0] = (struct fg_seg){hdr, 16, false};
+    for (unsigned i = 0; i < nseg; i++)
+        s[i + 1] = (struct fg_seg){fg_alloc(&fb.g, 512), 512, data_write};
+    *st = fg_alloc(&fb.g, 1);
+    *(uint8_t *)fg_ptr(&fb.g, *st) = FB_STATUS_UNSET;
+    s[nseg + 1] = (struct fg_seg){*st, 1, true};
+    head = fg_chain_indirect(&fb.g, q, s, nseg + 2);
+    free(s);
+    return head;
+}
+
+static void test_seg_max_segments_is_ok(void **state)
+{
+    uint64_t st;
+    uint16_t head = indirect_request(0, VIRTIO_BLK_T_IN, VBLK_SEG_MAX, true, &st);
+
+    fg_post(&fb.g, 0, head);
+    fb_run(&fb, 0);
+    assert_int_equal(*(uint8_t *)fg_ptr(&fb.g, st), VIRTIO_BLK_S_OK);
+    assert_last_used(0, head, VBLK_SEG_MAX * 512 + 1);
+}
+
+static void test_more_than_seg_max_plus_2_descriptors_is_ioerr(void **state)
+{
+    uint64_t st;
+    uint16_t head = indirect_request(0, VIRTIO_BLK_T_IN, VBLK_SEG_MAX + 1, true, &st);
+
+    fg_post(&fb.g, 0, head);
+    fb_run(&fb, 0);
+    assert_int_equal(*(uint8_t *)fg_ptr(&fb.g, st), VIRTIO_BLK_S_IOERR);
+    assert_false(Q(0)->vq.broken);
+}
+
+static void test_direct_chain_longer_than_seg_max_plus_2_is_ioerr(void **state)
+{
+    unsigned n = VBLK_SEG_MAX + 3;
+    struct fg_seg *s = calloc(n, sizeof(*s));
+    uint64_t hdr = fg_alloc(&fb.g, 16), st = fg_alloc(&fb.g, 1);
+    struct virtio_blk_outhdr *h = fg_ptr(&fb.g, hdr);
+    uint16_t head;
+
+    h->type = VIRTIO_BLK_T_OUT;
+    s[0] = (struct fg_seg){hdr, 16, false};
+    for (unsigned i = 1; i < n - 1; i++)
+        s[i] = (struct fg_seg){fg_alloc(&fb.g, 512), 512, false};
+    s[n - 1] = (struct fg_seg){st, 1, true};
+    *(uint8_t *)fg_ptr(&fb.g, st) = FB_STATUS_UNSET;
+    head = fg_chain(&fb.g, 0, s, n);
+    free(s);
+    fg_post(&fb.g, 0, head);
+    fb_run(&fb, 0);
+    assert_int_equal(*(uint8_t *)fg_ptr(&fb.g, st), VIRTIO_BLK_S_IOERR);
+    assert_false(Q(0)->vq.broken);
+}
+
+static void test_descriptor_longer_than_size_max_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 0, VBLK_SIZE_MAX, true), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 0, VBLK_SIZE_MAX + 512, true),
+                     VIRTIO_BLK_S_IOERR);
+    assert_false(Q(0)->vq.broken);
+}
+
+static void test_data_outside_guest_memory_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 512, true);
+    fb.g.ring[0].desc[(r.head + 1) % NUM].addr = 0x1000; /* below region 0 */
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_IOERR);
+    assert_last_used(0, r.head, 1);
+}
+
+static void test_write_to_read_only_export_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    fb.bdev.readonly = true;
+    assert_true(vblk_blk_features(&fb.d) & (1ull << VIRTIO_BLK_F_RO));
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 512, false), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 0, 512, true), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(fb.d.stats.writes, 0);
+}
+
+static void test_unknown_type_is_unsupp(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, 99, 0, 0, false), VIRTIO_BLK_S_UNSUPP);
+    assert_last_used(0, r.head, 1);
+    assert_int_equal(run_req(0, &r, 2, 0, 512, false), VIRTIO_BLK_S_UNSUPP); /* SCSI_CMD */
+    assert_int_equal(fb.d.stats.unsupp, 2);
+    assert_int_equal(fb.d.stats.errors, 0);
+}
+
+static void test_reserved_bits_in_type_are_unsupp(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN | 0x100, 0, 512, true), VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT | 0x80000000u, 0, 512, false),
+                     VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH | 0x10000, 0, 0, false),
+                     VIRTIO_BLK_S_UNSUPP);
+}
+
+/* ---- flush, get-id ---- */
+
+static void test_flush_is_ok_and_counted(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    assert_last_used(0, r.head, 1);
+    assert_int_equal(fb.d.stats.flushes, 1);
+}
+
+static void test_flush_on_a_file_is_ok(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(fb.d.stats.flushes, 1);
+}
+
+static void test_get_id_returns_the_serial(void **state)
+{
+    struct fb_req r;
+    char want[VIRTIO_BLK_ID_BYTES] = "serial-0123456789";
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_GET_ID, 0, VIRTIO_BLK_ID_BYTES, true),
+                     VIRTIO_BLK_S_OK);
+    assert_memory_equal(r.data, want, VIRTIO_BLK_ID_BYTES);
+    assert_last_used(0, r.head, VIRTIO_BLK_ID_BYTES + 1);
+}
+
+static void test_get_id_short_buffer_and_full_length_serial(void **state)
+{
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_GET_ID, 0, 8, true), VIRTIO_BLK_S_OK);
+    assert_memory_equal(r.data, "serial-0", 8);
+    assert_last_used(0, r.head, 9);
+
+    memcpy(fb.d.serial, "ABCDEFGHIJKLMNOPQRST", VBLK_SERIAL_MAX); /* 20 bytes, no NUL */
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_GET_ID, 0, 64, true), VIRTIO_BLK_S_OK);
+    assert_memory_equal(r.data, "ABCDEFGHIJKLMNOPQRST", 20);
+    assert_int_equal(r.data[20], 0); /* untouched beyond 20 bytes */
+    assert_last_used(0, r.head, 21);
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_GET_ID, 0, 0, true), VIRTIO_BLK_S_IOERR);
+}
+
+/* ---- discard / write zeroes ---- */
+
+static struct fb_req dz_req(unsigned q, uint32_t type, uint64_t sector, uint32_t num,
+                            uint32_t flags, unsigned nseg)
+{
+    struct fb_req r;
+    struct virtio_blk_discard_write_zeroes *seg;
+
+    fb_req_build(&fb, q, &r, type, 0, 16 * nseg, false);
+    seg = (struct virtio_blk_discard_write_zeroes *)r.data;
+    for (unsigned i = 0; i < nseg; i++) {
+        seg[i].sector = sector;
+        seg[i].num_sectors = num;
+        seg[i].flags = flags;
+    }
+    return r;
+}
+
+static uint8_t run_dz(uint32_t type, uint64_t sector, uint32_t num, uint32_t flags, unsigned nseg)
+{
+    struct fb_req r = dz_req(0, type, sector, num, flags, nseg);
+
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_last_used(0, r.head, 1);
+    return fb_status(&fb, &r);
+}
+
+static void test_discard_and_write_zeroes_ok(void **state)
+{
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 0, 1), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 8, 8, 0, 1), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 8, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+                            1),
+                     VIRTIO_BLK_S_OK);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, CAP - 8, 8, 0, 1), VIRTIO_BLK_S_OK);
+    assert_int_equal(fb.d.stats.discards, 2);
+    assert_int_equal(fb.d.stats.write_zeroes, 2);
+}
+
+static void test_write_zeroes_and_discard_on_a_file(void **state)
+{
+    uint8_t buf[4096], zero[4096] = {0};
+
+    memset(buf, 0x77, sizeof(buf));
+    assert_int_equal(pwrite(fb.bdev.fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+    assert_int_equal(pwrite(fb.bdev.fd, buf, sizeof(buf), 65536), (ssize_t)sizeof(buf));
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_OK);
+    assert_int_equal(pread(fb.bdev.fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+    assert_memory_equal(buf, zero, sizeof(buf));
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 128, 8, 0, 1), VIRTIO_BLK_S_OK);
+}
+
+static void test_discard_flags_reserved_is_unsupp(void **state)
+{
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, 1),
+                     VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 2, 1), VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 2, 1), VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(fb.d.stats.discards + fb.d.stats.write_zeroes, 0);
+}
+
+static void test_discard_more_than_one_segment_is_unsupp(void **state)
+{
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 0, 2), VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 2), VIRTIO_BLK_S_UNSUPP);
+}
+
+static void test_discard_short_segment_is_unsupp(void **state)
+{
+    struct fb_req r;
+
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_DISCARD, 0, 8, false);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_UNSUPP);
+}
+
+static void test_discard_out_of_range_is_ioerr(void **state)
+{
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, CAP - 7, 8, 0, 1), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, CAP, 1, 0, 1), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, UINT64_MAX - 3, 8, 0, 1), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 0, 0, 1), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, VBLK_MAX_DISCARD + 1, 0, 1),
+                     VIRTIO_BLK_S_IOERR);
+}
+
+static void test_discard_when_export_has_discard_off_is_unsupp(void **state)
+{
+    fb.bdev.discard = false;
+    assert_false(vblk_blk_features(&fb.d) & (1ull << VIRTIO_BLK_F_DISCARD));
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_OK);
+    fb.bdev.write_zeroes = false;
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
+}
+
+static void test_discard_on_read_only_export_is_unsupp(void **state)
+{
+    fb.bdev.readonly = true;
+    assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
+}
+
+/* ---- broken queues ---- */
+
+static void test_head_in_flight_made_available_again_breaks(void **state)
+{
+    struct fb_req r;
+    int efd = eventfd(0, EFD_NONBLOCK);
+    eventfd_t v = 0;
+
+    Q(0)->err_fd = efd;
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 512, true);
+    fg_post(&fb.g, 0, r.head);
+    fb_process_only(&fb, 0); /* in flight: the null engine completes on reap */
+    assert_int_equal(Q(0)->inflight, 1);
+    fg_post(&fb.g, 0, r.head);
+    fb_process_only(&fb, 0);
+    assert_true(Q(0)->vq.broken);
+    assert_int_equal(eventfd_read(efd, &v), 0);
+    assert_int_equal(v, 1);
+    /* the first one still completes */
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
+    assert_int_equal(fg_used_idx(&fb.g, 0), 1);
+    assert_int_equal(Q(0)->inflight, 0);
+    close(efd);
+}
+
+static void test_same_head_twice_in_one_batch_breaks(void **state)
+{
+    struct fb_req r;
+
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 512, true);
+    fg_post(&fb.g, 0, r.head);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_true(Q(0)->vq.broken);
+    assert_int_equal(fg_used_idx(&fb.g, 0), 1);
+}
+
+static void test_broken_queue_does_not_process_further_requests(void **state)
+{
+    struct fb_req r;
+    uint16_t used;
+
+    fg_post(&fb.g, 0, NUM); /* head out of range */
+    fb_run(&fb, 0);
+    assert_true(Q(0)->vq.broken);
+    used = fg_used_idx(&fb.g, 0);
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), FB_STATUS_UNSET);
+    assert_int_equal(fg_used_idx(&fb.g, 0), used);
+    assert_int_equal(fb.d.stats.requests, 0);
+}
+
+static void test_requests_before_the_bad_one_complete(void **state)
+{
+    struct fb_req a, b;
+
+    fb_req_build(&fb, 0, &a, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    fg_post(&fb.g, 0, a.head);
+    fb_req_build(&fb, 0, &b, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    fb.g.ring[0].desc[b.head].flags |= VRING_DESC_F_NEXT;
+    fb.g.ring[0].desc[b.head].next = NUM + 3;
+    fg_post(&fb.g, 0, b.head);
+    fb_run(&fb, 0);
+    assert_true(Q(0)->vq.broken);
+    assert_int_equal(fb_status(&fb, &a), VIRTIO_BLK_S_OK);
+    assert_int_equal(fb_status(&fb, &b), FB_STATUS_UNSET);
+    assert_int_equal(fg_used_idx(&fb.g, 0), 1);
+}
+
+static void test_other_queue_still_works_after_one_broke(void **state)
+{
+    struct fb_req r;
+
+    fb.g.ring[0].avail->idx = NUM + 5; /* avail jump */
+    fb_run(&fb, 0);
+    assert_true(Q(0)->vq.broken);
+    assert_int_equal(run_req(1, &r, VIRTIO_BLK_T_IN, 0, 512, true), VIRTIO_BLK_S_OK);
+    assert_false(Q(1)->vq.broken);
+    assert_last_used(1, r.head, 513);
+}
+
+static void test_restarted_queue_works_again(void **state)
+{
+    struct fb_req r;
+
+    fg_post(&fb.g, 0, NUM);
+    fb_run(&fb, 0);
+    assert_true(Q(0)->vq.broken);
+    fg_ring_reset(&fb.g, 0, 0);
+    fb_queue_start(&fb, 0, true, true);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+}
+
+/* ---- notification ---- */
+
+static void test_flush_signals_call_fd(void **state)
+{
+    struct fb_req r;
+    int efd = eventfd(0, EFD_NONBLOCK);
+    eventfd_t v = 0;
+
+    Q(0)->call_fd = efd;
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(eventfd_read(efd, &v), 0);
+    assert_int_equal(v, 1);
+    /* nothing new: no second interrupt */
+    vblk_blk_queue_flush(Q(0));
+    assert_int_equal(eventfd_read(efd, &v), -1);
+    Q(0)->call_fd = -1;
+    close(efd);
+}
+
+static void test_process_leaves_notifications_enabled(void **state)
+{
+    uint16_t *avail_event = (uint16_t *)&fb.g.ring[0].used->ring[NUM];
+    struct fb_req r;
+
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(*avail_event, 1);
+    fb_queue_start(&fb, 1, false, true);
+    assert_int_equal(run_req(1, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(fb.g.ring[1].used->flags, 0);
+}
+
+/* ---- features and config ---- */
+
+static void test_features_and_config(void **state)
+{
+    struct virtio_blk_config cfg;
+    uint64_t f = vblk_blk_features(&fb.d);
+    uint8_t one = 1, two = 2;
+
+    assert_true(f & (1ull << VIRTIO_F_VERSION_1));
+    assert_true(f & (1ull << VIRTIO_BLK_F_FLUSH));
+    assert_true(f & (1ull << VIRTIO_BLK_F_MQ));
+    assert_true(f & (1ull << VIRTIO_BLK_F_DISCARD));
+    assert_true(f & (1ull << VIRTIO_BLK_F_WRITE_ZEROES));
+    assert_false(f & (1ull << VIRTIO_BLK_F_RO));
+    vblk_blk_config(&fb.d, &cfg);
+    assert_int_equal(cfg.capacity, CAP);
+    assert_int_equal(cfg.num_queues, NQ);
+    assert_int_equal(cfg.seg_max, VBLK_SEG_MAX);
+    assert_int_equal(cfg.size_max, VBLK_SIZE_MAX);
+    assert_int_equal(cfg.blk_size, 512);
+    assert_int_equal(cfg.wce, 1); /* writeback */
+    assert_int_equal(vblk_blk_set_config(&fb.d, offsetof(struct virtio_blk_config, wce), &two, 1),
+                     -EINVAL);
+    assert_int_equal(vblk_blk_set_config(&fb.d, 0, &one, 1), -EINVAL);
+    assert_int_equal(vblk_blk_set_config(&fb.d, offsetof(struct virtio_blk_config, wce), &one, 2),
+                     -EINVAL);
+    one = 0;
+    assert_int_equal(vblk_blk_set_config(&fb.d, offsetof(struct virtio_blk_config, wce), &one, 1),
+                     0);
+    vblk_blk_config(&fb.d, &cfg);
+    assert_int_equal(cfg.wce, 0);
+    vblk_blk_reset(&fb.d);
+    assert_true(fb.d.wce);
+    fb.bdev.cache = VBLK_CACHE_WRITETHROUGH;
+    vblk_blk_reset(&fb.d);
+    assert_false(fb.d.wce);
+}
+
+#define TN(f) cmocka_unit_test_setup_teardown(f, setup_null, teardown)
+#define TF(f) cmocka_unit_test_setup_teardown(f, setup_file, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        TF(test_out_in_round_trip_on_a_file),
+        TF(test_in_on_a_file_spanning_regions_and_indirect),
+        TN(test_in_on_null_reads_zeroes),
+        TN(test_out_on_null_is_ok),
+        TN(test_several_requests_complete_in_one_batch),
+        TF(test_write_cache_off_makes_writes_dsync),
+        TN(test_header_shorter_than_16_bytes_is_ioerr),
+        TN(test_status_in_read_only_descriptor_is_not_written),
+        TN(test_in_with_readable_data_is_ioerr),
+        TN(test_out_with_writable_data_is_ioerr),
+        TN(test_in_without_data_is_ioerr),
+        TN(test_sector_beyond_capacity_is_ioerr),
+        TN(test_sector_plus_length_overflow_is_ioerr),
+        TN(test_unaligned_length_is_ioerr),
+        TN(test_unaligned_sector_with_4k_blocks_is_ioerr),
+        TN(test_seg_max_segments_is_ok),
+        TN(test_more_than_seg_max_plus_2_descriptors_is_ioerr),
+        TN(test_direct_chain_longer_than_seg_max_plus_2_is_ioerr),
+        TN(test_descriptor_longer_than_size_max_is_ioerr),
+        TN(test_data_outside_guest_memory_is_ioerr),
+        TN(test_write_to_read_only_export_is_ioerr),
+        TN(test_unknown_type_is_unsupp),
+        TN(test_reserved_bits_in_type_are_unsupp),
+        TN(test_flush_is_ok_and_counted),
+        TF(test_flush_on_a_file_is_ok),
+        TN(test_get_id_returns_the_serial),
+        TN(test_get_id_short_buffer_and_full_length_serial),
+        TN(test_discard_and_write_zeroes_ok),
+        TF(test_write_zeroes_and_discard_on_a_file),
+        TN(test_discard_flags_reserved_is_unsupp),
+        TN(test_discard_more_than_one_segment_is_unsupp),
+        TN(test_discard_short_segment_is_unsupp),
+        TN(test_discard_out_of_range_is_ioerr),
+        TN(test_discard_when_export_has_discard_off_is_unsupp),
+        TN(test_discard_on_read_only_export_is_unsupp),
+        TN(test_head_in_flight_made_available_again_breaks),
+        TN(test_same_head_twice_in_one_batch_breaks),
+        TN(test_broken_queue_does_not_process_further_requests),
+        TN(test_requests_before_the_bad_one_complete),
+        TN(test_other_queue_still_works_after_one_broke),
+        TN(test_restarted_queue_works_again),
+        TN(test_flush_signals_call_fd),
+        TN(test_process_leaves_notifications_enabled),
+        TN(test_features_and_config),
+    };
+
+    return cmocka_run_group_tests_name("virtio_blk", tests, NULL, NULL);
+}
