@@ -11,39 +11,6 @@
 
 #include "util/log.h"
 
-static const char *const req_names[VHOST_USER_MAX_REQUEST] = {
-    [VHOST_USER_GET_FEATURES] = "GET_FEATURES",
-    [VHOST_USER_SET_FEATURES] = "SET_FEATURES",
-    [VHOST_USER_SET_OWNER] = "SET_OWNER",
-    [VHOST_USER_RESET_OWNER] = "RESET_OWNER",
-    [VHOST_USER_SET_MEM_TABLE] = "SET_MEM_TABLE",
-    [VHOST_USER_SET_LOG_BASE] = "SET_LOG_BASE",
-    [VHOST_USER_SET_LOG_FD] = "SET_LOG_FD",
-    [VHOST_USER_SET_VRING_NUM] = "SET_VRING_NUM",
-    [VHOST_USER_SET_VRING_ADDR] = "SET_VRING_ADDR",
-    [VHOST_USER_SET_VRING_BASE] = "SET_VRING_BASE",
-    [VHOST_USER_GET_VRING_BASE] = "GET_VRING_BASE",
-    [VHOST_USER_SET_VRING_KICK] = "SET_VRING_KICK",
-    [VHOST_USER_SET_VRING_CALL] = "SET_VRING_CALL",
-    [VHOST_USER_SET_VRING_ERR] = "SET_VRING_ERR",
-    [VHOST_USER_GET_PROTOCOL_FEATURES] = "GET_PROTOCOL_FEATURES",
-    [VHOST_USER_SET_PROTOCOL_FEATURES] = "SET_PROTOCOL_FEATURES",
-    [VHOST_USER_GET_QUEUE_NUM] = "GET_QUEUE_NUM",
-    [VHOST_USER_SET_VRING_ENABLE] = "SET_VRING_ENABLE",
-    [VHOST_USER_GET_CONFIG] = "GET_CONFIG",
-    [VHOST_USER_SET_CONFIG] = "SET_CONFIG",
-    [VHOST_USER_GET_MAX_MEM_SLOTS] = "GET_MAX_MEM_SLOTS",
-    [VHOST_USER_ADD_MEM_REG] = "ADD_MEM_REG",
-    [VHOST_USER_REM_MEM_REG] = "REM_MEM_REG",
-};
-
-const char *vblk_vu_request_name(uint32_t req)
-{
-    if (req < VHOST_USER_MAX_REQUEST && req_names[req])
-        return req_names[req];
-    return "unknown";
-}
-
 static void vring_reset(struct vu_vring *vr)
 {
     memset(vr, 0, sizeof(*vr));
@@ -154,7 +121,7 @@ static int send_reply(struct vblk_vu_dev *v, const void *payload, uint32_t size)
     memcpy(&m.payload, payload, size);
     n = send(v->conn_fd, &m, VHOST_USER_HDR_SIZE + size, MSG_NOSIGNAL);
     if (n != (ssize_t)(VHOST_USER_HDR_SIZE + size)) {
-        log_err(v->name, "cannot send %s reply: %s", vblk_vu_request_name(m.hdr.request),
+        log_err(v->name, "cannot send %s reply: %s", vhost_user_request_name(m.hdr.request),
                 n < 0 ? strerror(errno) : "short write");
         return -EIO;
     }
@@ -178,7 +145,7 @@ static int need_size(struct vblk_vu_dev *v, uint32_t size)
 {
     if (v->msg.hdr.size != size)
         return PROTO_ERR(v, "%s: payload of %u bytes, expected %u",
-                         vblk_vu_request_name(v->msg.hdr.request), v->msg.hdr.size, size);
+                         vhost_user_request_name(v->msg.hdr.request), v->msg.hdr.size, size);
     return 0;
 }
 
@@ -186,7 +153,7 @@ static int need_fds(struct vblk_vu_dev *v, unsigned n)
 {
     if (v->nfds != n)
         return PROTO_ERR(v, "%s: %u file descriptors, expected %u",
-                         vblk_vu_request_name(v->msg.hdr.request), v->nfds, n);
+                         vhost_user_request_name(v->msg.hdr.request), v->nfds, n);
     return 0;
 }
 
@@ -194,7 +161,7 @@ static int vring_index(struct vblk_vu_dev *v, uint32_t idx)
 {
     if (idx >= v->nvrings)
         return PROTO_ERR(v, "%s: queue index %u out of range (%u queues)",
-                         vblk_vu_request_name(v->msg.hdr.request), idx, v->nvrings);
+                         vhost_user_request_name(v->msg.hdr.request), idx, v->nvrings);
     return 0;
 }
 
@@ -428,7 +395,7 @@ static int vring_fd_msg(struct vblk_vu_dev *v, unsigned *idx, int *fd)
     u = v->msg.payload.u64;
     if (u & ~(uint64_t)(VHOST_USER_VRING_IDX_MASK | VHOST_USER_VRING_NOFD_MASK))
         return PROTO_ERR(v, "%s: reserved bits set in 0x%llx",
-                         vblk_vu_request_name(v->msg.hdr.request), (unsigned long long)u);
+                         vhost_user_request_name(v->msg.hdr.request), (unsigned long long)u);
     *idx = (unsigned)(u & VHOST_USER_VRING_IDX_MASK);
     if (vring_index(v, *idx) < 0)
         return -EPROTO;
@@ -554,13 +521,13 @@ int vblk_vu_dispatch(struct vblk_vu_dev *v)
     uint32_t req = v->msg.hdr.request;
     int r;
 
-    log_dbg(v->name, "%s (%u bytes, %u fds)", vblk_vu_request_name(req), v->msg.hdr.size,
+    log_dbg(v->name, "%s (%u bytes, %u fds)", vhost_user_request_name(req), v->msg.hdr.size,
             v->nfds);
     /* only fd-carrying messages may carry fds (REM_MEM_REG: tolerated and closed) */
     if (v->nfds && req != VHOST_USER_SET_MEM_TABLE && req != VHOST_USER_ADD_MEM_REG &&
         req != VHOST_USER_REM_MEM_REG && req != VHOST_USER_SET_VRING_KICK &&
         req != VHOST_USER_SET_VRING_CALL && req != VHOST_USER_SET_VRING_ERR)
-        return PROTO_ERR(v, "%s: unexpected file descriptors", vblk_vu_request_name(req));
+        return PROTO_ERR(v, "%s: unexpected file descriptors", vhost_user_request_name(req));
 
     switch (req) {
     case VHOST_USER_GET_FEATURES:
@@ -622,7 +589,7 @@ int vblk_vu_dispatch(struct vblk_vu_dev *v)
         r = h_set_config(v);
         break;
     default:
-        return PROTO_ERR(v, "unsupported request %u (%s)", req, vblk_vu_request_name(req));
+        return PROTO_ERR(v, "unsupported request %u (%s)", req, vhost_user_request_name(req));
     }
     if (r < 0)
         return r;
@@ -723,7 +690,7 @@ int vblk_vu_readable(struct vblk_vu_dev *v)
             }
             if (v->msg.hdr.size > VHOST_USER_PAYLOAD_MAX) {
                 r = PROTO_ERR(v, "%s: payload of %u bytes is too large",
-                              vblk_vu_request_name(v->msg.hdr.request), v->msg.hdr.size);
+                              vhost_user_request_name(v->msg.hdr.request), v->msg.hdr.size);
                 goto close;
             }
         }

@@ -67,6 +67,5 @@ void vblk_vu_disconnect(struct vblk_vu_dev *v);
  * caller closes the connection). */
 int vblk_vu_dispatch(struct vblk_vu_dev *v);
 
-const char *vblk_vu_request_name(uint32_t req);
 
 #endif

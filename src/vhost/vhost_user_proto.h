@@ -1,7 +1,7 @@
 /* vhost_user_proto.h - wire format of the vhost-user protocol (QEMU docs/interop/vhost-user.rst).
  *
  * Owns: message codes, flags, payload layouts and feature bits shared by the back-end (vblkd) and
- * our userspace front-end (vblk-bench).  Pure definitions, no code.  All fields are little endian
+ * our userspace front-end (vblk-bench), and request names for logs.  All fields are little endian
  * on the wire; vblk only runs on little-endian hosts (checked at build time in meson.build).
  */
 #ifndef VBLK_VHOST_USER_PROTO_H
@@ -153,5 +153,8 @@ struct vhost_user_msg {
 
 #define VHOST_USER_HDR_SIZE     ((uint32_t)sizeof(struct vhost_user_hdr))
 #define VHOST_USER_PAYLOAD_MAX  ((uint32_t)sizeof(union vhost_user_payload))
+
+/* "GET_FEATURES", ... or "unknown" (vhost_user_proto.c). */
+const char *vhost_user_request_name(uint32_t req);
 
 #endif

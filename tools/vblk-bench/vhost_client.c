@@ -22,27 +22,7 @@
 
 const char *vhc_request_name(uint32_t req)
 {
-    static const char *const names[] = {
-        [VHOST_USER_GET_FEATURES] = "GET_FEATURES",
-        [VHOST_USER_SET_FEATURES] = "SET_FEATURES",
-        [VHOST_USER_SET_OWNER] = "SET_OWNER",
-        [VHOST_USER_SET_MEM_TABLE] = "SET_MEM_TABLE",
-        [VHOST_USER_SET_VRING_NUM] = "SET_VRING_NUM",
-        [VHOST_USER_SET_VRING_ADDR] = "SET_VRING_ADDR",
-        [VHOST_USER_SET_VRING_BASE] = "SET_VRING_BASE",
-        [VHOST_USER_GET_VRING_BASE] = "GET_VRING_BASE",
-        [VHOST_USER_SET_VRING_KICK] = "SET_VRING_KICK",
-        [VHOST_USER_SET_VRING_CALL] = "SET_VRING_CALL",
-        [VHOST_USER_GET_PROTOCOL_FEATURES] = "GET_PROTOCOL_FEATURES",
-        [VHOST_USER_SET_PROTOCOL_FEATURES] = "SET_PROTOCOL_FEATURES",
-        [VHOST_USER_GET_QUEUE_NUM] = "GET_QUEUE_NUM",
-        [VHOST_USER_SET_VRING_ENABLE] = "SET_VRING_ENABLE",
-        [VHOST_USER_GET_CONFIG] = "GET_CONFIG",
-    };
-
-    if (req < sizeof(names) / sizeof(names[0]) && names[req])
-        return names[req];
-    return "UNKNOWN";
+    return vhost_user_request_name(req);
 }
 
 int vhc_connect(struct vhost_client *c, const char *path, bool verbose)
