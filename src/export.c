@@ -66,7 +66,7 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     e->listen_fd = r;
     snprintf(tname, sizeof(tname), "vblk-%s", o->id);
     r = vblk_iothread_create(&e->iot, tname, o->engine, o->num_queues * o->queue_size,
-                             vblk_blk_io_done);
+                             vblk_blk_io_done, o->poll_us);
     if (r < 0) {
         snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name,
                  strerror(-r));

@@ -47,6 +47,8 @@ static void usage(FILE *f)
             "  serial=STR                answer to GET_ID, up to 20 characters (the id)\n"
             "  logical-block-size=N      512 to 64k (512)\n"
             "  read-zeroes=on|off        null://: zero-fill read buffers, or leave them (on)\n"
+            "  poll-us=N                 after work, busy-poll the rings for N microseconds\n"
+            "                            before sleeping; no kicks needed meanwhile (0)\n"
             "\n"
             "Options:\n"
             "  -v, --verbose             log every vhost-user message\n"

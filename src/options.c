@@ -175,6 +175,9 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
             return fail(err, errlen, "logical-block-size='%s': must be a power of two from 512 "
                                      "to 64k", v);
         o->logical_block_size = (unsigned)sz;
+    } else if (!strcmp(key, "poll-us")) {
+        if (parse_uint(v, 0, 1000000, &o->poll_us) < 0)
+            return fail(err, errlen, "poll-us='%s': must be an integer from 0 to 1000000", v);
     } else if (!strcmp(key, "read-zeroes")) {
         if (parse_bool(v, &o->read_zeroes) < 0)
             return fail(err, errlen, "read-zeroes='%s': allowed values are on, off", v);
@@ -184,7 +187,7 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
     } else {
         return fail(err, errlen, "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
                                  "cache, num-queues, queue-size, discard, serial, "
-                                 "logical-block-size, read-zeroes)", key);
+                                 "logical-block-size, read-zeroes, poll-us)", key);
     }
     return 0;
 }

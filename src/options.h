@@ -41,6 +41,7 @@ struct vblk_export_opts {
     bool null;          /* file=null://SIZE */
     uint64_t null_size; /* bytes */
     bool read_zeroes;   /* null: zero-fill reads (on) */
+    unsigned poll_us;   /* I/O thread busy-polls this long after the last work (0: never) */
 };
 
 /* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,

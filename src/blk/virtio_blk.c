@@ -389,7 +389,7 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
     }
 }
 
-void vblk_blk_queue_process(struct blk_queue *q)
+void vblk_blk_queue_process(struct blk_queue *q, bool rearm)
 {
     struct vblk_vq *vq = &q->vq;
 
@@ -402,7 +402,7 @@ void vblk_blk_queue_process(struct blk_queue *q)
             return;
         }
         if (n == 0) {
-            if (!vblk_vq_enable_notify(vq))
+            if (!rearm || !vblk_vq_enable_notify(vq))
                 return;
             continue;
         }
@@ -429,7 +429,27 @@ static void kick_ready(struct vblk_iot_source *src)
 
     (void)eventfd_read(q->kick_fd, &v);
     if (q->started && !q->stopping && !q->vq.broken)
-        vblk_blk_queue_process(q);
+        vblk_blk_queue_process(q, !vblk_iothread_polls(q->dev->iot));
+}
+
+static bool queue_poll(struct vblk_iot_poller *p)
+{
+    struct blk_queue *q = container_of(p, struct blk_queue, poller);
+
+    if (q->stopping || vblk_vq_avail(&q->vq) == 0)
+        return false;
+    vblk_blk_queue_process(q, false);
+    return true;
+}
+
+static bool queue_arm(struct vblk_iot_poller *p)
+{
+    struct blk_queue *q = container_of(p, struct blk_queue, poller);
+
+    if (q->stopping || q->vq.broken || !vblk_vq_enable_notify(&q->vq))
+        return false;
+    vblk_blk_queue_process(q, false);
+    return true;
 }
 
 static int queue_start_fn(void *arg)
@@ -446,7 +466,9 @@ static int queue_start_fn(void *arg)
             return r;
         }
     }
-    vblk_blk_queue_process(q);
+    if (vblk_iothread_polls(q->dev->iot))
+        vblk_iothread_add_poller(q->dev->iot, &q->poller);
+    vblk_blk_queue_process(q, true);
     return 0;
 }
 
@@ -458,6 +480,7 @@ static int queue_stop_fn(void *arg)
         q->stopping = true;
         if (q->kick_fd >= 0)
             vblk_iothread_del_fd(q->dev->iot, q->kick_fd);
+        vblk_iothread_del_poller(q->dev->iot, &q->poller);
     }
     /* wait for in-flight requests and for their used entries to be published */
     if (q->inflight || q->flush_hook.queued)
@@ -518,6 +541,8 @@ int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *
         q->kick_fd = q->call_fd = q->err_fd = -1;
         q->kick_src.fn = kick_ready;
         q->flush_hook.fn = flush_hook;
+        q->poller.poll = queue_poll;
+        q->poller.arm = queue_arm;
     }
     vblk_blk_reset(d);
     return 0;

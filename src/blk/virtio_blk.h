@@ -54,6 +54,7 @@ struct blk_queue {
     bool broken_reported;
     struct vblk_iot_source kick_src;
     struct vblk_iot_hook flush_hook;
+    struct vblk_iot_poller poller;
 };
 
 /* Ring parameters from the front-end, in the control thread's terms. */
@@ -104,8 +105,9 @@ void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out);
 /* I/O thread: engine completion callback for every I/O of a blk device. */
 void vblk_blk_io_done(struct vblk_io *io, void *arg);
 
-/* I/O thread, exposed for tests: take every available request of a started queue. */
-void vblk_blk_queue_process(struct blk_queue *q);
+/* I/O thread, exposed for tests: take every available request of a started queue.  rearm:
+ * finish with guest notifications enabled (false while the I/O thread polls the ring). */
+void vblk_blk_queue_process(struct blk_queue *q, bool rearm);
 /* I/O thread, exposed for tests: parse and start one request (head already popped). */
 void vblk_blk_handle(struct blk_queue *q, uint16_t head);
 /* I/O thread, exposed for tests: publish used entries and notify. */

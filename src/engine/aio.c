@@ -135,10 +135,8 @@ static unsigned aio_reap(struct vblk_engine *e, vblk_io_done_fn done, void *arg)
 {
     struct aio_engine *a = (struct aio_engine *)e;
     unsigned n = 0;
-    eventfd_t v;
     int r;
 
-    (void)eventfd_read(e->efd, &v);
     if (e->local) {
         e->local = 0;
         n += vblk_io_list_drain(&a->local, done, arg);
@@ -161,6 +159,12 @@ static unsigned aio_reap(struct vblk_engine *e, vblk_io_done_fn done, void *arg)
     return n;
 }
 
+static bool aio_ready(struct vblk_engine *e)
+{
+    /* no cheap peek at the kernel's ring through libaio: let reap() ask */
+    return e->local || ((struct aio_engine *)e)->inflight;
+}
+
 const struct vblk_engine_ops vblk_engine_aio = {
     .name = "native",
     .create = aio_create,
@@ -168,4 +172,5 @@ const struct vblk_engine_ops vblk_engine_aio = {
     .queue = aio_queue,
     .submit = aio_submit,
     .reap = aio_reap,
+    .ready = aio_ready,
 };

@@ -114,6 +114,11 @@ static unsigned null_reap(struct vblk_engine *e, vblk_io_done_fn done, void *arg
     return vblk_io_list_drain(&n->done, done, arg);
 }
 
+static bool null_ready(struct vblk_engine *e)
+{
+    return e->local > 0;
+}
+
 const struct vblk_engine_ops vblk_engine_null = {
     .name = "null",
     .create = null_create,
@@ -121,4 +126,5 @@ const struct vblk_engine_ops vblk_engine_null = {
     .queue = null_queue,
     .submit = null_submit,
     .reap = null_reap,
+    .ready = null_ready,
 };

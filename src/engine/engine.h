@@ -49,8 +49,11 @@ struct vblk_engine_ops {
     int (*queue)(struct vblk_engine *e, struct vblk_io *io);
     /* hand queued I/O to the kernel; 0 or -errno (queued I/O stays queued on -EAGAIN) */
     int (*submit)(struct vblk_engine *e);
-    /* call done() for every finished I/O; returns how many */
+    /* call done() for every finished I/O; returns how many.  Does not drain efd: the owner
+     * reads efd when epoll reports it, before reaping, so no wake-up is lost. */
     unsigned (*reap)(struct vblk_engine *e, vblk_io_done_fn done, void *arg);
+    /* are completions waiting?  Cheap, no syscall where the engine allows (polling) */
+    bool (*ready)(struct vblk_engine *e);
 };
 
 struct vblk_engine {

@@ -109,9 +109,7 @@ static unsigned uring_reap(struct vblk_engine *e, vblk_io_done_fn done, void *ar
     struct uring_engine *u = (struct uring_engine *)e;
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
-    eventfd_t v;
 
-    (void)eventfd_read(e->efd, &v);
     io_uring_for_each_cqe(&u->ring, head, cqe)
     {
         struct vblk_io *io = io_uring_cqe_get_data(cqe);
@@ -124,6 +122,11 @@ static unsigned uring_reap(struct vblk_engine *e, vblk_io_done_fn done, void *ar
     return n;
 }
 
+static bool uring_ready(struct vblk_engine *e)
+{
+    return io_uring_cq_ready(&((struct uring_engine *)e)->ring) > 0;
+}
+
 const struct vblk_engine_ops vblk_engine_uring = {
     .name = "io_uring",
     .create = uring_create,
@@ -131,4 +134,5 @@ const struct vblk_engine_ops vblk_engine_uring = {
     .queue = uring_queue,
     .submit = uring_submit,
     .reap = uring_reap,
+    .ready = uring_ready,
 };

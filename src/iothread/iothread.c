@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/compiler.h"
@@ -24,6 +25,9 @@ struct vblk_iothread {
     struct vblk_iot_source eng_src;
     struct vblk_iot_source cmd_src;
     struct vblk_iot_hook *hooks;
+    struct vblk_iot_poller *pollers;
+    uint64_t poll_ns; /* 0: never poll */
+    bool work;        /* this iteration did something */
 
     /* control channel: one call at a time (the control thread is single) */
     int cmd_efd;
@@ -33,6 +37,7 @@ struct vblk_iothread {
     void *cmd_arg;            /* under lock */
     int cmd_ret;              /* under lock */
     bool cmd_done;            /* under lock */
+    int cmd_flag;             /* atomic: a call is waiting (checked while polling) */
     int (*pending_fn)(void *arg); /* I/O thread: a call returning -EINPROGRESS */
     void *pending_arg;
     bool stop;
@@ -64,6 +69,35 @@ void vblk_iothread_defer(struct vblk_iothread *t, struct vblk_iot_hook *h)
     t->hooks = h;
 }
 
+void vblk_iothread_add_poller(struct vblk_iothread *t, struct vblk_iot_poller *p)
+{
+    p->next = t->pollers;
+    t->pollers = p;
+}
+
+void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p)
+{
+    for (struct vblk_iot_poller **pp = &t->pollers; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+    }
+}
+
+bool vblk_iothread_polls(const struct vblk_iothread *t)
+{
+    return t->poll_ns != 0;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void finish_call(struct vblk_iothread *t, int ret)
 {
     pthread_mutex_lock(&t->lock);
@@ -82,6 +116,7 @@ static void cmd_ready(struct vblk_iot_source *src)
     int r;
 
     (void)eventfd_read(t->cmd_efd, &v);
+    __atomic_store_n(&t->cmd_flag, 0, __ATOMIC_RELAXED);
     pthread_mutex_lock(&t->lock);
     fn = t->cmd_fn;
     arg = t->cmd_arg;
@@ -101,8 +136,32 @@ static void cmd_ready(struct vblk_iot_source *src)
 static void engine_ready(struct vblk_iot_source *src)
 {
     struct vblk_iothread *t = container_of(src, struct vblk_iothread, eng_src);
+    eventfd_t v;
 
-    t->eng->ops->reap(t->eng, t->done, t);
+    (void)eventfd_read(t->eng->efd, &v); /* before reaping: a later completion re-arms it */
+    if (t->eng->ops->reap(t->eng, t->done, t))
+        t->work = true;
+}
+
+/* One pass over everything that can be checked without a syscall. */
+static void poll_once(struct vblk_iothread *t)
+{
+    for (struct vblk_iot_poller *p = t->pollers; p; p = p->next) {
+        if (p->poll(p))
+            t->work = true;
+    }
+    if (t->eng->ops->ready(t->eng) && t->eng->ops->reap(t->eng, t->done, t))
+        t->work = true;
+}
+
+/* Polling ends: turn notifications back on; true if work slipped in meanwhile. */
+static bool arm_all(struct vblk_iothread *t)
+{
+    bool more = false;
+
+    for (struct vblk_iot_poller *p = t->pollers; p; p = p->next)
+        more |= p->arm(p);
+    return more;
 }
 
 static void run_hooks(struct vblk_iothread *t)
@@ -120,22 +179,34 @@ static void *iothread_main(void *arg)
 {
     struct vblk_iothread *t = arg;
     struct epoll_event evs[IOT_MAX_EVENTS];
+    bool polling = false;
+    uint64_t last_work = 0;
+    unsigned spins = 0;
 
     while (!t->stop) {
         struct vblk_engine *e = t->eng;
-        int timeout = e->local ? 0 : -1;
-        int n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
 
-        if (n < 0 && errno != EINTR) {
-            log_err(t->name, "epoll_wait failed: %s", strerror(errno));
-            break;
-        }
-        for (int i = 0; i < n; i++) {
-            struct vblk_iot_source *src = evs[i].data.ptr;
+        t->work = false;
+        /* While polling, fds are looked at only when a call waits or every 64 passes (a stray
+         * kick, an engine without a cheap peek); otherwise sleep until something happens. */
+        if (!polling || __atomic_load_n(&t->cmd_flag, __ATOMIC_RELAXED) || (++spins & 63) == 0) {
+            int n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, (polling || e->local) ? 0 : -1);
 
-            src->fn(src);
+            if (n < 0 && errno != EINTR) {
+                log_err(t->name, "epoll_wait failed: %s", strerror(errno));
+                break;
+            }
+            for (int i = 0; i < n; i++) {
+                struct vblk_iot_source *src = evs[i].data.ptr;
+
+                if (src != &t->eng_src && src != &t->cmd_src)
+                    t->work = true; /* a kick */
+                src->fn(src);
+            }
         }
-        if (e->local)
+        if (t->poll_ns)
+            poll_once(t);
+        else if (e->local)
             e->ops->reap(e, t->done, t);
         if (e->pending && e->ops->submit(e) < 0 && e->pending) {
             /* the kernel is full: reap what finished, then try again */
@@ -149,6 +220,19 @@ static void *iothread_main(void *arg)
             if (r != -EINPROGRESS) {
                 t->pending_fn = NULL;
                 finish_call(t, r);
+            }
+        }
+        if (t->poll_ns) {
+            uint64_t now = now_ns();
+
+            if (t->work) {
+                polling = true;
+                last_work = now;
+            } else if (polling && now - last_work > t->poll_ns) {
+                if (arm_all(t))
+                    last_work = now;
+                else
+                    polling = false;
             }
         }
     }
@@ -171,6 +255,7 @@ int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
     t->cmd_fn = fn;
     t->cmd_arg = arg;
     t->cmd_done = false;
+    __atomic_store_n(&t->cmd_flag, 1, __ATOMIC_RELAXED);
     (void)eventfd_write(t->cmd_efd, 1);
     while (!t->cmd_done)
         pthread_cond_wait(&t->cond, &t->lock);
@@ -181,7 +266,7 @@ int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
 
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
                          const struct vblk_engine_ops *engine, unsigned depth,
-                         vblk_io_done_fn done)
+                         vblk_io_done_fn done, unsigned poll_us)
 {
     struct vblk_iothread *t = calloc(1, sizeof(*t));
     int r;
@@ -190,6 +275,7 @@ int vblk_iothread_create(struct vblk_iothread **out, const char *name,
         return -ENOMEM;
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->done = done;
+    t->poll_ns = (uint64_t)poll_us * 1000;
     t->cmd_src.fn = cmd_ready;
     t->eng_src.fn = engine_ready;
     pthread_mutex_init(&t->lock, NULL);

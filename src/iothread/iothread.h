@@ -24,6 +24,15 @@ struct vblk_iot_source {
     void (*fn)(struct vblk_iot_source *src);
 };
 
+/* Something the loop checks without a syscall while it polls (a queue's avail ring). */
+struct vblk_iot_poller {
+    /* take any new work; true if there was some */
+    bool (*poll)(struct vblk_iot_poller *p);
+    /* polling stops: re-enable notifications; true if work arrived meanwhile (keep polling) */
+    bool (*arm)(struct vblk_iot_poller *p);
+    struct vblk_iot_poller *next;
+};
+
 /* End-of-batch hook, queued at most once per iteration. */
 struct vblk_iot_hook {
     void (*fn)(struct vblk_iot_hook *h);
@@ -32,10 +41,12 @@ struct vblk_iot_hook {
 };
 
 /* Start a thread named name with an engine of the given type sized for depth in-flight I/Os;
- * every engine completion is passed to done.  0 or -errno. */
+ * every engine completion is passed to done.  poll_us > 0: after the last work, spin on the
+ * pollers and the engine's completions for that long before sleeping (notifications stay off
+ * while spinning).  0 or -errno. */
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
                          const struct vblk_engine_ops *engine, unsigned depth,
-                         vblk_io_done_fn done);
+                         vblk_io_done_fn done, unsigned poll_us);
 
 /* Stop and join the thread, free everything.  Sources must have been removed. */
 void vblk_iothread_destroy(struct vblk_iothread *t);
@@ -48,6 +59,10 @@ int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
 int vblk_iothread_add_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src);
 void vblk_iothread_del_fd(struct vblk_iothread *t, int fd);
 void vblk_iothread_defer(struct vblk_iothread *t, struct vblk_iot_hook *h);
+void vblk_iothread_add_poller(struct vblk_iothread *t, struct vblk_iot_poller *p);
+void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p);
+/* Does this thread poll?  (Then work found by an fd handler need not re-arm notifications.) */
+bool vblk_iothread_polls(const struct vblk_iothread *t);
 struct vblk_engine *vblk_iothread_engine(struct vblk_iothread *t);
 
 #endif
