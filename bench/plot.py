@@ -161,7 +161,7 @@ def main():
     svg.text(20, 48, f"{m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, {m['date']}, "
                      f"{res['config']['runtime_s']}s/point, pinned={m['pinned']}, "
                      f"{res['config']['size'] >> 20} MiB backing file on {m['backing_fs']}; "
-                     f"client: vblk-bench (virtio-blk front-end), log scales",
+                     f"client vblk-bench; log scales",
              size=12, color="#555")
     bar_panel(svg, 20, 110, W - 40, 360, "IOPS, file back-end (O_DIRECT, io_uring)", g1, file_series,
               "IOPS", LABELS, COLORS)

@@ -184,6 +184,7 @@ void fb_init(struct fake_blk *b, enum fb_backing backing, uint64_t size, unsigne
     b->bdev.zeroes_unmap = true;
     if (backing == FB_NULL) {
         b->bdev.null = true;
+        b->bdev.read_zeroes = true;
         if (vblk_engine_null.create(&b->eng, 1024) < 0)
             abort();
     } else {
@@ -251,7 +252,7 @@ void fb_queue_start(struct fake_blk *b, unsigned qi, bool event_idx, bool indire
 
 void fb_process_only(struct fake_blk *b, unsigned qi)
 {
-    vblk_blk_queue_process(&b->d.queues[qi]);
+    vblk_blk_queue_process(&b->d.queues[qi], true);
     b->eng->ops->submit(b->eng);
 }
 
@@ -259,7 +260,7 @@ void fb_run(struct fake_blk *b, unsigned qi)
 {
     struct blk_queue *q = &b->d.queues[qi];
 
-    vblk_blk_queue_process(q);
+    vblk_blk_queue_process(q, true);
     for (int spins = 0; q->inflight && spins < 1000; spins++) {
         b->eng->ops->submit(b->eng);
         if (!b->eng->local && b->eng->efd >= 0) {
