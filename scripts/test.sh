@@ -30,14 +30,24 @@ meson_suite() {
     if ! meson test -C "$dir" --print-errorlogs "$@" >"$logdir/$name.log" 2>&1; then
         tail -60 "$logdir/$name.log"
     fi
-    local ok fail
+    local ok fail cok cfail
     ok=$(grep -E '^Ok: ' "$logdir/$name.log" | awk '{print $2}')
     fail=$(grep -E '^(Fail|Unexpected Pass|Timeout):' "$logdir/$name.log" | awk '{s += $2} END {print s + 0}')
-    grep -E '^(Ok|Expected Fail|Fail|Unexpected Pass|Skipped|Timeout):' "$logdir/$name.log" | tr '\n' ' '
-    echo
+    grep -E '^ *[0-9]+/[0-9]+ ' "$logdir/$name.log" || true
     if [ -z "$ok" ]; then
         echo "$name: meson test did not run"
         count "$name" 0 1
+        return
+    fi
+    # count the cmocka test cases inside the programs, not just the programs
+    cok=$(grep -hE '^\[  PASSED  \] [0-9]+ test' "$dir/meson-logs/testlog.txt" | awk '{s += $4} END {print s + 0}')
+    cfail=$(grep -hE '^\[  FAILED  \] [0-9]+ test' "$dir/meson-logs/testlog.txt" | awk '{s += $4} END {print s + 0}')
+    echo "$name: $ok programs passed, $fail failed; $cok test cases passed, $cfail failed"
+    if [ "$fail" -gt 0 ] && [ "$cfail" -eq 0 ]; then
+        cfail=$fail # a program failed without a cmocka summary (crash, sanitizer)
+    fi
+    if [ "$cok" -gt 0 ] || [ "$cfail" -gt 0 ]; then
+        count "$name" "$cok" "$cfail"
     else
         count "$name" "$ok" "$fail"
     fi

@@ -119,6 +119,7 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
     } else if (!strcmp(key, "file")) {
         if (!*v || set_string(o->file, sizeof(o->file), v) < 0)
             return fail(err, errlen, "file='%s': must be a path (or null://SIZE)", v);
+        o->null = false;
         if (!strncmp(v, "null://", 7)) {
             if (vblk_parse_size(v + 7, &o->null_size) < 0 || o->null_size < 512)
                 return fail(err, errlen, "file='%s': null://SIZE needs a size of at least 512 "

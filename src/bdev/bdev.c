@@ -36,6 +36,10 @@ int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *
         b->null = true;
         b->read_zeroes = o->read_zeroes;
         b->size = o->null_size - o->null_size % b->lbs;
+        if (b->size == 0) {
+            snprintf(err, errlen, "'%s' is smaller than one %u-byte block", o->file, b->lbs);
+            return -EINVAL;
+        }
         b->discard = o->discard_unmap && !o->readonly;
         b->write_zeroes = !o->readonly;
         b->zeroes_unmap = o->discard_unmap;

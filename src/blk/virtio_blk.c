@@ -436,7 +436,7 @@ static bool queue_poll(struct vblk_iot_poller *p)
 {
     struct blk_queue *q = container_of(p, struct blk_queue, poller);
 
-    if (q->stopping || vblk_vq_avail(&q->vq) == 0)
+    if (q->stopping || q->vq.broken || vblk_vq_avail(&q->vq) == 0)
         return false;
     vblk_blk_queue_process(q, false);
     return true;

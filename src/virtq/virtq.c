@@ -184,13 +184,15 @@ int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
 
         if (d.len == 0) {
             chain_fail(c, -EINVAL);
-        } else if (d.len > vq->max_seg) {
-            chain_fail(c, -E2BIG);
         } else if (d.flags & VRING_DESC_F_WRITE) {
-            status_gpa = d.addr;
+            status_gpa = d.addr; /* even an over-long one can still take the status */
             status_len = d.len;
+            if (d.len > vq->max_seg)
+                chain_fail(c, -E2BIG);
             if (!c->err)
                 chain_fail(c, chain_add(vq, c, d.addr, d.len, true));
+        } else if (d.len > vq->max_seg) {
+            chain_fail(c, -E2BIG);
         } else {
             if (c->in_cnt)
                 chain_fail(c, -EINVAL); /* readable after writable */

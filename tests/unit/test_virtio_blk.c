@@ -9,7 +9,9 @@
 #include <linux/virtio_config.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "fake_guest.h"
@@ -696,6 +698,113 @@ static void test_process_leaves_notifications_enabled(void **state)
     assert_int_equal(fb.g.ring[1].used->flags, 0);
 }
 
+/* ---- a queue started for real: I/O thread with busy polling ---- */
+
+static uint64_t cpu_ms(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+}
+
+/*
+ * Regression (was a bug in src/): with poll-us > 0, a broken queue keeps
+ * the I/O thread polling forever at 100% CPU.  queue_poll() in src/blk/virtio_blk.c returns
+ * true ("work done") whenever vblk_vq_avail() != 0, and that is -EIO on a broken ring, so the
+ * poll window never ends.  Fix: return false when q->vq.broken (and only call
+ * vblk_blk_queue_process when vblk_vq_avail() is non-zero, as now, so a fresh breakage is still
+ * reported once).
+ */
+static void test_polling_thread_sleeps_after_queue_broke(void **state)
+{
+    struct vblk_iothread *iot = NULL;
+    struct vblk_blk_dev d;
+    struct vblk_queue_params p;
+    struct fb_req r;
+    uint16_t last;
+    uint64_t c0, spent;
+    bool broken;
+    int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
+    struct pollfd pf = {.fd = call, .events = POLLIN};
+
+    assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256,
+                                          vblk_blk_io_done, 1000 /* us */),
+                     0);
+    assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
+    p = (struct vblk_queue_params){.mem = &fb.g.mem, .num = NUM, .last_avail = 0,
+                                   .desc_uva = fb.g.ring[0].desc_uva,
+                                   .avail_uva = fb.g.ring[0].avail_uva,
+                                   .used_uva = fb.g.ring[0].used_uva,
+                                   .kick_fd = kick, .call_fd = call, .err_fd = -1,
+                                   .event_idx = true, .indirect = true};
+    assert_int_equal(vblk_blk_queue_start(&d, 0, &p), 0);
+    /* it works */
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    fg_post(&fb.g, 0, r.head);
+    assert_int_equal(eventfd_write(kick, 1), 0);
+    assert_int_equal(poll(&pf, 1, 5000), 1);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
+    /* break it, let the poll window (1 ms) pass, then the thread must be asleep */
+    fg_post(&fb.g, 0, NUM);
+    assert_int_equal(eventfd_write(kick, 1), 0);
+    usleep(50 * 1000);
+    c0 = cpu_ms();
+    usleep(300 * 1000);
+    spent = cpu_ms() - c0;
+    broken = d.queues[0].vq.broken;
+    /* clean up before asserting, so a failure does not leave a spinning thread behind */
+    assert_int_equal(vblk_blk_queue_stop(&d, 0, &last), 0);
+    vblk_iothread_destroy(iot);
+    vblk_blk_destroy(&d);
+    close(kick);
+    close(call);
+    assert_true(broken);
+    assert_true(spent < 100); /* ms of CPU in 300 ms */
+}
+
+static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **state)
+{
+    struct vblk_iothread *iot = NULL;
+    struct vblk_blk_dev d;
+    struct vblk_queue_params p;
+    struct fb_req r;
+    uint16_t last;
+    uint64_t c0, spent;
+    int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+    assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256,
+                                          vblk_blk_io_done, 1000 /* us */),
+                     0);
+    assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
+    p = (struct vblk_queue_params){.mem = &fb.g.mem, .num = NUM, .last_avail = 0,
+                                   .desc_uva = fb.g.ring[0].desc_uva,
+                                   .avail_uva = fb.g.ring[0].avail_uva,
+                                   .used_uva = fb.g.ring[0].used_uva,
+                                   .kick_fd = kick, .call_fd = -1, .err_fd = -1,
+                                   .event_idx = true, .indirect = true};
+    assert_int_equal(vblk_blk_queue_start(&d, 0, &p), 0);
+    for (int i = 0; i < 3; i++) {
+        fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 512, true);
+        fg_post(&fb.g, 0, r.head);
+        assert_int_equal(eventfd_write(kick, 1), 0);
+        for (int w = 0; w < 500 && fb_status(&fb, &r) == FB_STATUS_UNSET; w++)
+            usleep(1000);
+        assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
+    }
+    usleep(50 * 1000);
+    c0 = cpu_ms();
+    usleep(300 * 1000);
+    spent = cpu_ms() - c0;
+    assert_int_equal(vblk_blk_queue_stop(&d, 0, &last), 0);
+    vblk_iothread_destroy(iot);
+    vblk_blk_destroy(&d);
+    close(kick);
+    assert_int_equal(last, 3);
+    assert_true(spent < 100); /* ms of CPU in 300 ms */
+}
+
 /* ---- features and config ---- */
 
 static void test_features_and_config(void **state)
@@ -784,6 +893,8 @@ int main(void)
         TN(test_restarted_queue_works_again),
         TN(test_flush_signals_call_fd),
         TN(test_process_leaves_notifications_enabled),
+        TN(test_polling_thread_sleeps_after_queue_broke),
+        TN(test_polling_thread_serves_requests_and_sleeps_when_idle),
         TN(test_features_and_config),
     };
 

@@ -552,7 +552,7 @@ static void test_descriptor_longer_than_max_seg_is_e2big(void **state)
 }
 
 /*
- * SRC BUG (reported to the lead; skipped until fixed): a writable descriptor longer than
+ * Regression (was a bug in src/): a writable descriptor longer than
  * max_seg is not considered for the status byte, so a request whose data+status descriptor is
  * over the limit completes with used len 0 and no status written; a driver that does not check
  * the used length (Linux virtio_blk) then reads a stale status byte, possibly OK (0), for a
@@ -563,8 +563,6 @@ static void test_over_long_writable_descriptor_still_has_status(void **state)
 {
     struct fg_seg s[] = {{0, 16, false}, {0, VBLK_SIZE_MAX + 1, true}};
 
-    if (!getenv("VBLK_UNSKIP_KNOWN_BUGS"))
-        skip();
     alloc_bufs(VBLK_SIZE_MAX + 1);
     s[0].addr = hdr_gpa;
     s[1].addr = data_gpa;

@@ -1,0 +1,900 @@
+/* test_vhost_user.c - vhost-user message handling over a socketpair. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/virtio_blk.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "bdev/bdev.h"
+#include "blk/virtio_blk.h"
+#include "iothread/iothread.h"
+#include "vhost/vhost_user.h"
+
+#define NQ   2
+#define QMAX 256
+#define DISK (1ull << 30)
+
+static struct vblk_bdev bdev;
+static struct vblk_blk_dev blk;
+static struct vblk_vu_dev vu;
+static struct vblk_iothread *iot;
+static int sk[2] = {-1, -1};
+
+static void connect_pair(void)
+{
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sk), 0);
+    assert_int_equal(vblk_vu_attach(&vu, sk[0]), 0);
+}
+
+static int setup_common(bool with_iothread)
+{
+    memset(&bdev, 0, sizeof(bdev));
+    bdev.name = "t";
+    bdev.fd = -1;
+    bdev.null = true;
+    bdev.read_zeroes = true;
+    bdev.size = DISK;
+    bdev.lbs = 512;
+    bdev.cache = VBLK_CACHE_WRITEBACK;
+    bdev.discard = bdev.write_zeroes = bdev.zeroes_unmap = true;
+    iot = NULL;
+    if (with_iothread &&
+        vblk_iothread_create(&iot, "vu-test", &vblk_engine_null, NQ * QMAX, vblk_blk_io_done, 0) < 0)
+        return -1;
+    if (vblk_blk_create(&blk, "t", &bdev, iot, NQ, QMAX, "vu-serial") < 0)
+        return -1;
+    vblk_vu_init(&vu, "t", &blk);
+    connect_pair();
+    return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_common(false);
+}
+
+static int setup_iot(void **state)
+{
+    return setup_common(true);
+}
+
+static int teardown(void **state)
+{
+    vblk_vu_disconnect(&vu);
+    if (sk[1] >= 0)
+        close(sk[1]);
+    sk[0] = sk[1] = -1;
+    if (iot)
+        vblk_iothread_destroy(iot);
+    iot = NULL;
+    vblk_blk_destroy(&blk);
+    return 0;
+}
+
+/* ---- front-end side helpers ---- */
+
+static void send_msg_fds(uint32_t req, uint32_t flags, const void *payload, uint32_t size,
+                         const int *fds, unsigned nfds)
+{
+    struct vhost_user_msg m;
+    char control[CMSG_SPACE(16 * sizeof(int))];
+    struct iovec iov = {.iov_base = &m, .iov_len = VHOST_USER_HDR_SIZE + size};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+    assert_true(size <= sizeof(m.payload));
+    memset(&m, 0, sizeof(m));
+    m.hdr.request = req;
+    m.hdr.flags = flags;
+    m.hdr.size = size;
+    if (size)
+        memcpy(&m.payload, payload, size);
+    if (nfds) {
+        struct cmsghdr *cm;
+
+        memset(control, 0, sizeof(control));
+        mh.msg_control = control;
+        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+    }
+    assert_int_equal(sendmsg(sk[1], &mh, 0), (ssize_t)iov.iov_len);
+}
+
+static void send_msg(uint32_t req, const void *payload, uint32_t size)
+{
+    send_msg_fds(req, VHOST_USER_VERSION, payload, size, NULL, 0);
+}
+
+static void send_u64(uint32_t req, uint64_t v)
+{
+    send_msg(req, &v, sizeof(v));
+}
+
+static void send_state(uint32_t req, uint32_t index, uint32_t num)
+{
+    struct vhost_user_vring_state s = {.index = index, .num = num};
+
+    send_msg(req, &s, sizeof(s));
+}
+
+/* Read one reply (must be there already); returns its payload size. */
+static uint32_t recv_reply(uint32_t req, void *payload, uint32_t cap)
+{
+    struct vhost_user_msg m;
+    ssize_t n = recv(sk[1], &m.hdr, VHOST_USER_HDR_SIZE, MSG_DONTWAIT);
+
+    assert_int_equal(n, VHOST_USER_HDR_SIZE);
+    assert_int_equal(m.hdr.request, req);
+    assert_int_equal(m.hdr.flags, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK);
+    assert_true(m.hdr.size <= cap);
+    if (m.hdr.size)
+        assert_int_equal(recv(sk[1], &m.payload, m.hdr.size, MSG_DONTWAIT), m.hdr.size);
+    memcpy(payload, &m.payload, m.hdr.size);
+    return m.hdr.size;
+}
+
+static uint64_t recv_u64(uint32_t req)
+{
+    uint64_t v = 0;
+
+    assert_int_equal(recv_reply(req, &v, sizeof(v)), 8);
+    return v;
+}
+
+static void assert_no_reply(void)
+{
+    char b[16];
+
+    assert_int_equal(recv(sk[1], b, sizeof(b), MSG_DONTWAIT), -1);
+    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+static void assert_ok(void)
+{
+    assert_int_equal(vblk_vu_readable(&vu), 0);
+    assert_int_equal(vu.conn_fd, sk[0]);
+}
+
+/* The message must have closed the connection: the peer reads EOF. */
+static void assert_closed(void)
+{
+    char b[16];
+
+    assert_true(vblk_vu_readable(&vu) < 0);
+    assert_int_equal(vu.conn_fd, -1);
+    assert_int_equal(recv(sk[1], b, sizeof(b), MSG_DONTWAIT), 0);
+}
+
+static int count_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int n = 0;
+
+    assert_non_null(d);
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the DIR's own fd */
+}
+
+static int make_memfd(size_t size)
+{
+    int fd = memfd_create("vu-test", MFD_CLOEXEC);
+
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)size), 0);
+    return fd;
+}
+
+/* ---- simple requests ---- */
+
+static void test_get_features_reply(void **state)
+{
+    send_msg(VHOST_USER_GET_FEATURES, NULL, 0);
+    assert_ok();
+    assert_int_equal(recv_u64(VHOST_USER_GET_FEATURES),
+                     vblk_blk_features(&blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
+}
+
+static void test_get_protocol_features_queue_num_and_slots(void **state)
+{
+    send_msg(VHOST_USER_GET_PROTOCOL_FEATURES, NULL, 0);
+    send_msg(VHOST_USER_GET_QUEUE_NUM, NULL, 0);
+    send_msg(VHOST_USER_GET_MAX_MEM_SLOTS, NULL, 0);
+    assert_ok(); /* three messages in one read */
+    assert_int_equal(recv_u64(VHOST_USER_GET_PROTOCOL_FEATURES), VBLK_VU_PROTOCOL_FEATURES);
+    assert_int_equal(recv_u64(VHOST_USER_GET_QUEUE_NUM), NQ);
+    assert_int_equal(recv_u64(VHOST_USER_GET_MAX_MEM_SLOTS), VBLK_MEM_SLOTS_MAX);
+}
+
+static void test_message_split_across_reads(void **state)
+{
+    struct vhost_user_hdr h = {.request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION,
+                               .size = 8};
+    uint64_t f = 1ull << VIRTIO_F_VERSION_1;
+
+    assert_int_equal(send(sk[1], &h, 5, 0), 5);
+    assert_ok();
+    assert_int_equal(send(sk[1], (char *)&h + 5, sizeof(h) - 5, 0), (ssize_t)sizeof(h) - 5);
+    assert_ok();
+    assert_int_equal(send(sk[1], &f, 3, 0), 3);
+    assert_ok();
+    assert_int_equal(vu.features, 0);
+    assert_int_equal(send(sk[1], (char *)&f + 3, 5, 0), 5);
+    assert_ok();
+    assert_int_equal(vu.features, f);
+}
+
+static void test_set_features_ok(void **state)
+{
+    uint64_t f = (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_RING_F_EVENT_IDX) |
+                 (1ull << VHOST_USER_F_PROTOCOL_FEATURES);
+
+    send_u64(VHOST_USER_SET_FEATURES, f);
+    assert_ok();
+    assert_int_equal(vu.features, f);
+    assert_no_reply();
+}
+
+static void test_set_features_with_unoffered_bit_closes(void **state)
+{
+    send_u64(VHOST_USER_SET_FEATURES, (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_BLK_F_SCSI));
+    assert_closed();
+}
+
+static void test_set_features_wrong_size_closes(void **state)
+{
+    uint32_t f = 1;
+
+    send_msg(VHOST_USER_SET_FEATURES, &f, sizeof(f));
+    assert_closed();
+}
+
+static void test_set_protocol_features_unoffered_bit_closes(void **state)
+{
+    send_u64(VHOST_USER_SET_PROTOCOL_FEATURES, 1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD);
+    assert_closed();
+}
+
+static void test_unknown_request_closes(void **state)
+{
+    send_msg(999, NULL, 0);
+    assert_closed();
+}
+
+static void test_unsupported_known_request_closes(void **state)
+{
+    send_u64(VHOST_USER_SET_LOG_BASE, 0);
+    assert_closed();
+}
+
+static void test_payload_too_large_closes(void **state)
+{
+    struct vhost_user_hdr h = {.request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION,
+                               .size = VHOST_USER_PAYLOAD_MAX + 1};
+
+    assert_int_equal(send(sk[1], &h, sizeof(h), 0), (ssize_t)sizeof(h));
+    assert_closed();
+}
+
+static void test_huge_payload_size_closes(void **state)
+{
+    struct vhost_user_hdr h = {.request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION,
+                               .size = 0xffffffffu};
+
+    assert_int_equal(send(sk[1], &h, sizeof(h), 0), (ssize_t)sizeof(h));
+    assert_closed();
+}
+
+static void test_bad_version_flags_close(void **state)
+{
+    send_msg_fds(VHOST_USER_GET_FEATURES, 0, NULL, 0, NULL, 0);
+    assert_closed();
+}
+
+static void test_version_2_closes(void **state)
+{
+    send_msg_fds(VHOST_USER_GET_FEATURES, 2, NULL, 0, NULL, 0);
+    assert_closed();
+}
+
+static void test_peer_hangup_closes(void **state)
+{
+    close(sk[1]);
+    sk[1] = -1;
+    assert_int_equal(vblk_vu_readable(&vu), -ECONNRESET);
+    assert_int_equal(vu.conn_fd, -1);
+}
+
+static void test_new_connection_accepted_after_close(void **state)
+{
+    assert_int_equal(vblk_vu_attach(&vu, 12345), -EBUSY);
+    send_u64(VHOST_USER_SET_FEATURES, 1ull << VIRTIO_BLK_F_SCSI);
+    assert_closed();
+    close(sk[1]);
+    connect_pair(); /* asserts vblk_vu_attach() == 0 */
+    assert_int_equal(vu.features, 0);
+    send_msg(VHOST_USER_GET_QUEUE_NUM, NULL, 0);
+    assert_ok();
+    assert_int_equal(recv_u64(VHOST_USER_GET_QUEUE_NUM), NQ);
+}
+
+static void test_reset_owner_clears_features(void **state)
+{
+    send_u64(VHOST_USER_SET_FEATURES, 1ull << VIRTIO_F_VERSION_1);
+    send_u64(VHOST_USER_SET_PROTOCOL_FEATURES, 1ull << VHOST_USER_PROTOCOL_F_MQ);
+    send_msg(VHOST_USER_RESET_OWNER, NULL, 0);
+    assert_ok();
+    assert_int_equal(vu.features, 0);
+    assert_int_equal(vu.protocol_features, 0);
+}
+
+/* ---- REPLY_ACK ---- */
+
+static void test_reply_ack_sent_when_negotiated(void **state)
+{
+    send_u64(VHOST_USER_SET_PROTOCOL_FEATURES, 1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK);
+    assert_ok();
+    assert_no_reply();
+    send_msg_fds(VHOST_USER_SET_OWNER, VHOST_USER_VERSION | VHOST_USER_NEED_REPLY, NULL, 0, NULL,
+                 0);
+    assert_ok();
+    assert_int_equal(recv_u64(VHOST_USER_SET_OWNER), 0);
+    send_state(VHOST_USER_SET_VRING_NUM, 0, 64); /* no NEED_REPLY: no ack */
+    assert_ok();
+    assert_no_reply();
+    /* GET_* replies are not followed by an extra ack */
+    send_msg_fds(VHOST_USER_GET_QUEUE_NUM, VHOST_USER_VERSION | VHOST_USER_NEED_REPLY, NULL, 0,
+                 NULL, 0);
+    assert_ok();
+    assert_int_equal(recv_u64(VHOST_USER_GET_QUEUE_NUM), NQ);
+    assert_no_reply();
+}
+
+static void test_no_reply_ack_without_protocol_feature(void **state)
+{
+    send_msg_fds(VHOST_USER_SET_OWNER, VHOST_USER_VERSION | VHOST_USER_NEED_REPLY, NULL, 0, NULL,
+                 0);
+    assert_ok();
+    assert_no_reply();
+}
+
+/* ---- vring messages ---- */
+
+static void test_set_vring_num_ok(void **state)
+{
+    send_state(VHOST_USER_SET_VRING_NUM, 1, QMAX);
+    assert_ok();
+    assert_int_equal(vu.vrings[1].num, QMAX);
+}
+
+static void test_set_vring_num_wrong_payload_size_closes(void **state)
+{
+    uint32_t idx = 0;
+
+    send_msg(VHOST_USER_SET_VRING_NUM, &idx, sizeof(idx));
+    assert_closed();
+}
+
+static void test_vring_size_not_power_of_two_closes(void **state)
+{
+    send_state(VHOST_USER_SET_VRING_NUM, 0, 3);
+    assert_closed();
+}
+
+static void test_vring_size_zero_closes(void **state)
+{
+    send_state(VHOST_USER_SET_VRING_NUM, 0, 0);
+    assert_closed();
+}
+
+static void test_vring_size_above_queue_size_closes(void **state)
+{
+    send_state(VHOST_USER_SET_VRING_NUM, 0, QMAX * 2);
+    assert_closed();
+}
+
+static void test_set_vring_num_index_out_of_range_closes(void **state)
+{
+    send_state(VHOST_USER_SET_VRING_NUM, NQ, 64);
+    assert_closed();
+}
+
+static void test_set_vring_kick_index_out_of_range_closes(void **state)
+{
+    int efd = eventfd(0, EFD_CLOEXEC);
+    uint64_t u = NQ;
+
+    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &efd, 1);
+    close(efd);
+    assert_closed();
+}
+
+static void test_set_vring_call_index_out_of_range_closes(void **state)
+{
+    send_u64(VHOST_USER_SET_VRING_CALL, 0xff | VHOST_USER_VRING_NOFD_MASK);
+    assert_closed();
+}
+
+static void test_set_vring_fd_msg_reserved_bits_close(void **state)
+{
+    send_u64(VHOST_USER_SET_VRING_CALL, (1u << 9) | VHOST_USER_VRING_NOFD_MASK);
+    assert_closed();
+}
+
+static void test_set_vring_kick_without_fd_closes(void **state)
+{
+    send_u64(VHOST_USER_SET_VRING_KICK, 0 | VHOST_USER_VRING_NOFD_MASK);
+    assert_closed();
+}
+
+static void test_set_vring_call_nofd_flag_with_fd_closes(void **state)
+{
+    int efd = eventfd(0, EFD_CLOEXEC);
+    uint64_t u = VHOST_USER_VRING_NOFD_MASK;
+
+    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &efd, 1);
+    close(efd);
+    assert_closed();
+}
+
+static void test_set_vring_call_fd_is_kept(void **state)
+{
+    int efd = eventfd(0, EFD_CLOEXEC);
+    uint64_t u = 1;
+
+    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &efd, 1);
+    close(efd);
+    assert_ok();
+    assert_true(vu.vrings[1].call_fd >= 0);
+    assert_int_equal(blk.queues[1].call_fd, vu.vrings[1].call_fd);
+    assert_int_not_equal(fcntl(vu.vrings[1].call_fd, F_GETFD), -1);
+}
+
+static void test_set_vring_base_out_of_range_closes(void **state)
+{
+    send_state(VHOST_USER_SET_VRING_BASE, 0, 0x10000);
+    assert_closed();
+}
+
+static void test_get_vring_base_of_stopped_ring(void **state)
+{
+    struct vhost_user_vring_state s;
+
+    send_state(VHOST_USER_SET_VRING_BASE, 1, 4242);
+    send_state(VHOST_USER_GET_VRING_BASE, 1, 0);
+    assert_ok();
+    assert_int_equal(recv_reply(VHOST_USER_GET_VRING_BASE, &s, sizeof(s)), sizeof(s));
+    assert_int_equal(s.index, 1);
+    assert_int_equal(s.num, 4242);
+}
+
+static void test_set_vring_enable_bad_value_closes(void **state)
+{
+    send_state(VHOST_USER_SET_VRING_ENABLE, 0, 2);
+    assert_closed();
+}
+
+static void test_set_vring_addr_unknown_flags_close(void **state)
+{
+    struct vhost_user_vring_addr a = {.index = 0, .flags = 2};
+
+    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
+    assert_closed();
+}
+
+/* ---- fds ---- */
+
+static void test_fds_on_message_that_takes_none_are_closed(void **state)
+{
+    int efd = eventfd(0, EFD_CLOEXEC);
+    int before;
+
+    send_msg_fds(VHOST_USER_GET_FEATURES, VHOST_USER_VERSION, NULL, 0, &efd, 1);
+    close(efd); /* ours; the daemon gets the lowest free number, i.e. efd again */
+    before = count_open_fds();
+    assert_closed();
+    /* the received fd was closed, and so was the connection */
+    assert_int_equal(fcntl(efd, F_GETFD), -1);
+    assert_int_equal(errno, EBADF);
+    assert_int_equal(count_open_fds(), before - 1);
+}
+
+static void test_too_many_fds_close(void **state)
+{
+    int fds[9];
+
+    for (unsigned i = 0; i < 9; i++)
+        fds[i] = eventfd(0, EFD_CLOEXEC);
+    send_msg_fds(VHOST_USER_SET_OWNER, VHOST_USER_VERSION, NULL, 0, fds, 9);
+    for (unsigned i = 0; i < 9; i++)
+        close(fds[i]);
+    assert_closed();
+}
+
+/* ---- memory table ---- */
+
+static void send_mem_table(unsigned nregions, uint32_t size_field, const int *fds, unsigned nfds,
+                           uint64_t region_size)
+{
+    struct vhost_user_memory m;
+
+    memset(&m, 0, sizeof(m));
+    m.nregions = size_field;
+    for (unsigned i = 0; i < nregions && i < VHOST_USER_MEM_REGIONS_MAX; i++) {
+        m.regions[i].guest_phys_addr = 0x100000ull * (i + 1) * 16;
+        m.regions[i].memory_size = region_size;
+        m.regions[i].userspace_addr = 0x7e0000000000ull + 0x10000000ull * i;
+        m.regions[i].mmap_offset = 0;
+    }
+    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
+                 8 + (uint32_t)sizeof(m.regions[0]) *
+                         (nregions < VHOST_USER_MEM_REGIONS_MAX ? nregions
+                                                                : VHOST_USER_MEM_REGIONS_MAX),
+                 fds, nfds);
+}
+
+static void test_set_mem_table_ok(void **state)
+{
+    int fds[2] = {make_memfd(1 << 20), make_memfd(1 << 20)};
+
+    send_mem_table(2, 2, fds, 2, 1 << 20);
+    close(fds[0]);
+    close(fds[1]);
+    assert_ok();
+    assert_non_null(vu.mem);
+    assert_int_equal(vu.mem->nregions, 2);
+    assert_int_equal(vu.mem->r[1].gpa, 0x100000ull * 32);
+    /* a new table replaces the old one */
+    fds[0] = make_memfd(1 << 20);
+    send_mem_table(1, 1, fds, 1, 1 << 20);
+    close(fds[0]);
+    assert_ok();
+    assert_int_equal(vu.mem->nregions, 1);
+}
+
+static void test_set_mem_table_9_regions_closes(void **state)
+{
+    struct {
+        uint32_t nregions, padding;
+        struct vhost_user_mem_region r[8];
+    } __attribute__((packed)) m;
+
+    memset(&m, 0, sizeof(m));
+    m.nregions = 9;
+    send_msg(VHOST_USER_SET_MEM_TABLE, &m, sizeof(m));
+    assert_closed();
+}
+
+static void test_set_mem_table_0_regions_closes(void **state)
+{
+    send_mem_table(0, 0, NULL, 0, 4096);
+    assert_closed();
+}
+
+static void test_set_mem_table_fewer_fds_than_regions_closes(void **state)
+{
+    int fd = make_memfd(1 << 20);
+
+    send_mem_table(2, 2, &fd, 1, 1 << 20);
+    close(fd);
+    assert_closed();
+    assert_null(vu.mem);
+}
+
+static void test_set_mem_table_size_mismatch_closes(void **state)
+{
+    int fds[2] = {make_memfd(1 << 20), make_memfd(1 << 20)};
+
+    send_mem_table(1, 2, fds, 2, 1 << 20); /* says 2 regions, carries 1 */
+    close(fds[0]);
+    close(fds[1]);
+    assert_closed();
+}
+
+static void test_set_mem_table_region_larger_than_fd_closes(void **state)
+{
+    int fd = make_memfd(4096);
+
+    send_mem_table(1, 1, &fd, 1, 1 << 20);
+    close(fd);
+    assert_closed();
+}
+
+static void test_add_and_remove_mem_region(void **state)
+{
+    struct vhost_user_mem_reg_msg r = {
+        .region = {.guest_phys_addr = 0x200000, .memory_size = 1 << 20,
+                   .userspace_addr = 0x7d0000000000ull, .mmap_offset = 0}};
+    int fd = make_memfd(1 << 20);
+
+    send_msg_fds(VHOST_USER_ADD_MEM_REG, VHOST_USER_VERSION, &r, sizeof(r), &fd, 1);
+    assert_ok();
+    assert_int_equal(vu.mem->nregions, 1);
+    r.region.guest_phys_addr = 0x400000;
+    send_msg_fds(VHOST_USER_ADD_MEM_REG, VHOST_USER_VERSION, &r, sizeof(r), &fd, 1);
+    assert_ok();
+    assert_int_equal(vu.mem->nregions, 2);
+    send_msg(VHOST_USER_REM_MEM_REG, &r, sizeof(r));
+    assert_ok();
+    assert_int_equal(vu.mem->nregions, 1);
+    assert_int_equal(vu.mem->r[0].gpa, 0x200000);
+    /* overlapping add and removing an unknown region close */
+    r.region.guest_phys_addr = 0x280000;
+    send_msg_fds(VHOST_USER_ADD_MEM_REG, VHOST_USER_VERSION, &r, sizeof(r), &fd, 1);
+    close(fd);
+    assert_closed();
+}
+
+static void test_remove_unknown_mem_region_closes(void **state)
+{
+    struct vhost_user_mem_reg_msg r = {.region = {.guest_phys_addr = 0x200000,
+                                                  .memory_size = 4096}};
+
+    send_msg(VHOST_USER_REM_MEM_REG, &r, sizeof(r));
+    assert_closed();
+}
+
+/* ---- config ---- */
+
+static void test_get_config_returns_capacity(void **state)
+{
+    struct vhost_user_config c = {.offset = 0, .size = sizeof(struct virtio_blk_config)};
+    struct virtio_blk_config cfg;
+
+    send_msg(VHOST_USER_GET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + c.size);
+    assert_ok();
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(recv_reply(VHOST_USER_GET_CONFIG, &c, sizeof(c)),
+                     VHOST_USER_CONFIG_HDR_SIZE + sizeof(cfg));
+    assert_int_equal(c.offset, 0);
+    assert_int_equal(c.size, sizeof(cfg));
+    memcpy(&cfg, c.region, sizeof(cfg));
+    assert_int_equal(cfg.capacity, DISK / 512);
+    assert_int_equal(cfg.num_queues, NQ);
+    assert_int_equal(cfg.seg_max, VBLK_SEG_MAX);
+    assert_int_equal(cfg.wce, 1);
+}
+
+static void test_get_config_partial_read(void **state)
+{
+    struct vhost_user_config c = {.offset = offsetof(struct virtio_blk_config, num_queues),
+                                  .size = 2};
+    uint16_t nq;
+
+    send_msg(VHOST_USER_GET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + c.size);
+    assert_ok();
+    assert_int_equal(recv_reply(VHOST_USER_GET_CONFIG, &c, sizeof(c)),
+                     VHOST_USER_CONFIG_HDR_SIZE + 2);
+    memcpy(&nq, c.region, 2);
+    assert_int_equal(nq, NQ);
+}
+
+static void test_get_config_out_of_range_closes(void **state)
+{
+    struct vhost_user_config c = {.offset = 250, .size = 10};
+
+    send_msg(VHOST_USER_GET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + c.size);
+    assert_closed();
+}
+
+static void test_get_config_size_mismatch_closes(void **state)
+{
+    struct vhost_user_config c = {.offset = 0, .size = 8};
+
+    send_msg(VHOST_USER_GET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + 4);
+    assert_closed();
+}
+
+static void test_set_config_wce(void **state)
+{
+    struct vhost_user_config c = {.offset = offsetof(struct virtio_blk_config, wce), .size = 1};
+
+    c.region[0] = 0;
+    send_msg(VHOST_USER_SET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + 1);
+    assert_ok();
+    assert_false(blk.wce);
+    c.region[0] = 1;
+    send_msg(VHOST_USER_SET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + 1);
+    assert_ok();
+    assert_true(blk.wce);
+}
+
+static void test_set_config_other_offset_closes(void **state)
+{
+    struct vhost_user_config c = {.offset = 0, .size = 8};
+
+    send_msg(VHOST_USER_SET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + 8);
+    assert_closed();
+}
+
+static void test_set_config_bad_wce_value_closes(void **state)
+{
+    struct vhost_user_config c = {.offset = offsetof(struct virtio_blk_config, wce), .size = 1};
+
+    c.region[0] = 7;
+    send_msg(VHOST_USER_SET_CONFIG, &c, VHOST_USER_CONFIG_HDR_SIZE + 1);
+    assert_closed();
+}
+
+/* ---- a whole ring: memfd memory, I/O thread, kick, call, GET_VRING_BASE ---- */
+
+#define RING_GPA  0x40000000ull
+#define RING_UVA  0x7e0000000000ull
+#define RING_SIZE (1u << 20)
+#define RING_NUM  8
+
+static void test_full_ring_start_request_and_stop(void **state)
+{
+    int memfd = make_memfd(RING_SIZE);
+    uint8_t *gm = mmap(NULL, RING_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    struct vring_desc *desc = (struct vring_desc *)gm;
+    struct vring_avail *avail = (struct vring_avail *)(gm + 0x1000);
+    struct vring_used *used = (struct vring_used *)(gm + 0x2000);
+    struct virtio_blk_outhdr *hdr = (struct virtio_blk_outhdr *)(gm + 0x10000);
+    uint8_t *id = gm + 0x10100, *status = gm + 0x10200;
+    struct vhost_user_memory m = {.nregions = 1};
+    struct vhost_user_vring_addr a = {.index = 0,
+                                      .desc_user_addr = RING_UVA,
+                                      .avail_user_addr = RING_UVA + 0x1000,
+                                      .used_user_addr = RING_UVA + 0x2000};
+    struct vhost_user_vring_state s;
+    int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
+    struct pollfd p = {.fd = call, .events = POLLIN};
+    uint64_t u;
+
+    assert_true(gm != MAP_FAILED);
+    m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
+    send_u64(VHOST_USER_SET_FEATURES, (1ull << VIRTIO_F_VERSION_1) |
+                                          (1ull << VIRTIO_RING_F_EVENT_IDX) |
+                                          (1ull << VIRTIO_RING_F_INDIRECT_DESC) |
+                                          (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
+    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
+                 8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
+    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
+    send_state(VHOST_USER_SET_VRING_BASE, 0, 0);
+    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
+    u = 0;
+    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &call, 1);
+    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+    assert_ok();
+    assert_true(vu.vrings[0].started);
+    assert_true(blk.queues[0].started);
+    assert_false(vu.vrings[1].started);
+
+    /* GET_ID through the ring */
+    hdr->type = VIRTIO_BLK_T_GET_ID;
+    *status = 0xee;
+    desc[0] = (struct vring_desc){RING_GPA + 0x10000, 16, VRING_DESC_F_NEXT, 1};
+    desc[1] = (struct vring_desc){RING_GPA + 0x10100, 20, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE,
+                                  2};
+    desc[2] = (struct vring_desc){RING_GPA + 0x10200, 1, VRING_DESC_F_WRITE, 0};
+    avail->ring[0] = 0;
+    __atomic_store_n(&avail->idx, 1, __ATOMIC_RELEASE);
+    assert_int_equal(eventfd_write(kick, 1), 0);
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    assert_int_equal(__atomic_load_n(&used->idx, __ATOMIC_ACQUIRE), 1);
+    assert_int_equal(*status, VIRTIO_BLK_S_OK);
+    assert_int_equal(used->ring[0].id, 0);
+    assert_int_equal(used->ring[0].len, 21);
+    assert_memory_equal(id, "vu-serial\0\0\0\0\0\0\0\0\0\0\0", 20);
+
+    /* stop: GET_VRING_BASE returns the next avail index */
+    send_state(VHOST_USER_GET_VRING_BASE, 0, 0);
+    assert_ok();
+    assert_int_equal(recv_reply(VHOST_USER_GET_VRING_BASE, &s, sizeof(s)), sizeof(s));
+    assert_int_equal(s.index, 0);
+    assert_int_equal(s.num, 1);
+    assert_false(vu.vrings[0].started);
+    assert_false(blk.queues[0].started);
+
+    vblk_vu_disconnect(&vu);
+    munmap(gm, RING_SIZE);
+    close(memfd);
+    close(kick);
+    close(call);
+}
+
+static void test_ring_outside_memory_closes(void **state)
+{
+    int memfd = make_memfd(RING_SIZE), kick = eventfd(0, EFD_CLOEXEC);
+    struct vhost_user_memory m = {.nregions = 1};
+    struct vhost_user_vring_addr a = {.index = 0,
+                                      .desc_user_addr = RING_UVA + RING_SIZE - 64,
+                                      .avail_user_addr = RING_UVA + 0x1000,
+                                      .used_user_addr = RING_UVA + 0x2000};
+    uint64_t u = 0;
+
+    m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
+    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
+                 8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
+    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
+    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
+    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+    close(memfd);
+    close(kick);
+    assert_closed();
+    assert_false(blk.queues[0].started);
+}
+
+#define T(f)  cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define TI(f) cmocka_unit_test_setup_teardown(f, setup_iot, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_get_features_reply),
+        T(test_get_protocol_features_queue_num_and_slots),
+        T(test_message_split_across_reads),
+        T(test_set_features_ok),
+        T(test_set_features_with_unoffered_bit_closes),
+        T(test_set_features_wrong_size_closes),
+        T(test_set_protocol_features_unoffered_bit_closes),
+        T(test_unknown_request_closes),
+        T(test_unsupported_known_request_closes),
+        T(test_payload_too_large_closes),
+        T(test_huge_payload_size_closes),
+        T(test_bad_version_flags_close),
+        T(test_version_2_closes),
+        T(test_peer_hangup_closes),
+        T(test_new_connection_accepted_after_close),
+        T(test_reset_owner_clears_features),
+        T(test_reply_ack_sent_when_negotiated),
+        T(test_no_reply_ack_without_protocol_feature),
+        T(test_set_vring_num_ok),
+        T(test_set_vring_num_wrong_payload_size_closes),
+        T(test_vring_size_not_power_of_two_closes),
+        T(test_vring_size_zero_closes),
+        T(test_vring_size_above_queue_size_closes),
+        T(test_set_vring_num_index_out_of_range_closes),
+        T(test_set_vring_kick_index_out_of_range_closes),
+        T(test_set_vring_call_index_out_of_range_closes),
+        T(test_set_vring_fd_msg_reserved_bits_close),
+        T(test_set_vring_kick_without_fd_closes),
+        T(test_set_vring_call_nofd_flag_with_fd_closes),
+        T(test_set_vring_call_fd_is_kept),
+        T(test_set_vring_base_out_of_range_closes),
+        T(test_get_vring_base_of_stopped_ring),
+        T(test_set_vring_enable_bad_value_closes),
+        T(test_set_vring_addr_unknown_flags_close),
+        T(test_fds_on_message_that_takes_none_are_closed),
+        T(test_too_many_fds_close),
+        T(test_set_mem_table_ok),
+        T(test_set_mem_table_9_regions_closes),
+        T(test_set_mem_table_0_regions_closes),
+        T(test_set_mem_table_fewer_fds_than_regions_closes),
+        T(test_set_mem_table_size_mismatch_closes),
+        T(test_set_mem_table_region_larger_than_fd_closes),
+        T(test_add_and_remove_mem_region),
+        T(test_remove_unknown_mem_region_closes),
+        T(test_get_config_returns_capacity),
+        T(test_get_config_partial_read),
+        T(test_get_config_out_of_range_closes),
+        T(test_get_config_size_mismatch_closes),
+        T(test_set_config_wce),
+        T(test_set_config_other_offset_closes),
+        T(test_set_config_bad_wce_value_closes),
+        TI(test_full_ring_start_request_and_stop),
+        TI(test_ring_outside_memory_closes),
+    };
+
+    return cmocka_run_group_tests_name("vhost_user", tests, NULL, NULL);
+}
