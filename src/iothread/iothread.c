@@ -26,7 +26,8 @@ struct vblk_iothread {
     struct vblk_iot_source cmd_src;
     struct vblk_iot_hook *hooks;
     struct vblk_iot_poller *pollers;
-    uint64_t poll_ns; /* 0: never poll */
+    uint64_t poll_max_ns; /* 0: never poll */
+    uint64_t poll_ns;     /* current window, adapted between 0 and poll_max_ns */
     bool work;        /* this iteration did something */
 
     /* control channel: one call at a time (the control thread is single) */
@@ -87,7 +88,25 @@ void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p
 
 bool vblk_iothread_polls(const struct vblk_iothread *t)
 {
-    return t->poll_ns != 0;
+    return t->poll_max_ns != 0;
+}
+
+/*
+ * Adaptive polling, as QEMU's aio-posix does: if work came within poll_max_ns of going to
+ * sleep, a longer window would have caught it without a wake-up, so grow the window; if it came
+ * later, polling would have been wasted, so shrink it.
+ */
+static void poll_adapt(struct vblk_iothread *t, uint64_t slept)
+{
+    if (slept <= t->poll_max_ns) {
+        t->poll_ns = t->poll_ns ? t->poll_ns * 2 : 4000;
+        if (t->poll_ns > t->poll_max_ns)
+            t->poll_ns = t->poll_max_ns;
+    } else {
+        t->poll_ns /= 2;
+        if (t->poll_ns < 1000)
+            t->poll_ns = 0;
+    }
 }
 
 static uint64_t now_ns(void)
@@ -185,13 +204,21 @@ static void *iothread_main(void *arg)
 
     while (!t->stop) {
         struct vblk_engine *e = t->eng;
+        bool slept = false;
+        uint64_t sleep_start = 0;
 
         t->work = false;
         /* While polling, fds are looked at only when a call waits or every 64 passes (a stray
          * kick, an engine without a cheap peek); otherwise sleep until something happens. */
         if (!polling || __atomic_load_n(&t->cmd_flag, __ATOMIC_RELAXED) || (++spins & 63) == 0) {
-            int n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, (polling || e->local) ? 0 : -1);
+            int timeout = (polling || e->local) ? 0 : -1;
+            int n;
 
+            if (timeout && t->poll_max_ns) {
+                slept = true;
+                sleep_start = now_ns();
+            }
+            n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
             if (n < 0 && errno != EINTR) {
                 log_err(t->name, "epoll_wait failed: %s", strerror(errno));
                 break;
@@ -204,7 +231,7 @@ static void *iothread_main(void *arg)
                 src->fn(src);
             }
         }
-        if (t->poll_ns)
+        if (t->poll_max_ns)
             poll_once(t);
         else if (e->local)
             e->ops->reap(e, t->done, t);
@@ -222,13 +249,15 @@ static void *iothread_main(void *arg)
                 finish_call(t, r);
             }
         }
-        if (t->poll_ns) {
+        if (t->poll_max_ns) {
             uint64_t now = now_ns();
 
             if (t->work) {
+                if (slept)
+                    poll_adapt(t, now - sleep_start);
                 polling = true;
                 last_work = now;
-            } else if (polling && now - last_work > t->poll_ns) {
+            } else if (polling && now - last_work >= t->poll_ns) {
                 if (arm_all(t))
                     last_work = now;
                 else
@@ -275,7 +304,7 @@ int vblk_iothread_create(struct vblk_iothread **out, const char *name,
         return -ENOMEM;
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->done = done;
-    t->poll_ns = (uint64_t)poll_us * 1000;
+    t->poll_max_ns = (uint64_t)poll_us * 1000;
     t->cmd_src.fn = cmd_ready;
     t->eng_src.fn = engine_ready;
     pthread_mutex_init(&t->lock, NULL);

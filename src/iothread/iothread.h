@@ -42,8 +42,8 @@ struct vblk_iot_hook {
 
 /* Start a thread named name with an engine of the given type sized for depth in-flight I/Os;
  * every engine completion is passed to done.  poll_us > 0: after the last work, spin on the
- * pollers and the engine's completions for that long before sleeping (notifications stay off
- * while spinning).  0 or -errno. */
+ * pollers and the engine's completions before sleeping (notifications stay off while spinning),
+ * for a window adapted between 0 and poll_us to how soon work follows a sleep.  0 or -errno. */
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
                          const struct vblk_engine_ops *engine, unsigned depth,
                          vblk_io_done_fn done, unsigned poll_us);
