@@ -30,6 +30,7 @@ void vblk_opts_defaults(struct vblk_export_opts *o)
     o->discard_unmap = true;
     o->logical_block_size = 512;
     o->read_zeroes = true;
+    o->poll_us = VBLK_DEFAULT_POLL_US;
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)

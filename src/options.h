@@ -22,6 +22,7 @@ enum vblk_cache {
 };
 
 #define VBLK_SERIAL_MAX 20 /* VIRTIO_BLK_ID_BYTES */
+#define VBLK_DEFAULT_POLL_US 1000 /* adaptive polling window limit, see iothread.h */
 #define VBLK_ID_MAX     63
 #define VBLK_SOCK_MAX   107 /* sizeof(sun_path) - 1 */
 
@@ -45,7 +46,7 @@ struct vblk_export_opts {
 };
 
 /* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,
- * logical-block-size=512, serial=<id>, read-zeroes=on. */
+ * logical-block-size=512, serial=<id>, read-zeroes=on, poll-us=1000. */
 void vblk_opts_defaults(struct vblk_export_opts *o);
 
 /* Parse "key=value,..." (",," is a literal comma in a value).  0, or -EINVAL with err set. */

@@ -416,6 +416,10 @@ void vblk_blk_queue_process(struct blk_queue *q, bool rearm)
             vblk_blk_handle(q, head);
             if (unlikely(vq->broken))
                 return;
+            /* Requests that completed at once (errors, null device) are handed back in chunks
+             * rather than all at the end, so the driver works on them while we go on. */
+            if ((uint16_t)(vq->used_idx - vq->published_used) >= VBLK_PUBLISH_CHUNK)
+                vblk_blk_queue_flush(q);
         }
     }
 }

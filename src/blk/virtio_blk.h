@@ -25,6 +25,9 @@
 #define VBLK_SIZE_MAX       (1u << 20) /* bytes per descriptor */
 #define VBLK_IOV_SLACK      8         /* iovecs for header/status and region splits */
 #define VBLK_MAX_DISCARD    (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
+#ifndef VBLK_PUBLISH_CHUNK
+#define VBLK_PUBLISH_CHUNK  8 /* completions published together while a batch goes on */
+#endif
 
 struct vblk_blk_dev;
 struct blk_queue;

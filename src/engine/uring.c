@@ -5,6 +5,7 @@
  * io_uring_submit() per batch; completions wake the thread through a registered eventfd.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <liburing.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
@@ -15,6 +16,7 @@
 struct uring_engine {
     struct vblk_engine e;
     struct io_uring ring;
+    bool defer; /* DEFER_TASKRUN: completions are run only when we ask */
 };
 
 static int uring_create(struct vblk_engine **out, unsigned depth)
@@ -27,7 +29,15 @@ static int uring_create(struct vblk_engine **out, unsigned depth)
         return -ENOMEM;
     while (entries < depth && entries < 32768)
         entries <<= 1;
-    r = io_uring_queue_init(entries, &u->ring, 0);
+    /* On 6.1+ kernels completions are deferred to this thread and run when it asks (no IPIs
+     * or task-work interruptions); the ring is then tied to the creating thread, which is why
+     * engines are created on their I/O thread.  Older kernels refuse the flags: plain setup. */
+    r = io_uring_queue_init(entries, &u->ring,
+                            IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+                                IORING_SETUP_TASKRUN_FLAG);
+    u->defer = r == 0;
+    if (r == -EINVAL)
+        r = io_uring_queue_init(entries, &u->ring, 0);
     if (r < 0)
         goto err_free;
     u->e.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -110,6 +120,8 @@ static unsigned uring_reap(struct vblk_engine *e, vblk_io_done_fn done, void *ar
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
 
+    if (u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN))
+        io_uring_get_events(&u->ring);
     io_uring_for_each_cqe(&u->ring, head, cqe)
     {
         struct vblk_io *io = io_uring_cqe_get_data(cqe);
@@ -124,7 +136,10 @@ static unsigned uring_reap(struct vblk_engine *e, vblk_io_done_fn done, void *ar
 
 static bool uring_ready(struct vblk_engine *e)
 {
-    return io_uring_cq_ready(&((struct uring_engine *)e)->ring) > 0;
+    struct uring_engine *u = (struct uring_engine *)e;
+
+    return io_uring_cq_ready(&u->ring) > 0 ||
+           (u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN));
 }
 
 const struct vblk_engine_ops vblk_engine_uring = {

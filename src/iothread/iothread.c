@@ -21,6 +21,8 @@ struct vblk_iothread {
     char name[16];
     int epfd;
     struct vblk_engine *eng;
+    const struct vblk_engine_ops *eng_ops; /* for the thread to create eng itself */
+    unsigned eng_depth;
     vblk_io_done_fn done;
     struct vblk_iot_source eng_src;
     struct vblk_iot_source cmd_src;
@@ -268,6 +270,24 @@ static void *iothread_main(void *arg)
     return NULL;
 }
 
+/* The engine is created on the I/O thread itself: io_uring's SINGLE_ISSUER/DEFER_TASKRUN tie a
+ * ring to the task that creates it. */
+static void *iothread_boot(void *arg)
+{
+    struct vblk_iothread *t = arg;
+    int r = t->eng_ops->create(&t->eng, t->eng_depth);
+
+    if (r == 0 && t->eng->efd >= 0) {
+        r = vblk_iothread_add_fd(t, t->eng->efd, &t->eng_src);
+        if (r < 0) {
+            t->eng->ops->destroy(t->eng);
+            t->eng = NULL;
+        }
+    }
+    finish_call(t, r);
+    return r == 0 ? iothread_main(t) : NULL;
+}
+
 static int stop_fn(void *arg)
 {
     struct vblk_iothread *t = arg;
@@ -319,23 +339,29 @@ int vblk_iothread_create(struct vblk_iothread **out, const char *name,
         r = -errno;
         goto err_close_epoll;
     }
-    r = engine->create(&t->eng, depth);
+    t->eng_ops = engine;
+    t->eng_depth = depth;
+    r = vblk_iothread_add_fd(t, t->cmd_efd, &t->cmd_src);
     if (r < 0)
         goto err_close_cmd;
-    r = vblk_iothread_add_fd(t, t->cmd_efd, &t->cmd_src);
-    if (!r && t->eng->efd >= 0)
-        r = vblk_iothread_add_fd(t, t->eng->efd, &t->eng_src);
-    if (r < 0)
-        goto err_destroy_engine;
-    r = -pthread_create(&t->tid, NULL, iothread_main, t);
-    if (r < 0)
-        goto err_destroy_engine;
+    pthread_mutex_lock(&t->lock);
+    t->cmd_done = false;
+    r = -pthread_create(&t->tid, NULL, iothread_boot, t);
+    if (r == 0) {
+        while (!t->cmd_done)
+            pthread_cond_wait(&t->cond, &t->lock);
+        r = t->cmd_ret;
+    }
+    pthread_mutex_unlock(&t->lock);
+    if (r < 0) {
+        if (t->tid)
+            pthread_join(t->tid, NULL);
+        goto err_close_cmd;
+    }
     pthread_setname_np(t->tid, t->name);
     *out = t;
     return 0;
 
-err_destroy_engine:
-    t->eng->ops->destroy(t->eng);
 err_close_cmd:
     close(t->cmd_efd);
 err_close_epoll:
