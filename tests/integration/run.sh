@@ -82,7 +82,7 @@ if ! start_daemon \
     "id=uring,file=$S/a.img,socket=$S/uring.sock,aio=io_uring,cache=none,num-queues=2" \
     "id=native,file=$S/b.img,socket=$S/native.sock,aio=native,cache=directsync" \
     "id=threads,file=$S/c.img,socket=$S/threads.sock,aio=threads,cache=writeback" \
-    "id=wt,file=$S/d.img,socket=$S/wt.sock,cache=writethrough,logical-block-size=4096" \
+    "id=wt,file=$S/d.img,socket=$S/wt.sock,cache=writethrough,logical-block-size=4096,poll-us=0" \
     "id=ro,file=$S/e.img,socket=$S/ro.sock,readonly=on" \
     "id=null,file=null://1G,socket=$S/null.sock"; then
     fail daemon-start "vblkd did not come up"
@@ -95,7 +95,7 @@ B="$BENCH --runtime=1"
 check verify-io_uring-2q $BENCH --socket "$S/uring.sock" --verify --numjobs=2 --bs=16k
 check verify-native-directsync $BENCH --socket "$S/native.sock" --verify --wait
 check verify-threads-writeback $BENCH --socket "$S/threads.sock" --verify --no-indirect
-check verify-writethrough-4k $BENCH --socket "$S/wt.sock" --verify --bs=4k --no-event-idx
+check verify-writethrough-4k-nopoll $BENCH --socket "$S/wt.sock" --verify --bs=4k --no-event-idx
 check verify-large-1m $BENCH --socket "$S/uring.sock" --verify --bs=1m --size=32M
 check randrw-io_uring $B --socket "$S/uring.sock" --rw=randrw --iodepth=32
 check randrw-null-poll $B --socket "$S/null.sock" --rw=randrw --poll
