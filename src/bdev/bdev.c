@@ -54,6 +54,19 @@ int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *
                         "support O_DIRECT; use cache=writeback", o->file, "cache=none/directsync");
         return fail(err, errlen, r, "cannot open '%s': %s", o->file, strerror(-r));
     }
+    /* Like QEMU's image locking: one writer, or any number of readers, per image.  An OFD lock
+     * over the whole file also conflicts with QEMU's own byte-range locks. */
+    {
+        struct flock fl = {.l_type = o->readonly ? F_RDLCK : F_WRLCK, .l_whence = SEEK_SET};
+
+        if (fcntl(b->fd, F_OFD_SETLK, &fl) < 0 && errno != EINVAL && errno != ENOLCK) {
+            r = -errno;
+            snprintf(err, errlen, "'%s' is in use by another process (cannot take the %s lock); "
+                     "is a VM or another export using it?", o->file,
+                     o->readonly ? "read" : "write");
+            goto err_close;
+        }
+    }
     if (fstat(b->fd, &st) < 0) {
         r = -errno;
         fail(err, errlen, r, "cannot stat '%s': %s", o->file, strerror(-r));

@@ -146,6 +146,21 @@ check_fails cli-missing-file "$VBLKD" --export id=x,file=$S/nope.img,socket=$S/x
 check_fails cli-second-export-bad "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock \
     --export id=y,file=$S/nope.img,socket=$S/y.sock
 [ -e "$S/x.sock" ] && fail cli-nothing-half-started "x.sock left behind" || pass cli-nothing-half-started
+# image locking: a second writer of the same image is refused (like QEMU), readers may share
+"$VBLKD" --export "id=holder,file=$S/a.img,socket=$S/holder.sock" >"$tmp/holder.log" 2>&1 &
+holder=$!
+for _ in $(seq 100); do [ -S "$S/holder.sock" ] && break; sleep 0.05; done
+check_fails lock-second-writer-refused "$VBLKD" --export "id=x,file=$S/a.img,socket=$S/x.sock"
+grep -q "in use by another process" "$tmp/out" && pass lock-error-says-why || fail lock-error-says-why "$(cat "$tmp/out")"
+kill -TERM $holder
+wait $holder
+"$VBLKD" --export "id=r1,file=$S/e.img,socket=$S/r1.sock,readonly=on" \
+    --export "id=r2,file=$S/e.img,socket=$S/r2.sock,readonly=on" >"$tmp/readers.log" 2>&1 &
+readers=$!
+for _ in $(seq 100); do [ -S "$S/r2.sock" ] && break; sleep 0.05; done
+if [ -S "$S/r2.sock" ]; then pass lock-readers-share; else fail lock-readers-share "$(cat "$tmp/readers.log")"; fi
+kill -TERM $readers
+wait $readers
 check cli-help "$VBLKD" --help
 check cli-version "$VBLKD" --version
 
