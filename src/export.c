@@ -68,12 +68,10 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     r = vblk_iothread_create(&e->iot, tname, o->engine, o->num_queues * o->queue_size,
                              vblk_blk_io_done, o->poll_us);
     if (r < 0) {
-        snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name,
-                 strerror(-r));
+        snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name, strerror(-r));
         goto err_close_listen;
     }
-    r = vblk_blk_create(&e->blk, o->id, &e->bdev, e->iot, o->num_queues, o->queue_size,
-                        o->serial);
+    r = vblk_blk_create(&e->blk, o->id, &e->bdev, e->iot, o->num_queues, o->queue_size, o->serial);
     if (r < 0) {
         snprintf(err, errlen, "out of memory");
         goto err_stop_iothread;
@@ -106,7 +104,8 @@ void vblk_export_log_stats(struct vblk_export *e)
     if (!e->blk_created)
         return;
     vblk_blk_get_stats(&e->blk, &s);
-    log_info(e->opts.id, "requests=%llu reads=%llu writes=%llu flushes=%llu discards=%llu "
+    log_info(e->opts.id,
+             "requests=%llu reads=%llu writes=%llu flushes=%llu discards=%llu "
              "write_zeroes=%llu errors=%llu unsupported=%llu",
              (unsigned long long)s.requests, (unsigned long long)s.reads,
              (unsigned long long)s.writes, (unsigned long long)s.flushes,

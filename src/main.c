@@ -62,8 +62,10 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct vblk_export *exps, unsigned *nexp)
 {
     static const struct option longopts[] = {
-        {"export", required_argument, NULL, 'e'}, {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
+        {"export", required_argument, NULL, 'e'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     char err[512];

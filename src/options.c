@@ -55,12 +55,9 @@ int vblk_parse_size(const char *s, uint64_t *out)
     v = strtoull(s, &end, 10);
     if (errno || end == s)
         return -EINVAL;
-    switch (*end) {
-    case 'k': case 'K': shift = 10; end++; break;
-    case 'm': case 'M': shift = 20; end++; break;
-    case 'g': case 'G': shift = 30; end++; break;
-    case 't': case 'T': shift = 40; end++; break;
-    default: break;
+    if (*end && strchr("kKmMgGtT", *end)) {
+        shift = 10u * (unsigned)(strchr("kmgt", *end | 0x20) - "kmgt" + 1); /* k=10 ... t=40 */
+        end++;
     }
     if (*end || (shift && v > (UINT64_MAX >> shift)))
         return -EINVAL;
@@ -123,8 +120,10 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
         o->null = false;
         if (!strncmp(v, "null://", 7)) {
             if (vblk_parse_size(v + 7, &o->null_size) < 0 || o->null_size < 512)
-                return fail(err, errlen, "file='%s': null://SIZE needs a size of at least 512 "
-                                         "bytes, e.g. null://1G", v);
+                return fail(err, errlen,
+                            "file='%s': null://SIZE needs a size of at least 512 "
+                            "bytes, e.g. null://1G",
+                            v);
             o->null = true;
         }
         *seen |= 2;
@@ -150,8 +149,10 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
                 break;
         }
         if (i == sizeof(cache_names) / sizeof(cache_names[0]))
-            return fail(err, errlen, "cache='%s': allowed values are none, writeback, "
-                                     "writethrough, directsync, unsafe", v);
+            return fail(err, errlen,
+                        "cache='%s': allowed values are none, writeback, "
+                        "writethrough, directsync, unsafe",
+                        v);
         o->cache = (enum vblk_cache)i;
     } else if (!strcmp(key, "num-queues")) {
         if (parse_uint(v, 1, 64, &o->num_queues) < 0)
@@ -174,8 +175,10 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
         uint64_t sz;
 
         if (vblk_parse_size(v, &sz) < 0 || sz < 512 || sz > 65536 || (sz & (sz - 1)))
-            return fail(err, errlen, "logical-block-size='%s': must be a power of two from 512 "
-                                     "to 64k", v);
+            return fail(err, errlen,
+                        "logical-block-size='%s': must be a power of two from 512 "
+                        "to 64k",
+                        v);
         o->logical_block_size = (unsigned)sz;
     } else if (!strcmp(key, "poll-us")) {
         if (parse_uint(v, 0, 1000000, &o->poll_us) < 0)
@@ -187,9 +190,11 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
         if (strcmp(v, "vhost-user-blk"))
             return fail(err, errlen, "type='%s': the only export type is vhost-user-blk", v);
     } else {
-        return fail(err, errlen, "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
-                                 "cache, num-queues, queue-size, discard, serial, "
-                                 "logical-block-size, read-zeroes, poll-us)", key);
+        return fail(err, errlen,
+                    "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
+                    "cache, num-queues, queue-size, discard, serial, "
+                    "logical-block-size, read-zeroes, poll-us)",
+                    key);
     }
     return 0;
 }

@@ -21,10 +21,10 @@ enum vblk_cache {
     VBLK_CACHE_UNSAFE,       /* page cache, flushes ignored */
 };
 
-#define VBLK_SERIAL_MAX 20 /* VIRTIO_BLK_ID_BYTES */
+#define VBLK_SERIAL_MAX      20   /* VIRTIO_BLK_ID_BYTES */
 #define VBLK_DEFAULT_POLL_US 1000 /* adaptive polling window limit, see iothread.h */
-#define VBLK_ID_MAX     63
-#define VBLK_SOCK_MAX   107 /* sizeof(sun_path) - 1 */
+#define VBLK_ID_MAX          63
+#define VBLK_SOCK_MAX        107 /* sizeof(sun_path) - 1 */
 
 struct vblk_export_opts {
     char id[VBLK_ID_MAX + 1];

@@ -17,8 +17,7 @@ static int fail(char *err, size_t errlen, int r, const char *fmt, const char *fi
     return r;
 }
 
-int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *err,
-                   size_t errlen)
+int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *err, size_t errlen)
 {
     bool direct = o->cache == VBLK_CACHE_NONE || o->cache == VBLK_CACHE_DIRECTSYNC;
     int flags = (o->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? O_DIRECT : 0);
@@ -50,8 +49,10 @@ int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *
     if (b->fd < 0) {
         r = -errno;
         if (r == -EINVAL && direct)
-            return fail(err, errlen, r, "cannot open '%s' with %s: the filesystem does not "
-                        "support O_DIRECT; use cache=writeback", o->file, "cache=none/directsync");
+            return fail(err, errlen, r,
+                        "cannot open '%s' with %s: the filesystem does not "
+                        "support O_DIRECT; use cache=writeback",
+                        o->file, "cache=none/directsync");
         return fail(err, errlen, r, "cannot open '%s': %s", o->file, strerror(-r));
     }
     /* Like QEMU's image locking: one writer, or any number of readers, per image.  An OFD lock
@@ -61,9 +62,10 @@ int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *
 
         if (fcntl(b->fd, F_OFD_SETLK, &fl) < 0 && errno != EINVAL && errno != ENOLCK) {
             r = -errno;
-            snprintf(err, errlen, "'%s' is in use by another process (cannot take the %s lock); "
-                     "is a VM or another export using it?", o->file,
-                     o->readonly ? "read" : "write");
+            snprintf(err, errlen,
+                     "'%s' is in use by another process (cannot take the %s lock); "
+                     "is a VM or another export using it?",
+                     o->file, o->readonly ? "read" : "write");
             goto err_close;
         }
     }
@@ -86,8 +88,10 @@ int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *
         ioctl(b->fd, BLKPBSZGET, &psz);
         if (direct && (unsigned)ssz > b->lbs) {
             r = -EINVAL;
-            snprintf(err, errlen, "'%s' has %d-byte sectors: O_DIRECT (cache=none/directsync) "
-                     "needs logical-block-size=%d or larger", o->file, ssz, ssz);
+            snprintf(err, errlen,
+                     "'%s' has %d-byte sectors: O_DIRECT (cache=none/directsync) "
+                     "needs logical-block-size=%d or larger",
+                     o->file, ssz, ssz);
             goto err_close;
         }
         if ((unsigned)psz > b->lbs) {

@@ -83,8 +83,8 @@ static void queue_broken(struct blk_queue *q, const char *why, unsigned head)
     if (q->broken_reported)
         return;
     q->broken_reported = true;
-    log_err(q->dev->name, "queue %u is broken: %s (head %u); the front-end must reset it",
-            q->index, why, head);
+    log_err(q->dev->name, "queue %u is broken: %s (head %u); the front-end must reset it", q->index,
+            why, head);
     if (q->err_fd >= 0)
         (void)eventfd_write(q->err_fd, 1);
 }

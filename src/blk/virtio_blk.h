@@ -21,12 +21,12 @@
 #include "iothread/iothread.h"
 #include "virtq/virtq.h"
 
-#define VBLK_SEG_MAX        254       /* data segments per request */
-#define VBLK_SIZE_MAX       (1u << 20) /* bytes per descriptor */
-#define VBLK_IOV_SLACK      8         /* iovecs for header/status and region splits */
-#define VBLK_MAX_DISCARD    (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
+#define VBLK_SEG_MAX     254        /* data segments per request */
+#define VBLK_SIZE_MAX    (1u << 20) /* bytes per descriptor */
+#define VBLK_IOV_SLACK   8          /* iovecs for header/status and region splits */
+#define VBLK_MAX_DISCARD (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
 #ifndef VBLK_PUBLISH_CHUNK
-#define VBLK_PUBLISH_CHUNK  8 /* completions published together while a batch goes on */
+#define VBLK_PUBLISH_CHUNK 8 /* completions published together while a batch goes on */
 #endif
 
 struct vblk_blk_dev;
@@ -38,7 +38,7 @@ struct blk_req {
     uint8_t *status;   /* guest byte, NULL if the chain had none */
     uint32_t used_len; /* bytes reported on the used ring */
     uint16_t head;
-    uint8_t type;      /* VIRTIO_BLK_T_* (low byte) */
+    uint8_t type; /* VIRTIO_BLK_T_* (low byte) */
     bool busy;
     struct iovec *iov; /* this head's slice of the queue's iovec pool */
 };

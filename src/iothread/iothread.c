@@ -30,17 +30,17 @@ struct vblk_iothread {
     struct vblk_iot_poller *pollers;
     uint64_t poll_max_ns; /* 0: never poll */
     uint64_t poll_ns;     /* current window, adapted between 0 and poll_max_ns */
-    bool work;        /* this iteration did something */
+    bool work;            /* this iteration did something */
 
     /* control channel: one call at a time (the control thread is single) */
     int cmd_efd;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int (*cmd_fn)(void *arg); /* under lock */
-    void *cmd_arg;            /* under lock */
-    int cmd_ret;              /* under lock */
-    bool cmd_done;            /* under lock */
-    int cmd_flag;             /* atomic: a call is waiting (checked while polling) */
+    int (*cmd_fn)(void *arg);     /* under lock */
+    void *cmd_arg;                /* under lock */
+    int cmd_ret;                  /* under lock */
+    bool cmd_done;                /* under lock */
+    int cmd_flag;                 /* atomic: a call is waiting (checked while polling) */
     int (*pending_fn)(void *arg); /* I/O thread: a call returning -EINPROGRESS */
     void *pending_arg;
     bool stop;
@@ -314,8 +314,8 @@ int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
 }
 
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
-                         const struct vblk_engine_ops *engine, unsigned depth,
-                         vblk_io_done_fn done, unsigned poll_us)
+                         const struct vblk_engine_ops *engine, unsigned depth, vblk_io_done_fn done,
+                         unsigned poll_us)
 {
     struct vblk_iothread *t = calloc(1, sizeof(*t));
     int r;

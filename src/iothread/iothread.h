@@ -45,8 +45,8 @@ struct vblk_iot_hook {
  * pollers and the engine's completions before sleeping (notifications stay off while spinning),
  * for a window adapted between 0 and poll_us to how soon work follows a sleep.  0 or -errno. */
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
-                         const struct vblk_engine_ops *engine, unsigned depth,
-                         vblk_io_done_fn done, unsigned poll_us);
+                         const struct vblk_engine_ops *engine, unsigned depth, vblk_io_done_fn done,
+                         unsigned poll_us);
 
 /* Stop and join the thread, free everything.  Sources must have been removed. */
 void vblk_iothread_destroy(struct vblk_iothread *t);

@@ -10,7 +10,8 @@ enum vblk_log_level { VBLK_LOG_ERR = 0, VBLK_LOG_WARN, VBLK_LOG_INFO, VBLK_LOG_D
 
 extern int vblk_log_level;
 
-void vblk_log(int level, const char *dev, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void vblk_log(int level, const char *dev, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #define log_err(dev, ...)  vblk_log(VBLK_LOG_ERR, dev, __VA_ARGS__)
 #define log_warn(dev, ...) vblk_log(VBLK_LOG_WARN, dev, __VA_ARGS__)

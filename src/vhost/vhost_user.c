@@ -508,8 +508,8 @@ static int h_set_config(struct vblk_vu_dev *v)
     if (v->msg.hdr.size < VHOST_USER_CONFIG_HDR_SIZE || c->size > VHOST_USER_MAX_CONFIG_SIZE ||
         c->offset > VHOST_USER_MAX_CONFIG_SIZE - c->size ||
         v->msg.hdr.size != VHOST_USER_CONFIG_HDR_SIZE + c->size)
-        return PROTO_ERR(v, "SET_CONFIG: bad offset %u / size %u / payload %u", c->offset,
-                         c->size, v->msg.hdr.size);
+        return PROTO_ERR(v, "SET_CONFIG: bad offset %u / size %u / payload %u", c->offset, c->size,
+                         v->msg.hdr.size);
     if (vblk_blk_set_config(v->blk, c->offset, c->region, c->size) < 0)
         return PROTO_ERR(v, "SET_CONFIG: %u bytes at offset %u are not writable", c->size,
                          c->offset);
@@ -629,7 +629,9 @@ static int recv_part(struct vblk_vu_dev *v, uint32_t want)
 {
     char control[CMSG_SPACE(VHOST_USER_MAX_FDS * sizeof(int))];
     struct iovec iov = {.iov_base = (char *)&v->msg + v->have, .iov_len = want};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = control,
                         .msg_controllen = sizeof(control)};
     struct cmsghdr *cm;
     ssize_t n;

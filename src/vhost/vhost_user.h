@@ -67,5 +67,4 @@ void vblk_vu_disconnect(struct vblk_vu_dev *v);
  * caller closes the connection). */
 int vblk_vu_dispatch(struct vblk_vu_dev *v);
 
-
 #endif

@@ -65,30 +65,30 @@ enum vhost_user_request {
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
 
 /* Protocol feature bits. */
-#define VHOST_USER_PROTOCOL_F_MQ                  0
-#define VHOST_USER_PROTOCOL_F_LOG_SHMFD           1
-#define VHOST_USER_PROTOCOL_F_RARP                2
-#define VHOST_USER_PROTOCOL_F_REPLY_ACK           3
-#define VHOST_USER_PROTOCOL_F_NET_MTU             4
-#define VHOST_USER_PROTOCOL_F_BACKEND_REQ         5
-#define VHOST_USER_PROTOCOL_F_CROSS_ENDIAN        6
-#define VHOST_USER_PROTOCOL_F_CRYPTO_SESSION      7
-#define VHOST_USER_PROTOCOL_F_PAGEFAULT           8
-#define VHOST_USER_PROTOCOL_F_CONFIG              9
-#define VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD     10
-#define VHOST_USER_PROTOCOL_F_HOST_NOTIFIER       11
-#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD      12
-#define VHOST_USER_PROTOCOL_F_RESET_DEVICE        13
+#define VHOST_USER_PROTOCOL_F_MQ                   0
+#define VHOST_USER_PROTOCOL_F_LOG_SHMFD            1
+#define VHOST_USER_PROTOCOL_F_RARP                 2
+#define VHOST_USER_PROTOCOL_F_REPLY_ACK            3
+#define VHOST_USER_PROTOCOL_F_NET_MTU              4
+#define VHOST_USER_PROTOCOL_F_BACKEND_REQ          5
+#define VHOST_USER_PROTOCOL_F_CROSS_ENDIAN         6
+#define VHOST_USER_PROTOCOL_F_CRYPTO_SESSION       7
+#define VHOST_USER_PROTOCOL_F_PAGEFAULT            8
+#define VHOST_USER_PROTOCOL_F_CONFIG               9
+#define VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD      10
+#define VHOST_USER_PROTOCOL_F_HOST_NOTIFIER        11
+#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD       12
+#define VHOST_USER_PROTOCOL_F_RESET_DEVICE         13
 #define VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS 14
-#define VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS 15
-#define VHOST_USER_PROTOCOL_F_STATUS              16
+#define VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS  15
+#define VHOST_USER_PROTOCOL_F_STATUS               16
 
 /* Limits. */
-#define VHOST_USER_MEM_REGIONS_MAX  8   /* regions in one SET_MEM_TABLE (fds per message) */
-#define VHOST_USER_MAX_FDS          8   /* fds accepted with one message */
-#define VHOST_USER_MAX_CONFIG_SIZE  256 /* bytes of device config in GET/SET_CONFIG */
-#define VHOST_USER_VRING_IDX_MASK   0xffu
-#define VHOST_USER_VRING_NOFD_MASK  (1u << 8)
+#define VHOST_USER_MEM_REGIONS_MAX 8   /* regions in one SET_MEM_TABLE (fds per message) */
+#define VHOST_USER_MAX_FDS         8   /* fds accepted with one message */
+#define VHOST_USER_MAX_CONFIG_SIZE 256 /* bytes of device config in GET/SET_CONFIG */
+#define VHOST_USER_VRING_IDX_MASK  0xffu
+#define VHOST_USER_VRING_NOFD_MASK (1u << 8)
 
 struct vhost_user_hdr {
     uint32_t request;
@@ -151,8 +151,8 @@ struct vhost_user_msg {
     union vhost_user_payload payload;
 } __attribute__((packed));
 
-#define VHOST_USER_HDR_SIZE     ((uint32_t)sizeof(struct vhost_user_hdr))
-#define VHOST_USER_PAYLOAD_MAX  ((uint32_t)sizeof(union vhost_user_payload))
+#define VHOST_USER_HDR_SIZE    ((uint32_t)sizeof(struct vhost_user_hdr))
+#define VHOST_USER_PAYLOAD_MAX ((uint32_t)sizeof(union vhost_user_payload))
 
 /* "GET_FEATURES", ... or "unknown" (vhost_user_proto.c). */
 const char *vhost_user_request_name(uint32_t req);

@@ -36,8 +36,8 @@ struct vblk_vq {
     uint16_t num;
     bool event_idx;
     bool indirect;
-    uint16_t max_desc;  /* most descriptors one request may use (chain or indirect table) */
-    uint32_t max_seg;   /* largest descriptor length accepted */
+    uint16_t max_desc; /* most descriptors one request may use (chain or indirect table) */
+    uint32_t max_seg;  /* largest descriptor length accepted */
     /* data-plane state */
     bool broken;
     bool signalled_valid;
