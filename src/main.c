@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "export.h"
+#include "vhost/guest_mem.h"
 #include "util/log.h"
 
 #define MAX_EXPORTS 64
@@ -157,6 +158,7 @@ int main(int argc, char **argv)
         return 1;
 
     signal(SIGPIPE, SIG_IGN);
+    vblk_mem_sigbus_guard_install();
     sigemptyset(&mask);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGTERM);

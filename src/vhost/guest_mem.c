@@ -2,9 +2,80 @@
 #include "vhost/guest_mem.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- SIGBUS guard: the ranges of every guest mapping, readable from a signal handler ---- */
+
+#define GUARD_SLOTS 256
+
+static struct {
+    uintptr_t start, end; /* end == 0: free */
+} guard[GUARD_SLOTS];
+static uintptr_t guard_page = 4096;
+static unsigned long guard_hits;
+
+static void guard_add(void *p, uint64_t len)
+{
+    for (unsigned i = 0; i < GUARD_SLOTS; i++) {
+        if (__atomic_load_n(&guard[i].end, __ATOMIC_ACQUIRE) == 0) {
+            __atomic_store_n(&guard[i].start, (uintptr_t)p, __ATOMIC_RELAXED);
+            __atomic_store_n(&guard[i].end, (uintptr_t)p + len, __ATOMIC_RELEASE);
+            return;
+        }
+    }
+}
+
+static void guard_del(void *p)
+{
+    for (unsigned i = 0; i < GUARD_SLOTS; i++) {
+        if (__atomic_load_n(&guard[i].start, __ATOMIC_RELAXED) == (uintptr_t)p)
+            __atomic_store_n(&guard[i].end, 0, __ATOMIC_RELEASE);
+    }
+}
+
+static void guard_handler(int sig, siginfo_t *si, void *uc)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+
+    for (unsigned i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t end = __atomic_load_n(&guard[i].end, __ATOMIC_ACQUIRE);
+        uintptr_t start = __atomic_load_n(&guard[i].start, __ATOMIC_RELAXED);
+
+        if (end && a >= start && a < end) {
+            /* 4 KiB pages, else a 2 MiB page (hugetlbfs cannot be split) */
+            for (uintptr_t sz = guard_page; sz <= (2u << 20); sz = 2u << 20) {
+                void *page = (void *)(a & ~(sz - 1));
+
+                if (mmap(page, sz, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+                         -1, 0) != MAP_FAILED) {
+                    __atomic_add_fetch(&guard_hits, 1, __ATOMIC_RELAXED);
+                    return;
+                }
+                if (sz == (2u << 20))
+                    break;
+            }
+        }
+    }
+    signal(SIGBUS, SIG_DFL); /* not ours: fault again with the default action */
+}
+
+int vblk_mem_sigbus_guard_install(void)
+{
+    struct sigaction sa = {.sa_sigaction = guard_handler, .sa_flags = SA_SIGINFO | SA_NODEFER};
+
+    guard_page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGBUS, &sa, NULL) < 0 ? -errno : 0;
+}
+
+unsigned long vblk_mem_sigbus_count(void)
+{
+    return __atomic_load_n(&guard_hits, __ATOMIC_RELAXED);
+}
 
 void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len)
 {
@@ -72,13 +143,16 @@ int vblk_mem_region_map(struct vblk_mem_region *out, const struct vhost_user_mem
     out->map = p;
     out->map_size = map_size;
     out->host = (uint8_t *)p + d->mmap_offset;
+    guard_add(p, map_size);
     return 0;
 }
 
 void vblk_mem_region_unmap(struct vblk_mem_region *r)
 {
-    if (r->map)
+    if (r->map) {
+        guard_del(r->map);
         munmap(r->map, r->map_size);
+    }
     r->map = NULL;
     r->host = NULL;
 }

@@ -71,4 +71,13 @@ int vblk_mem_find(const struct vblk_mem *m, const struct vhost_user_mem_region *
 /* Unmap every region the table owns. */
 void vblk_mem_unmap_all(struct vblk_mem *m);
 
+/* A front-end may shrink the file behind a region after we mapped it; touching the lost pages
+ * raises SIGBUS.  The guard (a process-wide SIGBUS handler, installed once from main) maps an
+ * anonymous page over the faulting page when it lies in a mapped guest region, so the access
+ * completes (the guest's memory reads as zeroes there) and the daemon survives.  A SIGBUS
+ * anywhere else keeps its default action.  0 or -errno. */
+int vblk_mem_sigbus_guard_install(void);
+/* Pages the guard has replaced so far. */
+unsigned long vblk_mem_sigbus_count(void);
+
 #endif

@@ -200,6 +200,15 @@ static int h_set_protocol_features(struct vblk_vu_dev *v)
 
 static void reset_state(struct vblk_vu_dev *v)
 {
+    unsigned long lost = vblk_mem_sigbus_count() - v->sigbus_seen;
+
+    if (lost) {
+        log_err(v->name,
+                "the front-end shrank guest memory under us: %lu page(s) replaced by "
+                "zeroes instead of crashing",
+                lost);
+        v->sigbus_seen += lost;
+    }
     for (unsigned i = 0; i < v->nvrings; i++) {
         struct vu_vring *vr = &v->vrings[i];
 
@@ -608,6 +617,7 @@ int vblk_vu_attach(struct vblk_vu_dev *v, int fd)
     v->conn_fd = fd;
     v->have = 0;
     v->nfds = 0;
+    v->sigbus_seen = vblk_mem_sigbus_count();
     log_info(v->name, "front-end connected");
     return 0;
 }

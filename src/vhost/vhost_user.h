@@ -45,6 +45,7 @@ struct vblk_vu_dev {
     uint32_t have;
     int fds[VHOST_USER_MAX_FDS];
     unsigned nfds;
+    unsigned long sigbus_seen; /* vblk_mem_sigbus_count() already reported */
 };
 
 #define VBLK_VU_PROTOCOL_FEATURES                                                                  \

@@ -107,6 +107,32 @@ def main():
     s.close()
     print(("PASS" if ok else "FAIL") + " hostile-rings-outside-memory")
     failed += not ok
+    # a running ring whose memory the front-end then takes away (ftruncate): vblkd must survive
+    mfd2 = os.memfd_create("hostile2")
+    os.ftruncate(mfd2, 1 << 20)
+    base = 0x7f0000000000
+    region = struct.pack("<QQQQ", 0, 1 << 20, base, 0)
+    kick = os.eventfd(0)
+    call = os.eventfd(0)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    rights = lambda fd: [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]
+    s.sendmsg([msg(5, struct.pack("<II", 1, 0) + region)], rights(mfd2))
+    s.sendall(msg(8, state(0, 8)) + msg(10, state(0, 0))
+              + msg(9, struct.pack("<IIQQQQ", 0, 0, base, base + 0x2000, base + 0x1000, 0)))
+    s.sendmsg([msg(13, u64(0))], rights(call))
+    s.sendmsg([msg(12, u64(0))], rights(kick))
+    import time
+    time.sleep(0.3)
+    os.ftruncate(mfd2, 0)
+    os.eventfd_write(kick, 1)
+    time.sleep(0.5)
+    s.close()
+    time.sleep(0.3)
+    ok = get_features_ok(path)
+    print(("PASS" if ok else "FAIL") + " hostile-memory-shrunk-under-running-ring")
+    failed += not ok
     ok = closed_after(path, msg(1), fds=(r,))
     print(("PASS" if ok else "FAIL") + " hostile-unexpected-fd")
     failed += not ok

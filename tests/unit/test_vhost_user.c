@@ -813,6 +813,49 @@ static void test_full_ring_start_request_and_stop(void **state)
     close(call);
 }
 
+/* A hostile front-end shrinks the memfd behind a running ring: the SIGBUS guard turns the lost
+ * pages into zeroes, the I/O thread (and this process) survive, and the ring still stops. */
+static void test_memfd_shrunk_under_running_ring_survives(void **state)
+{
+    int memfd = make_memfd(RING_SIZE);
+    struct vhost_user_memory m = {.nregions = 1};
+    struct vhost_user_vring_addr a = {.index = 0,
+                                      .desc_user_addr = RING_UVA,
+                                      .avail_user_addr = RING_UVA + 0x1000,
+                                      .used_user_addr = RING_UVA + 0x2000};
+    struct vhost_user_vring_state s;
+    int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
+    unsigned long before = vblk_mem_sigbus_count();
+    uint64_t u = 0;
+
+    assert_int_equal(vblk_mem_sigbus_guard_install(), 0);
+    m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
+    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
+                 8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
+    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
+    send_state(VHOST_USER_SET_VRING_BASE, 0, 0);
+    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
+    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &call, 1);
+    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+    assert_ok();
+    assert_true(blk.queues[0].started);
+
+    assert_int_equal(ftruncate(memfd, 0), 0); /* every mapped page is gone */
+    assert_int_equal(eventfd_write(kick, 1), 0);
+    for (int i = 0; i < 500 && vblk_mem_sigbus_count() == before; i++)
+        usleep(10000);
+    assert_true(vblk_mem_sigbus_count() > before);
+
+    send_state(VHOST_USER_GET_VRING_BASE, 0, 0);
+    assert_ok();
+    assert_int_equal(recv_reply(VHOST_USER_GET_VRING_BASE, &s, sizeof(s)), sizeof(s));
+    assert_false(blk.queues[0].started);
+    vblk_vu_disconnect(&vu);
+    close(memfd);
+    close(kick);
+    close(call);
+}
+
 static void test_ring_outside_memory_closes(void **state)
 {
     int memfd = make_memfd(RING_SIZE), kick = eventfd(0, EFD_CLOEXEC);
@@ -893,6 +936,7 @@ int main(void)
         T(test_set_config_other_offset_closes),
         T(test_set_config_bad_wce_value_closes),
         TI(test_full_ring_start_request_and_stop),
+        TI(test_memfd_shrunk_under_running_ring_survives),
         TI(test_ring_outside_memory_closes),
     };
 
