@@ -92,19 +92,15 @@ static void ring_stop(struct vblk_vu_dev *v, unsigned i)
 /* Swap in a new memory table with every running ring stopped; returns the old table. */
 static struct vblk_mem *mem_swap(struct vblk_vu_dev *v, struct vblk_mem *mem, int *err)
 {
-    bool was[VBLK_VU_MAX_QUEUES];
     struct vblk_mem *old = v->mem;
 
     *err = 0;
-    for (unsigned i = 0; i < v->nvrings; i++) {
-        was[i] = v->vrings[i].started;
+    for (unsigned i = 0; i < v->nvrings; i++)
         ring_stop(v, i);
-    }
     v->mem = mem;
-    for (unsigned i = 0; i < v->nvrings; i++) {
-        if (was[i] && !*err)
-            *err = ring_try_start(v, i);
-    }
+    /* restart what ran, and start rings that were only waiting for memory */
+    for (unsigned i = 0; i < v->nvrings && !*err; i++)
+        *err = ring_try_start(v, i);
     return old;
 }
 

@@ -856,6 +856,38 @@ static void test_memfd_shrunk_under_running_ring_survives(void **state)
     close(call);
 }
 
+/* A front-end may set a ring up before it sends the memory table: the ring starts once the
+ * memory arrives. */
+static void test_ring_kicked_before_mem_table_starts_later(void **state)
+{
+    int memfd = make_memfd(RING_SIZE);
+    struct vhost_user_memory m = {.nregions = 1};
+    struct vhost_user_vring_addr a = {.index = 0,
+                                      .desc_user_addr = RING_UVA,
+                                      .avail_user_addr = RING_UVA + 0x1000,
+                                      .used_user_addr = RING_UVA + 0x2000};
+    int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
+    uint64_t u = 0;
+
+    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
+    send_state(VHOST_USER_SET_VRING_BASE, 0, 0);
+    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
+    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &call, 1);
+    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+    assert_ok();
+    assert_false(vu.vrings[0].started);
+    m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
+    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
+                 8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
+    assert_ok();
+    assert_true(vu.vrings[0].started);
+    assert_true(blk.queues[0].started);
+    vblk_vu_disconnect(&vu);
+    close(memfd);
+    close(kick);
+    close(call);
+}
+
 static void test_ring_outside_memory_closes(void **state)
 {
     int memfd = make_memfd(RING_SIZE), kick = eventfd(0, EFD_CLOEXEC);
@@ -937,6 +969,7 @@ int main(void)
         T(test_set_config_bad_wce_value_closes),
         TI(test_full_ring_start_request_and_stop),
         TI(test_memfd_shrunk_under_running_ring_survives),
+        TI(test_ring_kicked_before_mem_table_starts_later),
         TI(test_ring_outside_memory_closes),
     };
 
