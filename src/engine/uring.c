@@ -79,11 +79,20 @@ static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
         return -EAGAIN;
     switch (io->op) {
     case VBLK_IO_READ:
-        io_uring_prep_readv(sqe, io->fd, io->iov, io->iovcnt, io->offset);
+        /* one segment (the common case): the plain op skips importing an iovec */
+        if (io->iovcnt == 1)
+            io_uring_prep_read(sqe, io->fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len,
+                               io->offset);
+        else
+            io_uring_prep_readv(sqe, io->fd, io->iov, io->iovcnt, io->offset);
         sqe->rw_flags = io->rw_flags;
         break;
     case VBLK_IO_WRITE:
-        io_uring_prep_writev(sqe, io->fd, io->iov, io->iovcnt, io->offset);
+        if (io->iovcnt == 1)
+            io_uring_prep_write(sqe, io->fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len,
+                                io->offset);
+        else
+            io_uring_prep_writev(sqe, io->fd, io->iov, io->iovcnt, io->offset);
         sqe->rw_flags = io->rw_flags;
         break;
     case VBLK_IO_FLUSH:
