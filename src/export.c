@@ -51,11 +51,11 @@ static int listen_unix(const char *path, char *err, size_t errlen)
 int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
 {
     const struct vblk_export_opts *o = &e->opts;
-    char tname[16];
+    char tname[96]; /* the thread's name is cut to 15 characters */
     int r;
 
     e->listen_fd = -1;
-    e->iot = NULL;
+    e->niot = 0;
     r = vblk_bdev_open(&e->bdev, o, err, errlen);
     if (r < 0)
         return r;
@@ -64,30 +64,41 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     if (r < 0)
         goto err_close_bdev;
     e->listen_fd = r;
-    snprintf(tname, sizeof(tname), "vblk-%s", o->id);
-    r = vblk_iothread_create(&e->iot, tname, o->engine, o->num_queues * o->queue_size,
-                             vblk_blk_io_done, o->poll_us);
-    if (r < 0) {
-        snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name, strerror(-r));
-        goto err_close_listen;
+    for (; e->niot < o->iothreads; e->niot++) {
+        unsigned nq = (o->num_queues - e->niot + o->iothreads - 1) / o->iothreads;
+
+        if (o->iothreads == 1)
+            snprintf(tname, sizeof(tname), "vblk-%s", o->id);
+        else
+            snprintf(tname, sizeof(tname), "vblk-%s-%u", o->id, e->niot);
+        r = vblk_iothread_create(&e->iot[e->niot], tname, o->engine, nq * o->queue_size,
+                                 vblk_blk_io_done, o->poll_us);
+        if (r < 0) {
+            snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name,
+                     strerror(-r));
+            goto err_stop_iothreads;
+        }
     }
-    r = vblk_blk_create(&e->blk, o->id, &e->bdev, e->iot, o->num_queues, o->queue_size, o->serial);
+    r = vblk_blk_create(&e->blk, o->id, &e->bdev, e->iot[0], o->num_queues, o->queue_size,
+                        o->serial);
     if (r < 0) {
         snprintf(err, errlen, "out of memory");
-        goto err_stop_iothread;
+        goto err_stop_iothreads;
     }
+    for (unsigned q = 0; q < o->num_queues; q++)
+        vblk_blk_queue_set_thread(&e->blk, q, e->iot[q % e->niot]);
     e->blk_created = true;
     vblk_vu_init(&e->vu, o->id, &e->blk);
-    log_info(o->id, "serving %s (%llu bytes%s) on %s: aio=%s cache=%s num-queues=%u%s",
+    log_info(o->id, "serving %s (%llu bytes%s) on %s: aio=%s cache=%s num-queues=%u iothreads=%u%s",
              o->null ? "null device" : o->file, (unsigned long long)e->bdev.size,
-             e->bdev.blockdev ? ", block device" : "", o->socket, o->engine->name,
-             vblk_cache_name(o->cache), o->num_queues, o->readonly ? " readonly" : "");
+             e->bdev.blockdev ? ", block device" : "", o->socket,
+             o->null ? "none" : o->engine->name, vblk_cache_name(o->cache), o->num_queues, e->niot,
+             o->readonly ? " readonly" : "");
     return 0;
 
-err_stop_iothread:
-    vblk_iothread_destroy(e->iot);
-    e->iot = NULL;
-err_close_listen:
+err_stop_iothreads:
+    while (e->niot)
+        vblk_iothread_destroy(e->iot[--e->niot]);
     close(e->listen_fd);
     e->listen_fd = -1;
     unlink(o->socket);
@@ -131,10 +142,8 @@ void vblk_export_stop(struct vblk_export *e)
         if (r < 0)
             log_err(e->opts.id, "final flush failed: %s", strerror(-r));
     }
-    if (e->iot) {
-        vblk_iothread_destroy(e->iot);
-        e->iot = NULL;
-    }
+    while (e->niot)
+        vblk_iothread_destroy(e->iot[--e->niot]);
     if (e->blk_created) {
         vblk_blk_destroy(&e->blk);
         e->blk_created = false;

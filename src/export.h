@@ -19,7 +19,8 @@
 struct vblk_export {
     struct vblk_export_opts opts;
     struct vblk_bdev bdev;
-    struct vblk_iothread *iot;
+    struct vblk_iothread *iot[VBLK_MAX_IOTHREADS]; /* queue q is served by iot[q % n] */
+    unsigned niot;
     struct vblk_blk_dev blk;
     struct vblk_vu_dev vu;
     int listen_fd;

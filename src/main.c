@@ -48,6 +48,8 @@ static void usage(FILE *f)
             "  serial=STR                answer to GET_ID, up to 20 characters (the id)\n"
             "  logical-block-size=N      512 to 64k (512)\n"
             "  read-zeroes=on|off        null://: zero-fill read buffers, or leave them (on)\n"
+            "  iothreads=N               I/O threads for this export; queue q is served by\n"
+            "                            thread q %% N (1)\n"
             "  poll-us=N                 busy-poll rings and completions up to N microseconds\n"
             "                            after work before sleeping, adapted to the load;\n"
             "                            0 never polls (1000)\n"

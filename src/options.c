@@ -31,6 +31,7 @@ void vblk_opts_defaults(struct vblk_export_opts *o)
     o->logical_block_size = 512;
     o->read_zeroes = true;
     o->poll_us = VBLK_DEFAULT_POLL_US;
+    o->iothreads = 1;
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -183,6 +184,10 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
     } else if (!strcmp(key, "poll-us")) {
         if (parse_uint(v, 0, 1000000, &o->poll_us) < 0)
             return fail(err, errlen, "poll-us='%s': must be an integer from 0 to 1000000", v);
+    } else if (!strcmp(key, "iothreads")) {
+        if (parse_uint(v, 1, VBLK_MAX_IOTHREADS, &o->iothreads) < 0)
+            return fail(err, errlen, "iothreads='%s': must be an integer from 1 to %d", v,
+                        VBLK_MAX_IOTHREADS);
     } else if (!strcmp(key, "read-zeroes")) {
         if (parse_bool(v, &o->read_zeroes) < 0)
             return fail(err, errlen, "read-zeroes='%s': allowed values are on, off", v);
@@ -193,7 +198,7 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
         return fail(err, errlen,
                     "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
                     "cache, num-queues, queue-size, discard, serial, "
-                    "logical-block-size, read-zeroes, poll-us)",
+                    "logical-block-size, read-zeroes, poll-us, iothreads)",
                     key);
     }
     return 0;
@@ -247,6 +252,9 @@ int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *er
         r = fail(err, errlen, "missing file=PATH");
     else if (!(seen & 4))
         r = fail(err, errlen, "missing socket=PATH");
+    if (!r && o->iothreads > o->num_queues)
+        r = fail(err, errlen, "iothreads=%u: more I/O threads than queues (num-queues=%u)",
+                 o->iothreads, o->num_queues);
     if (!r && o->null)
         o->engine = &vblk_engine_null;
     if (!r && !o->has_serial) {

@@ -21,7 +21,8 @@ enum vblk_cache {
     VBLK_CACHE_UNSAFE,       /* page cache, flushes ignored */
 };
 
-#define VBLK_SERIAL_MAX      20   /* VIRTIO_BLK_ID_BYTES */
+#define VBLK_SERIAL_MAX      20 /* VIRTIO_BLK_ID_BYTES */
+#define VBLK_MAX_IOTHREADS   64
 #define VBLK_DEFAULT_POLL_US 1000 /* adaptive polling window limit, see iothread.h */
 #define VBLK_ID_MAX          63
 #define VBLK_SOCK_MAX        107 /* sizeof(sun_path) - 1 */
@@ -43,10 +44,11 @@ struct vblk_export_opts {
     uint64_t null_size; /* bytes */
     bool read_zeroes;   /* null: zero-fill reads (on) */
     unsigned poll_us;   /* I/O thread busy-polls this long after the last work (0: never) */
+    unsigned iothreads; /* I/O threads of this export; queues are spread over them */
 };
 
 /* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,
- * logical-block-size=512, serial=<id>, read-zeroes=on, poll-us=1000. */
+ * logical-block-size=512, serial=<id>, read-zeroes=on, poll-us=1000, iothreads=1. */
 void vblk_opts_defaults(struct vblk_export_opts *o);
 
 /* Parse "key=value,..." (",," is a literal comma in a value).  0, or -EINVAL with err set. */

@@ -97,15 +97,15 @@ static void req_finish(struct blk_req *req, uint8_t status)
         WRITE_ONCE(*req->status, status);
     if (unlikely(status != VIRTIO_BLK_S_OK)) {
         if (status == VIRTIO_BLK_S_UNSUPP)
-            q->dev->stats.unsupp++;
+            q->stats.unsupp++;
         else
-            q->dev->stats.errors++;
+            q->stats.errors++;
     }
     vblk_vq_push(&q->vq, req->head, req->used_len);
     req->busy = false;
     q->inflight--;
-    if (q->dev->iot)
-        vblk_iothread_defer(q->dev->iot, &q->flush_hook);
+    if (q->iot)
+        vblk_iothread_defer(q->iot, &q->flush_hook);
 }
 
 void vblk_blk_queue_flush(struct blk_queue *q)
@@ -121,7 +121,7 @@ static void flush_hook(struct vblk_iot_hook *h)
 
 static void engine_queue(struct blk_req *req)
 {
-    struct vblk_engine *e = req->q->dev->eng;
+    struct vblk_engine *e = req->q->eng ? req->q->eng : req->q->dev->eng;
     int r = e->ops->queue(e, &req->io);
 
     if (unlikely(r == -EAGAIN)) {
@@ -271,9 +271,9 @@ static void handle_discard_zeroes(struct blk_req *req, uint32_t type, struct iov
         return;
     }
     if (discard)
-        d->stats.discards++;
+        req->q->stats.discards++;
     else
-        d->stats.write_zeroes++;
+        req->q->stats.write_zeroes++;
     if (b->null) {
         req_finish(req, VIRTIO_BLK_S_OK);
         return;
@@ -313,7 +313,7 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
     req->status = c.status;
     req->used_len = 1;
     req->type = 0xff;
-    d->stats.requests++;
+    q->stats.requests++;
 
     if (unlikely(!c.status)) {
         req->used_len = 0; /* nowhere to put a status: the driver sees no bytes written */
@@ -344,7 +344,7 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
             req_finish(req, VIRTIO_BLK_S_IOERR);
             return;
         }
-        d->stats.reads++;
+        q->stats.reads++;
         req->used_len = (uint32_t)c.in_len;
         submit_rw(req, VBLK_IO_READ, in, in_cnt, sector, in_len);
         return;
@@ -353,11 +353,11 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
             req_finish(req, VIRTIO_BLK_S_IOERR);
             return;
         }
-        d->stats.writes++;
+        q->stats.writes++;
         submit_rw(req, VBLK_IO_WRITE, out, out_cnt, sector, out_len);
         return;
     case VIRTIO_BLK_T_FLUSH:
-        d->stats.flushes++;
+        q->stats.flushes++;
         if (b->null || b->readonly || b->cache == VBLK_CACHE_UNSAFE) {
             req_finish(req, VIRTIO_BLK_S_OK);
             return;
@@ -433,7 +433,7 @@ static void kick_ready(struct vblk_iot_source *src)
 
     (void)eventfd_read(q->kick_fd, &v);
     if (q->started && !q->stopping && !q->vq.broken)
-        vblk_blk_queue_process(q, !vblk_iothread_polls(q->dev->iot));
+        vblk_blk_queue_process(q, !vblk_iothread_polls(q->iot));
 }
 
 static bool queue_poll(struct vblk_iot_poller *p)
@@ -464,14 +464,14 @@ static int queue_start_fn(void *arg)
     q->started = true;
     q->stopping = false;
     if (q->kick_fd >= 0) {
-        r = vblk_iothread_add_fd(q->dev->iot, q->kick_fd, &q->kick_src);
+        r = vblk_iothread_add_fd(q->iot, q->kick_fd, &q->kick_src);
         if (r < 0) {
             q->started = false;
             return r;
         }
     }
-    if (vblk_iothread_polls(q->dev->iot))
-        vblk_iothread_add_poller(q->dev->iot, &q->poller);
+    if (vblk_iothread_polls(q->iot))
+        vblk_iothread_add_poller(q->iot, &q->poller);
     vblk_blk_queue_process(q, true);
     return 0;
 }
@@ -483,8 +483,8 @@ static int queue_stop_fn(void *arg)
     if (!q->stopping) {
         q->stopping = true;
         if (q->kick_fd >= 0)
-            vblk_iothread_del_fd(q->dev->iot, q->kick_fd);
-        vblk_iothread_del_poller(q->dev->iot, &q->poller);
+            vblk_iothread_del_fd(q->iot, q->kick_fd);
+        vblk_iothread_del_poller(q->iot, &q->poller);
     }
     /* wait for in-flight requests and for their used entries to be published */
     if (q->inflight || q->flush_hook.queued)
@@ -507,16 +507,11 @@ static int set_call_fn(void *arg)
     return 0;
 }
 
-struct stats_arg {
-    struct vblk_blk_dev *d;
-    struct vblk_blk_stats *out;
-};
-
 static int stats_fn(void *arg)
 {
-    struct stats_arg *a = arg;
+    struct blk_queue *q = arg;
 
-    *a->out = a->d->stats;
+    q->dev->stats_snapshot[q->index] = q->stats;
     return 0;
 }
 
@@ -535,13 +530,19 @@ int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *
     d->max_queue_size = max_queue_size;
     memcpy(d->serial, serial, strnlen(serial, sizeof(d->serial))); /* not NUL-terminated */
     d->queues = calloc(num_queues, sizeof(*d->queues));
-    if (!d->queues)
+    d->stats_snapshot = calloc(num_queues, sizeof(*d->stats_snapshot));
+    if (!d->queues || !d->stats_snapshot) {
+        free(d->queues);
+        free(d->stats_snapshot);
+        d->queues = NULL;
         return -ENOMEM;
+    }
     for (unsigned i = 0; i < num_queues; i++) {
         struct blk_queue *q = &d->queues[i];
 
         q->dev = d;
         q->index = i;
+        q->iot = iot;
         q->kick_fd = q->call_fd = q->err_fd = -1;
         q->kick_src.fn = kick_ready;
         q->flush_hook.fn = flush_hook;
@@ -567,7 +568,9 @@ void vblk_blk_destroy(struct vblk_blk_dev *d)
     for (unsigned i = 0; i < d->num_queues; i++)
         queue_free(&d->queues[i]);
     free(d->queues);
+    free(d->stats_snapshot);
     d->queues = NULL;
+    d->stats_snapshot = NULL;
 }
 
 int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vblk_queue_params *p)
@@ -606,11 +609,12 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
         req->iov = q->iov_pool + (size_t)h * q->iov_cap;
         req->io.fd = d->bdev->fd;
     }
+    q->eng = q->iot ? vblk_iothread_engine(q->iot) : d->eng;
     q->inflight = 0;
     q->kick_fd = p->kick_fd;
     q->call_fd = p->call_fd;
     q->err_fd = p->err_fd;
-    return vblk_iothread_call(d->iot, queue_start_fn, q);
+    return vblk_iothread_call(q->iot, queue_start_fn, q);
 }
 
 int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_avail)
@@ -625,7 +629,7 @@ int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_av
         *last_avail = q->vq.last_avail;
         return 0;
     }
-    r = vblk_iothread_call(d->iot, queue_stop_fn, q);
+    r = vblk_iothread_call(q->iot, queue_stop_fn, q);
     *last_avail = q->vq.last_avail;
     q->kick_fd = q->call_fd = q->err_fd = -1;
     return r;
@@ -642,12 +646,41 @@ int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd)
         a.q->call_fd = call_fd;
         return 0;
     }
-    return vblk_iothread_call(d->iot, set_call_fn, &a);
+    return vblk_iothread_call(a.q->iot, set_call_fn, &a);
+}
+
+static void stats_add(struct vblk_blk_stats *sum, const struct vblk_blk_stats *s)
+{
+    sum->requests += s->requests;
+    sum->reads += s->reads;
+    sum->writes += s->writes;
+    sum->flushes += s->flushes;
+    sum->discards += s->discards;
+    sum->write_zeroes += s->write_zeroes;
+    sum->errors += s->errors;
+    sum->unsupp += s->unsupp;
+}
+
+void vblk_blk_stats_sum(const struct vblk_blk_dev *d, struct vblk_blk_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (unsigned i = 0; i < d->num_queues; i++)
+        stats_add(out, &d->queues[i].stats);
 }
 
 void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out)
 {
-    struct stats_arg a = {.d = d, .out = out};
+    memset(out, 0, sizeof(*out));
+    for (unsigned i = 0; i < d->num_queues; i++) {
+        struct blk_queue *q = &d->queues[i];
 
-    vblk_iothread_call(d->iot, stats_fn, &a);
+        vblk_iothread_call(q->iot, stats_fn, q); /* each queue's counters, read by its thread */
+        stats_add(out, &d->stats_snapshot[i]);
+    }
+}
+
+void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vblk_iothread *iot)
+{
+    if (qidx < d->num_queues && !d->queues[qidx].started)
+        d->queues[qidx].iot = iot;
 }

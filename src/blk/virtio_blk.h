@@ -32,6 +32,10 @@
 struct vblk_blk_dev;
 struct blk_queue;
 
+struct vblk_blk_stats {
+    uint64_t requests, reads, writes, flushes, discards, write_zeroes, errors, unsupp;
+};
+
 struct blk_req {
     struct vblk_io io;
     struct blk_queue *q;
@@ -46,6 +50,9 @@ struct blk_req {
 struct blk_queue {
     struct vblk_vq vq;
     struct vblk_blk_dev *dev;
+    struct vblk_iothread *iot;   /* the thread serving this queue (the device's by default) */
+    struct vblk_engine *eng;     /* its engine */
+    struct vblk_blk_stats stats; /* this queue's I/O thread only */
     unsigned index;
     struct blk_req *reqs; /* one per head */
     struct iovec *iov_pool;
@@ -70,10 +77,6 @@ struct vblk_queue_params {
     bool event_idx, indirect;
 };
 
-struct vblk_blk_stats {
-    uint64_t requests, reads, writes, flushes, discards, write_zeroes, errors, unsupp;
-};
-
 struct vblk_blk_dev {
     const char *name;
     struct vblk_bdev *bdev;
@@ -84,7 +87,7 @@ struct vblk_blk_dev {
     struct blk_queue *queues;
     bool wce; /* guest-visible write cache; written by control, read by I/O (atomic) */
     char serial[VBLK_SERIAL_MAX];
-    struct vblk_blk_stats stats; /* I/O thread only */
+    struct vblk_blk_stats *stats_snapshot; /* per queue, filled by vblk_blk_get_stats */
 };
 
 /* Control thread. */
@@ -102,6 +105,10 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
 /* Stop taking requests, wait for in-flight ones, return the next avail index. */
 int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_avail);
 int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd);
+/* Serve queue qidx on iot instead of the device's thread (before the queue starts). */
+void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vblk_iothread *iot);
+/* Sum the queues' counters without asking their threads (tests, or threads stopped). */
+void vblk_blk_stats_sum(const struct vblk_blk_dev *d, struct vblk_blk_stats *out);
 /* Copy the I/O thread's counters (waits for the I/O thread). */
 void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out);
 

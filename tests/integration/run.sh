@@ -79,7 +79,7 @@ stop_daemon() { # must exit 0 on SIGTERM
 for f in a b c d e; do truncate -s 64M "$tmp/$f.img"; done
 S=$tmp
 if ! start_daemon \
-    "id=uring,file=$S/a.img,socket=$S/uring.sock,aio=io_uring,cache=none,num-queues=2" \
+    "id=uring,file=$S/a.img,socket=$S/uring.sock,aio=io_uring,cache=none,num-queues=2,iothreads=2" \
     "id=native,file=$S/b.img,socket=$S/native.sock,aio=native,cache=directsync" \
     "id=threads,file=$S/c.img,socket=$S/threads.sock,aio=threads,cache=writeback" \
     "id=wt,file=$S/d.img,socket=$S/wt.sock,cache=writethrough,logical-block-size=4096,poll-us=0" \
@@ -92,7 +92,7 @@ fi
 pass daemon-start
 
 B="$BENCH --runtime=1"
-check verify-io_uring-2q $BENCH --socket "$S/uring.sock" --verify --numjobs=2 --bs=16k
+check verify-io_uring-2q-2threads $BENCH --socket "$S/uring.sock" --verify --numjobs=2 --bs=16k
 check verify-native-directsync $BENCH --socket "$S/native.sock" --verify --wait
 check verify-threads-writeback $BENCH --socket "$S/threads.sock" --verify --no-indirect
 check verify-writethrough-4k-nopoll $BENCH --socket "$S/wt.sock" --verify --bs=4k --no-event-idx
@@ -142,6 +142,8 @@ pass socket-removed
 check_fails cli-unknown-key "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock,colour=blue
 grep -q "unknown key 'colour'" "$tmp/out" && pass cli-error-names-key || fail cli-error-names-key "$(cat "$tmp/out")"
 check_fails cli-bad-cache "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock,cache=sometimes
+check_fails cli-iothreads-over-queues "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock,iothreads=2
+grep -q "more I/O threads than queues" "$tmp/out" && pass cli-iothreads-error-says-why || fail cli-iothreads-error-says-why "$(cat "$tmp/out")"
 check_fails cli-missing-file "$VBLKD" --export id=x,file=$S/nope.img,socket=$S/x.sock
 check_fails cli-second-export-bad "$VBLKD" --export id=x,file=$S/a.img,socket=$S/x.sock \
     --export id=y,file=$S/nope.img,socket=$S/y.sock
