@@ -2,17 +2,19 @@
 # test.sh - build vblk and run every test suite; ends with "N passed, N failed".
 #
 #   scripts/test.sh            all suites
-#   scripts/test.sh unit       only the given suites (unit asan integration bench e2e fuzz)
+#   scripts/test.sh unit       only the given suites (unit asan integration asan-integration
+#                              bench e2e fuzz)
 #
 # Suites: unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), integration (vblkd
-# driven over its socket by vblk-bench and a hostile front-end), bench (vblk-bench's own tests
+# driven over its socket by vblk-bench and a hostile front-end), asan-integration (the same with
+# vblkd and vblk-bench built with ASan+UBSan, stopping at the first report), bench (vblk-bench's own tests
 # against qemu-storage-daemon), e2e (a QEMU guest on vblkd), fuzz (each libFuzzer target for
 # FUZZ_SECONDS, default 20; needs clang).
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(unit asan integration bench e2e fuzz)
+[ ${#suites[@]} -gt 0 ] || suites=(unit asan integration asan-integration bench e2e fuzz)
 passed=0
 failed=0
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/vblk-test.XXXXXX")
@@ -94,6 +96,18 @@ for s in "${suites[@]}"; do
         ;;
     integration)
         script_suite integration bash tests/integration/run.sh build
+        ;;
+    asan-integration)
+        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+            >"$logdir/build-asan.log" 2>&1; then
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
+                script_suite asan-integration bash tests/integration/run.sh build-asan
+        else
+            tail -40 "$logdir/build-asan.log"
+            count asan-integration 0 1
+        fi
         ;;
     bench)
         script_suite bench bash tools/vblk-bench/tests/test-bench.sh build/tools/vblk-bench/vblk-bench
