@@ -123,7 +123,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bdev.lbs = p[1] & 128 ? 4096 : 512;
     bdev.cache = (enum vblk_cache)(p[7] % 5);
     bdev.size = ((uint64_t)(p[5] | p[6] << 8) + 1) * 4096;
-    memset(&dev.stats, 0, sizeof(dev.stats));
+    memset(&q->stats, 0, sizeof(q->stats));
     vblk_blk_reset(&dev);
 
     /* what vblk_blk_queue_start does, minus the I/O thread */
