@@ -742,6 +742,33 @@ static void test_set_config_bad_wce_value_closes(void **state)
 #define RING_SIZE (1u << 20)
 #define RING_NUM  8
 
+/* Messages that hand the front-end's memfd over as one region at RING_GPA/RING_UVA. */
+static void send_ring_mem_table(int memfd)
+{
+    struct vhost_user_memory m = {.nregions = 1};
+
+    m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
+    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
+                 8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
+}
+
+/* Messages that set queue 0 up at the start of that region (desc, avail +4K, used +8K), then
+ * hand over its call and kick eventfds (the kick starts it). */
+static void send_ring0_setup(int call, int kick)
+{
+    struct vhost_user_vring_addr a = {.index = 0,
+                                      .desc_user_addr = RING_UVA,
+                                      .avail_user_addr = RING_UVA + 0x1000,
+                                      .used_user_addr = RING_UVA + 0x2000};
+    uint64_t u = 0;
+
+    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
+    send_state(VHOST_USER_SET_VRING_BASE, 0, 0);
+    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
+    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &call, 1);
+    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+}
+
 static void test_full_ring_start_request_and_stop(void **state)
 {
     int memfd = make_memfd(RING_SIZE);
@@ -818,25 +845,13 @@ static void test_full_ring_start_request_and_stop(void **state)
 static void test_memfd_shrunk_under_running_ring_survives(void **state)
 {
     int memfd = make_memfd(RING_SIZE);
-    struct vhost_user_memory m = {.nregions = 1};
-    struct vhost_user_vring_addr a = {.index = 0,
-                                      .desc_user_addr = RING_UVA,
-                                      .avail_user_addr = RING_UVA + 0x1000,
-                                      .used_user_addr = RING_UVA + 0x2000};
-    struct vhost_user_vring_state s;
     int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
     unsigned long before = vblk_mem_sigbus_count();
-    uint64_t u = 0;
+    struct vhost_user_vring_state s;
 
     assert_int_equal(vblk_mem_sigbus_guard_install(), 0);
-    m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
-    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
-                 8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
-    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
-    send_state(VHOST_USER_SET_VRING_BASE, 0, 0);
-    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
-    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &call, 1);
-    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+    send_ring_mem_table(memfd);
+    send_ring0_setup(call, kick);
     assert_ok();
     assert_true(blk.queues[0].started);
 
@@ -861,24 +876,12 @@ static void test_memfd_shrunk_under_running_ring_survives(void **state)
 static void test_ring_kicked_before_mem_table_starts_later(void **state)
 {
     int memfd = make_memfd(RING_SIZE);
-    struct vhost_user_memory m = {.nregions = 1};
-    struct vhost_user_vring_addr a = {.index = 0,
-                                      .desc_user_addr = RING_UVA,
-                                      .avail_user_addr = RING_UVA + 0x1000,
-                                      .used_user_addr = RING_UVA + 0x2000};
     int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
-    uint64_t u = 0;
 
-    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
-    send_state(VHOST_USER_SET_VRING_BASE, 0, 0);
-    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
-    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &call, 1);
-    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+    send_ring0_setup(call, kick);
     assert_ok();
     assert_false(vu.vrings[0].started);
-    m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
-    send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
-                 8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
+    send_ring_mem_table(memfd);
     assert_ok();
     assert_true(vu.vrings[0].started);
     assert_true(blk.queues[0].started);
