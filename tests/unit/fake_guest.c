@@ -42,8 +42,8 @@ void fg_init(struct fake_guest *g, unsigned nq, uint16_t num, bool two_regions)
     memset(g, 0, sizeof(*g));
     g->r0 = xmap(FG_R0_SIZE);
     g->mem.nregions = 1;
-    g->mem.r[0] = (struct vblk_mem_region){
-        .gpa = FG_GPA0, .size = FG_R0_SIZE, .uva = FG_UVA0, .host = g->r0};
+    g->mem.r[0] =
+        (struct vblk_mem_region){.gpa = FG_GPA0, .size = FG_R0_SIZE, .uva = FG_UVA0, .host = g->r0};
     if (two_regions) {
         g->r1 = xmap(FG_R1_SIZE);
         g->mem.nregions = 2;
@@ -121,8 +121,8 @@ uint16_t fg_chain(struct fake_guest *g, unsigned q, const struct fg_seg *s, unsi
     for (unsigned k = 0; k < n; k++) {
         uint16_t i = (uint16_t)((r->next_desc + k) % r->num);
         uint16_t nx = (uint16_t)((r->next_desc + k + 1) % r->num);
-        uint16_t fl = (uint16_t)((s[k].write ? VRING_DESC_F_WRITE : 0) |
-                                 (k + 1 < n ? VRING_DESC_F_NEXT : 0));
+        uint16_t fl =
+            (uint16_t)((s[k].write ? VRING_DESC_F_WRITE : 0) | (k + 1 < n ? VRING_DESC_F_NEXT : 0));
 
         fg_desc(g, q, i, s[k].addr, s[k].len, fl, k + 1 < n ? nx : 0);
     }
@@ -140,8 +140,8 @@ uint16_t fg_chain_indirect(struct fake_guest *g, unsigned q, const struct fg_seg
     for (unsigned k = 0; k < n; k++) {
         t[k].addr = s[k].addr;
         t[k].len = s[k].len;
-        t[k].flags = (uint16_t)((s[k].write ? VRING_DESC_F_WRITE : 0) |
-                                (k + 1 < n ? VRING_DESC_F_NEXT : 0));
+        t[k].flags =
+            (uint16_t)((s[k].write ? VRING_DESC_F_WRITE : 0) | (k + 1 < n ? VRING_DESC_F_NEXT : 0));
         t[k].next = (uint16_t)(k + 1 < n ? k + 1 : 0);
     }
     fg_desc(g, q, head, tgpa, 16u * n, VRING_DESC_F_INDIRECT, 0);

@@ -52,8 +52,8 @@ static int setup_common(bool with_iothread)
     bdev.cache = VBLK_CACHE_WRITEBACK;
     bdev.discard = bdev.write_zeroes = bdev.zeroes_unmap = true;
     iot = NULL;
-    if (with_iothread &&
-        vblk_iothread_create(&iot, "vu-test", &vblk_engine_null, NQ * QMAX, vblk_blk_io_done, 0) < 0)
+    if (with_iothread && vblk_iothread_create(&iot, "vu-test", &vblk_engine_null, NQ * QMAX,
+                                              vblk_blk_io_done, 0) < 0)
         return -1;
     if (vblk_blk_create(&blk, "t", &bdev, iot, NQ, QMAX, "vu-serial") < 0)
         return -1;
@@ -227,8 +227,8 @@ static void test_get_protocol_features_queue_num_and_slots(void **state)
 
 static void test_message_split_across_reads(void **state)
 {
-    struct vhost_user_hdr h = {.request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION,
-                               .size = 8};
+    struct vhost_user_hdr h = {
+        .request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION, .size = 8};
     uint64_t f = 1ull << VIRTIO_F_VERSION_1;
 
     assert_int_equal(send(sk[1], &h, 5, 0), 5);
@@ -288,7 +288,8 @@ static void test_unsupported_known_request_closes(void **state)
 
 static void test_payload_too_large_closes(void **state)
 {
-    struct vhost_user_hdr h = {.request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION,
+    struct vhost_user_hdr h = {.request = VHOST_USER_SET_FEATURES,
+                               .flags = VHOST_USER_VERSION,
                                .size = VHOST_USER_PAYLOAD_MAX + 1};
 
     assert_int_equal(send(sk[1], &h, sizeof(h), 0), (ssize_t)sizeof(h));
@@ -297,8 +298,8 @@ static void test_payload_too_large_closes(void **state)
 
 static void test_huge_payload_size_closes(void **state)
 {
-    struct vhost_user_hdr h = {.request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION,
-                               .size = 0xffffffffu};
+    struct vhost_user_hdr h = {
+        .request = VHOST_USER_SET_FEATURES, .flags = VHOST_USER_VERSION, .size = 0xffffffffu};
 
     assert_int_equal(send(sk[1], &h, sizeof(h), 0), (ssize_t)sizeof(h));
     assert_closed();
@@ -546,9 +547,9 @@ static void send_mem_table(unsigned nregions, uint32_t size_field, const int *fd
         m.regions[i].mmap_offset = 0;
     }
     send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
-                 8 + (uint32_t)sizeof(m.regions[0]) *
-                         (nregions < VHOST_USER_MEM_REGIONS_MAX ? nregions
-                                                                : VHOST_USER_MEM_REGIONS_MAX),
+                 8 + (uint32_t)sizeof(m.regions[0]) * (nregions < VHOST_USER_MEM_REGIONS_MAX
+                                                           ? nregions
+                                                           : VHOST_USER_MEM_REGIONS_MAX),
                  fds, nfds);
 }
 
@@ -621,9 +622,10 @@ static void test_set_mem_table_region_larger_than_fd_closes(void **state)
 
 static void test_add_and_remove_mem_region(void **state)
 {
-    struct vhost_user_mem_reg_msg r = {
-        .region = {.guest_phys_addr = 0x200000, .memory_size = 1 << 20,
-                   .userspace_addr = 0x7d0000000000ull, .mmap_offset = 0}};
+    struct vhost_user_mem_reg_msg r = {.region = {.guest_phys_addr = 0x200000,
+                                                  .memory_size = 1 << 20,
+                                                  .userspace_addr = 0x7d0000000000ull,
+                                                  .mmap_offset = 0}};
     int fd = make_memfd(1 << 20);
 
     send_msg_fds(VHOST_USER_ADD_MEM_REG, VHOST_USER_VERSION, &r, sizeof(r), &fd, 1);
@@ -646,8 +648,8 @@ static void test_add_and_remove_mem_region(void **state)
 
 static void test_remove_unknown_mem_region_closes(void **state)
 {
-    struct vhost_user_mem_reg_msg r = {.region = {.guest_phys_addr = 0x200000,
-                                                  .memory_size = 4096}};
+    struct vhost_user_mem_reg_msg r = {
+        .region = {.guest_phys_addr = 0x200000, .memory_size = 4096}};
 
     send_msg(VHOST_USER_REM_MEM_REG, &r, sizeof(r));
     assert_closed();
@@ -790,10 +792,9 @@ static void test_full_ring_start_request_and_stop(void **state)
 
     assert_true(gm != MAP_FAILED);
     m.regions[0] = (struct vhost_user_mem_region){RING_GPA, RING_SIZE, RING_UVA, 0};
-    send_u64(VHOST_USER_SET_FEATURES, (1ull << VIRTIO_F_VERSION_1) |
-                                          (1ull << VIRTIO_RING_F_EVENT_IDX) |
-                                          (1ull << VIRTIO_RING_F_INDIRECT_DESC) |
-                                          (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
+    send_u64(VHOST_USER_SET_FEATURES,
+             (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_RING_F_EVENT_IDX) |
+                 (1ull << VIRTIO_RING_F_INDIRECT_DESC) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
     send_msg_fds(VHOST_USER_SET_MEM_TABLE, VHOST_USER_VERSION, &m,
                  8 + (uint32_t)sizeof(m.regions[0]), &memfd, 1);
     send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
@@ -811,8 +812,8 @@ static void test_full_ring_start_request_and_stop(void **state)
     hdr->type = VIRTIO_BLK_T_GET_ID;
     *status = 0xee;
     desc[0] = (struct vring_desc){RING_GPA + 0x10000, 16, VRING_DESC_F_NEXT, 1};
-    desc[1] = (struct vring_desc){RING_GPA + 0x10100, 20, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE,
-                                  2};
+    desc[1] =
+        (struct vring_desc){RING_GPA + 0x10100, 20, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2};
     desc[2] = (struct vring_desc){RING_GPA + 0x10200, 1, VRING_DESC_F_WRITE, 0};
     avail->ring[0] = 0;
     __atomic_store_n(&avail->idx, 1, __ATOMIC_RELEASE);

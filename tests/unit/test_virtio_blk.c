@@ -16,10 +16,10 @@
 
 #include "fake_guest.h"
 
-#define NUM      512
-#define NQ       2
-#define DISK     (1u << 20) /* bytes */
-#define CAP      (DISK / 512)
+#define NUM  512
+#define NQ   2
+#define DISK (1u << 20) /* bytes */
+#define CAP  (DISK / 512)
 
 /* The device's counters, summed over its queues. */
 static struct vblk_blk_stats dev_stats(const struct vblk_blk_dev *d)
@@ -281,8 +281,7 @@ static void test_sector_plus_length_overflow_is_ioerr(void **state)
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, UINT64_MAX - 1, 1024, false),
                      VIRTIO_BLK_S_IOERR);
     /* sector << 9 would wrap to a small offset */
-    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 1ull << 55, 512, false),
-                     VIRTIO_BLK_S_IOERR);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 1ull << 55, 512, false), VIRTIO_BLK_S_IOERR);
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, (1ull << 55) + 1, 512, true),
                      VIRTIO_BLK_S_IOERR);
 }
@@ -507,8 +506,7 @@ static void test_discard_and_write_zeroes_ok(void **state)
 {
     assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 0, 1), VIRTIO_BLK_S_OK);
     assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 8, 8, 0, 1), VIRTIO_BLK_S_OK);
-    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 8, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
-                            1),
+    assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 8, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, 1),
                      VIRTIO_BLK_S_OK);
     assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, CAP - 8, 8, 0, 1), VIRTIO_BLK_S_OK);
     assert_int_equal(dev_stats(&fb.d).discards, 2);
@@ -742,12 +740,17 @@ static void test_polling_thread_sleeps_after_queue_broke(void **state)
                                           vblk_blk_io_done, 1000 /* us */),
                      0);
     assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
-    p = (struct vblk_queue_params){.mem = &fb.g.mem, .num = NUM, .last_avail = 0,
+    p = (struct vblk_queue_params){.mem = &fb.g.mem,
+                                   .num = NUM,
+                                   .last_avail = 0,
                                    .desc_uva = fb.g.ring[0].desc_uva,
                                    .avail_uva = fb.g.ring[0].avail_uva,
                                    .used_uva = fb.g.ring[0].used_uva,
-                                   .kick_fd = kick, .call_fd = call, .err_fd = -1,
-                                   .event_idx = true, .indirect = true};
+                                   .kick_fd = kick,
+                                   .call_fd = call,
+                                   .err_fd = -1,
+                                   .event_idx = true,
+                                   .indirect = true};
     assert_int_equal(vblk_blk_queue_start(&d, 0, &p), 0);
     /* it works */
     fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false);
@@ -787,12 +790,17 @@ static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **stat
                                           vblk_blk_io_done, 1000 /* us */),
                      0);
     assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
-    p = (struct vblk_queue_params){.mem = &fb.g.mem, .num = NUM, .last_avail = 0,
+    p = (struct vblk_queue_params){.mem = &fb.g.mem,
+                                   .num = NUM,
+                                   .last_avail = 0,
                                    .desc_uva = fb.g.ring[0].desc_uva,
                                    .avail_uva = fb.g.ring[0].avail_uva,
                                    .used_uva = fb.g.ring[0].used_uva,
-                                   .kick_fd = kick, .call_fd = -1, .err_fd = -1,
-                                   .event_idx = true, .indirect = true};
+                                   .kick_fd = kick,
+                                   .call_fd = -1,
+                                   .err_fd = -1,
+                                   .event_idx = true,
+                                   .indirect = true};
     assert_int_equal(vblk_blk_queue_start(&d, 0, &p), 0);
     for (int i = 0; i < 3; i++) {
         fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 512, true);

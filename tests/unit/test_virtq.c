@@ -708,9 +708,9 @@ static void test_vq_setup_rejects_bad_layouts(void **state)
     assert_int_equal(vblk_vq_setup(&v2, &g.mem, 16, r->desc_uva, r->avail_uva, r->used_uva + 2),
                      -EINVAL);
     /* used ring running off the end of region 0 */
-    assert_int_equal(vblk_vq_setup(&v2, &g.mem, 16, r->desc_uva, r->avail_uva,
-                                   FG_UVA0 + FG_R0_SIZE - 64),
-                     -EINVAL);
+    assert_int_equal(
+        vblk_vq_setup(&v2, &g.mem, 16, r->desc_uva, r->avail_uva, FG_UVA0 + FG_R0_SIZE - 64),
+        -EINVAL);
     assert_int_equal(vblk_vq_setup(&v2, &g.mem, 16, 0x1000, r->avail_uva, r->used_uva), -EINVAL);
     assert_int_equal(vblk_vq_setup(&v2, &g.mem, 1024, r->desc_uva, r->avail_uva, r->used_uva), 0);
 }
@@ -724,8 +724,7 @@ static void test_guest_mem_translation(void **state)
     assert_ptr_equal(vblk_mem_gpa(&g.mem, FG_GPA0 + 16, &len), g.r0 + 16);
     assert_int_equal(len, 4096);
     len = 4096;
-    assert_ptr_equal(vblk_mem_gpa(&g.mem, FG_GPA0 + FG_R0_SIZE - 10, &len),
-                     g.r0 + FG_R0_SIZE - 10);
+    assert_ptr_equal(vblk_mem_gpa(&g.mem, FG_GPA0 + FG_R0_SIZE - 10, &len), g.r0 + FG_R0_SIZE - 10);
     assert_int_equal(len, 10);
     len = 1;
     assert_null(vblk_mem_gpa(&g.mem, FG_GPA0 - 1, &len));
@@ -741,8 +740,8 @@ static void test_guest_mem_translation(void **state)
 
 static void test_guest_mem_region_check_add_find(void **state)
 {
-    struct vhost_user_mem_region d = {.guest_phys_addr = 0, .memory_size = 4096,
-                                      .userspace_addr = 0, .mmap_offset = 0};
+    struct vhost_user_mem_region d = {
+        .guest_phys_addr = 0, .memory_size = 4096, .userspace_addr = 0, .mmap_offset = 0};
     struct vblk_mem m = {0};
     struct vblk_mem_region r = {.gpa = 0x1000, .size = 0x1000, .uva = 0x5000};
 
@@ -766,8 +765,8 @@ static void test_guest_mem_region_check_add_find(void **state)
     assert_int_equal(vblk_mem_add(&m, &r), -EEXIST);
     r.gpa = 0x2000;
     assert_int_equal(vblk_mem_add(&m, &r), 0);
-    d = (struct vhost_user_mem_region){.guest_phys_addr = 0x2000, .memory_size = 0x1000,
-                                       .userspace_addr = 0x5000};
+    d = (struct vhost_user_mem_region){
+        .guest_phys_addr = 0x2000, .memory_size = 0x1000, .userspace_addr = 0x5000};
     assert_int_equal(vblk_mem_find(&m, &d), 1);
     d.userspace_addr = 0x6000;
     assert_int_equal(vblk_mem_find(&m, &d), -ENOENT);
