@@ -121,7 +121,7 @@ static void flush_hook(struct vblk_iot_hook *h)
 
 static void engine_queue(struct blk_req *req)
 {
-    struct vblk_engine *e = req->q->eng ? req->q->eng : req->q->dev->eng;
+    struct vblk_engine *e = req->q->eng;
     int r = e->ops->queue(e, &req->io);
 
     if (unlikely(r == -EAGAIN)) {
@@ -220,10 +220,8 @@ static void submit_rw(struct blk_req *req, uint8_t op, struct iovec *iov, unsign
 
     if (d->bdev->null) {
         /* no storage: complete inline */
-        if (op == VBLK_IO_READ && d->bdev->read_zeroes) {
-            for (unsigned i = 0; i < cnt; i++)
-                memset(iov[i].iov_base, 0, iov[i].iov_len);
-        }
+        if (op == VBLK_IO_READ && d->bdev->read_zeroes)
+            vblk_iov_zero(iov, cnt);
         req_finish(req, VIRTIO_BLK_S_OK);
         return;
     }
@@ -525,7 +523,6 @@ int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *
     d->name = name;
     d->bdev = bdev;
     d->iot = iot;
-    d->eng = iot ? vblk_iothread_engine(iot) : NULL;
     d->num_queues = num_queues;
     d->max_queue_size = max_queue_size;
     memcpy(d->serial, serial, strnlen(serial, sizeof(d->serial))); /* not NUL-terminated */
@@ -543,6 +540,7 @@ int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *
         q->dev = d;
         q->index = i;
         q->iot = iot;
+        q->eng = iot ? vblk_iothread_engine(iot) : NULL;
         q->kick_fd = q->call_fd = q->err_fd = -1;
         q->kick_src.fn = kick_ready;
         q->flush_hook.fn = flush_hook;
@@ -609,7 +607,6 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
         req->iov = q->iov_pool + (size_t)h * q->iov_cap;
         req->io.fd = d->bdev->fd;
     }
-    q->eng = q->iot ? vblk_iothread_engine(q->iot) : d->eng;
     q->inflight = 0;
     q->kick_fd = p->kick_fd;
     q->call_fd = p->call_fd;
@@ -681,6 +678,8 @@ void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out)
 
 void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vblk_iothread *iot)
 {
-    if (qidx < d->num_queues && !d->queues[qidx].started)
+    if (qidx < d->num_queues && !d->queues[qidx].started) {
         d->queues[qidx].iot = iot;
+        d->queues[qidx].eng = vblk_iothread_engine(iot);
+    }
 }

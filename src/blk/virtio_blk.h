@@ -21,13 +21,11 @@
 #include "iothread/iothread.h"
 #include "virtq/virtq.h"
 
-#define VBLK_SEG_MAX     254        /* data segments per request */
-#define VBLK_SIZE_MAX    (1u << 20) /* bytes per descriptor */
-#define VBLK_IOV_SLACK   8          /* iovecs for header/status and region splits */
-#define VBLK_MAX_DISCARD (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
-#ifndef VBLK_PUBLISH_CHUNK
-#define VBLK_PUBLISH_CHUNK 8 /* completions published together while a batch goes on */
-#endif
+#define VBLK_SEG_MAX       254        /* data segments per request */
+#define VBLK_SIZE_MAX      (1u << 20) /* bytes per descriptor */
+#define VBLK_IOV_SLACK     8          /* iovecs for header/status and region splits */
+#define VBLK_MAX_DISCARD   (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
+#define VBLK_PUBLISH_CHUNK 8          /* completions published together while a batch goes on */
 
 struct vblk_blk_dev;
 struct blk_queue;
@@ -51,7 +49,7 @@ struct blk_queue {
     struct vblk_vq vq;
     struct vblk_blk_dev *dev;
     struct vblk_iothread *iot;   /* the thread serving this queue (the device's by default) */
-    struct vblk_engine *eng;     /* its engine */
+    struct vblk_engine *eng;     /* its engine (the thread's; set directly in tests) */
     struct vblk_blk_stats stats; /* this queue's I/O thread only */
     unsigned index;
     struct blk_req *reqs; /* one per head */
@@ -81,7 +79,6 @@ struct vblk_blk_dev {
     const char *name;
     struct vblk_bdev *bdev;
     struct vblk_iothread *iot;
-    struct vblk_engine *eng;
     unsigned num_queues;
     unsigned max_queue_size;
     struct blk_queue *queues;

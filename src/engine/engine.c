@@ -4,6 +4,7 @@
  * It measures the data plane's own cost (file=null://SIZE).
  */
 #include "engine/engine.h"
+#include "virtq/virtq.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -91,10 +92,8 @@ static int null_queue(struct vblk_engine *e, struct vblk_io *io)
 {
     struct null_engine *n = (struct null_engine *)e;
 
-    if (io->op == VBLK_IO_READ) {
-        for (unsigned i = 0; i < io->iovcnt; i++)
-            memset(io->iov[i].iov_base, 0, io->iov[i].iov_len);
-    }
+    if (io->op == VBLK_IO_READ)
+        vblk_iov_zero(io->iov, io->iovcnt);
     io->res = (io->op == VBLK_IO_READ || io->op == VBLK_IO_WRITE) ? (int64_t)io->len : 0;
     vblk_io_list_add(&n->done, io);
     e->local++;

@@ -123,13 +123,19 @@ static int uring_submit(struct vblk_engine *e)
     return 0;
 }
 
+/* DEFER_TASKRUN: completions are waiting to be run by this thread (a syscall to get them). */
+static bool uring_needs_enter(struct uring_engine *u)
+{
+    return u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN);
+}
+
 static unsigned uring_reap(struct vblk_engine *e, vblk_io_done_fn done, void *arg)
 {
     struct uring_engine *u = (struct uring_engine *)e;
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
 
-    if (u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN))
+    if (uring_needs_enter(u))
         io_uring_get_events(&u->ring);
     io_uring_for_each_cqe(&u->ring, head, cqe)
     {
@@ -147,8 +153,7 @@ static bool uring_ready(struct vblk_engine *e)
 {
     struct uring_engine *u = (struct uring_engine *)e;
 
-    return io_uring_cq_ready(&u->ring) > 0 ||
-           (u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN));
+    return io_uring_cq_ready(&u->ring) > 0 || uring_needs_enter(u);
 }
 
 const struct vblk_engine_ops vblk_engine_uring = {

@@ -285,3 +285,9 @@ uint64_t vblk_buf_to_iov(const struct iovec *iov, unsigned cnt, const void *buf,
     }
     return done;
 }
+
+void vblk_iov_zero(const struct iovec *iov, unsigned cnt)
+{
+    for (unsigned i = 0; i < cnt; i++)
+        memset(iov[i].iov_base, 0, iov[i].iov_len);
+}

@@ -122,6 +122,8 @@ void vblk_vq_disable_notify(struct vblk_vq *vq);
 
 /* Copy up to len bytes from the start of iov[0..cnt) into buf; returns bytes copied. */
 uint64_t vblk_iov_to_buf(const struct iovec *iov, unsigned cnt, void *buf, uint64_t len);
+/* Zero-fill iov[0..cnt). */
+void vblk_iov_zero(const struct iovec *iov, unsigned cnt);
 /* Copy up to len bytes from buf into iov[0..cnt); returns bytes copied. */
 uint64_t vblk_buf_to_iov(const struct iovec *iov, unsigned cnt, const void *buf, uint64_t len);
 

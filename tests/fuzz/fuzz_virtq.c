@@ -62,7 +62,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         abort();
     if (vblk_blk_create(&dev, "fuzz", &bdev, NULL, 1, MAX_NUM, "fuzz-serial") < 0)
         abort();
-    dev.eng = eng;
+    dev.queues[0].eng = eng;
     reqs = calloc(MAX_NUM, sizeof(*reqs));
     iov_pool = calloc((size_t)MAX_NUM * (VBLK_SEG_MAX + VBLK_IOV_SLACK), sizeof(*iov_pool));
     if (!r0 || !r1 || !reqs || !iov_pool)

@@ -205,7 +205,8 @@ void fb_init(struct fake_blk *b, enum fb_backing backing, uint64_t size, unsigne
     }
     if (vblk_blk_create(&b->d, "t", &b->bdev, NULL, nq, 1024, "serial-0123456789") < 0)
         abort();
-    b->d.eng = b->eng;
+    for (unsigned i = 0; i < nq; i++)
+        b->d.queues[i].eng = b->eng;
 }
 
 void fb_fini(struct fake_blk *b)
