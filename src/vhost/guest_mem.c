@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -10,7 +11,7 @@
 
 /* ---- SIGBUS guard: the ranges of every guest mapping, readable from a signal handler ---- */
 
-#define GUARD_SLOTS 256
+#define GUARD_SLOTS 1024 /* guest mappings in the whole daemon */
 
 static struct {
     uintptr_t start, end; /* end == 0: free */
@@ -18,15 +19,18 @@ static struct {
 static uintptr_t guard_page = 4096;
 static unsigned long guard_hits;
 
-static void guard_add(void *p, uint64_t len)
+/* Returns false when every slot is taken: the caller refuses the region rather than map it
+ * unguarded. */
+static bool guard_add(void *p, uint64_t len)
 {
     for (unsigned i = 0; i < GUARD_SLOTS; i++) {
         if (__atomic_load_n(&guard[i].end, __ATOMIC_ACQUIRE) == 0) {
             __atomic_store_n(&guard[i].start, (uintptr_t)p, __ATOMIC_RELAXED);
             __atomic_store_n(&guard[i].end, (uintptr_t)p + len, __ATOMIC_RELEASE);
-            return;
+            return true;
         }
     }
+    return false;
 }
 
 static void guard_del(void *p)
@@ -46,17 +50,17 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
         uintptr_t start = __atomic_load_n(&guard[i].start, __ATOMIC_RELAXED);
 
         if (end && a >= start && a < end) {
-            /* 4 KiB pages, else a 2 MiB page (hugetlbfs cannot be split) */
-            for (uintptr_t sz = guard_page; sz <= (2u << 20); sz = 2u << 20) {
-                void *page = (void *)(a & ~(sz - 1));
+            /* a small page, else a 2 MiB one (a hugetlbfs mapping cannot be split) */
+            const uintptr_t sizes[] = {guard_page, 2u << 20};
 
-                if (mmap(page, sz, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
-                         -1, 0) != MAP_FAILED) {
+            for (unsigned k = 0; k < 2; k++) {
+                void *page = (void *)(a & ~(sizes[k] - 1));
+
+                if (mmap(page, sizes[k], PROT_READ | PROT_WRITE,
+                         MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
                     __atomic_add_fetch(&guard_hits, 1, __ATOMIC_RELAXED);
                     return;
                 }
-                if (sz == (2u << 20))
-                    break;
             }
         }
     }
@@ -127,7 +131,7 @@ int vblk_mem_region_map(struct vblk_mem_region *out, const struct vhost_user_mem
     /* Map from offset 0 like libvhost-user: mmap_offset need not be page aligned. */
     map_size = d->mmap_offset + d->memory_size;
     /* Touching a mapping past the end of its file raises SIGBUS: refuse regions the fd does not
-     * back.  (A front-end that shrinks the file later is not caught here; QEMU seals memfds.) */
+     * back.  A front-end that shrinks the file later is handled by the SIGBUS guard. */
     if (fstat(fd, &st) < 0)
         return -errno;
     if (S_ISREG(st.st_mode) && (uint64_t)st.st_size < map_size)
@@ -135,6 +139,10 @@ int vblk_mem_region_map(struct vblk_mem_region *out, const struct vhost_user_mem
     p = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (p == MAP_FAILED)
         return -errno;
+    if (!guard_add(p, map_size)) {
+        munmap(p, map_size);
+        return -ENOSPC;
+    }
     memset(out, 0, sizeof(*out));
     out->gpa = d->guest_phys_addr;
     out->size = d->memory_size;
@@ -143,7 +151,6 @@ int vblk_mem_region_map(struct vblk_mem_region *out, const struct vhost_user_mem
     out->map = p;
     out->map_size = map_size;
     out->host = (uint8_t *)p + d->mmap_offset;
-    guard_add(p, map_size);
     return 0;
 }
 
