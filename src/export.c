@@ -72,7 +72,7 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
         else
             snprintf(tname, sizeof(tname), "vblk-%s-%u", o->id, e->niot);
         r = vblk_iothread_create(&e->iot[e->niot], tname, o->engine, nq * o->queue_size,
-                                 vblk_blk_io_done, o->poll_us);
+                                 vblk_blk_io_done, o->poll_us, VBLK_IOT_CALL_TIMEOUT_MS);
         if (r < 0) {
             snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name,
                      strerror(-r));
@@ -144,6 +144,11 @@ void vblk_export_stop(struct vblk_export *e)
     }
     while (e->niot)
         vblk_iothread_destroy(e->iot[--e->niot]);
+    if (e->vu.wedged) {
+        /* a stuck I/O thread may still touch the device and the file: leave both to it */
+        log_err(e->opts.id, "not releasing the device: one of its I/O threads is stuck");
+        return;
+    }
     if (e->blk_created) {
         vblk_blk_destroy(&e->blk);
         e->blk_created = false;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -22,7 +23,7 @@
 #define MAX_EXPORTS 64
 
 /* epoll tags: which kind of fd woke us */
-enum { TAG_SIGNAL = 0, TAG_LISTEN = 1, TAG_CONN = 2 };
+enum { TAG_SIGNAL = 0, TAG_LISTEN = 1, TAG_CONN = 2, TAG_GUARD = 3 };
 #define EV_DATA(tag, idx) (((uint64_t)(tag) << 32) | (uint32_t)(idx))
 
 static void usage(FILE *f)
@@ -139,7 +140,9 @@ static void accept_conn(int epfd, struct vblk_export *e, unsigned idx)
     if (fd < 0)
         return;
     if (vblk_vu_attach(&e->vu, fd) < 0) {
-        log_warn(e->opts.id, "refusing a second front-end: one is already connected");
+        log_warn(e->opts.id, e->vu.wedged
+                                 ? "refusing a front-end: the export was torn down"
+                                 : "refusing a second front-end: one is already connected");
         close(fd);
         return;
     }
@@ -160,7 +163,10 @@ int main(int argc, char **argv)
         return 1;
 
     signal(SIGPIPE, SIG_IGN);
-    vblk_mem_sigbus_guard_install();
+    if (vblk_mem_sigbus_guard_install() < 0) {
+        fprintf(stderr, "vblkd: cannot install the SIGBUS guard: %s\n", strerror(errno));
+        return 1;
+    }
     sigemptyset(&mask);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGTERM);
@@ -169,7 +175,8 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
     sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (sfd < 0 || epfd < 0 || epoll_add(epfd, sfd, EV_DATA(TAG_SIGNAL, 0)) < 0) {
+    if (sfd < 0 || epfd < 0 || epoll_add(epfd, sfd, EV_DATA(TAG_SIGNAL, 0)) < 0 ||
+        epoll_add(epfd, vblk_mem_guard_fd(), EV_DATA(TAG_GUARD, 0)) < 0) {
         fprintf(stderr, "vblkd: cannot set up the event loop: %s\n", strerror(errno));
         return 1;
     }
@@ -211,6 +218,13 @@ int main(int argc, char **argv)
                         running = false;
                     }
                 }
+            } else if (tag == TAG_GUARD) {
+                eventfd_t v;
+
+                /* a front-end shrank guest memory under a ring: drop that connection */
+                (void)eventfd_read(vblk_mem_guard_fd(), &v);
+                for (unsigned k = 0; k < started; k++)
+                    vblk_vu_check_lost_memory(&exps[k].vu);
             } else if (tag == TAG_LISTEN) {
                 accept_conn(epfd, &exps[idx], idx);
             } else if (exps[idx].vu.conn_fd >= 0) {

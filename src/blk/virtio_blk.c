@@ -390,6 +390,7 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
 void vblk_blk_queue_process(struct blk_queue *q, bool rearm)
 {
     struct vblk_vq *vq = &q->vq;
+    unsigned budget = VBLK_QUEUE_BUDGET;
 
     vblk_vq_disable_notify(vq);
     for (;;) {
@@ -407,6 +408,12 @@ void vblk_blk_queue_process(struct blk_queue *q, bool rearm)
         while (n--) {
             uint16_t head;
 
+            if (unlikely(budget-- == 0)) {
+                /* come back next iteration, notifications still off */
+                if (q->iot)
+                    vblk_iothread_again(q->iot, &q->again_hook);
+                return;
+            }
             if (unlikely(vblk_vq_pop(vq, &head) < 0)) {
                 queue_broken(q, "avail ring entry out of range", vq->last_avail);
                 return;
@@ -430,6 +437,14 @@ static void kick_ready(struct vblk_iot_source *src)
     eventfd_t v;
 
     (void)eventfd_read(q->kick_fd, &v);
+    if (q->started && !q->stopping && !q->vq.broken)
+        vblk_blk_queue_process(q, !vblk_iothread_polls(q->iot));
+}
+
+static void again_hook(struct vblk_iot_hook *h)
+{
+    struct blk_queue *q = container_of(h, struct blk_queue, again_hook);
+
     if (q->started && !q->stopping && !q->vq.broken)
         vblk_blk_queue_process(q, !vblk_iothread_polls(q->iot));
 }
@@ -484,8 +499,9 @@ static int queue_stop_fn(void *arg)
             vblk_iothread_del_fd(q->iot, q->kick_fd);
         vblk_iothread_del_poller(q->iot, &q->poller);
     }
-    /* wait for in-flight requests and for their used entries to be published */
-    if (q->inflight || q->flush_hook.queued)
+    /* wait for in-flight requests, for their used entries to be published and for a pass
+     * that was put off to the next iteration */
+    if (q->inflight || q->flush_hook.queued || q->again_hook.queued)
         return -EINPROGRESS;
     q->started = false;
     q->stopping = false;
@@ -544,6 +560,7 @@ int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *
         q->kick_fd = q->call_fd = q->err_fd = -1;
         q->kick_src.fn = kick_ready;
         q->flush_hook.fn = flush_hook;
+        q->again_hook.fn = again_hook;
         q->poller.poll = queue_poll;
         q->poller.arm = queue_arm;
     }
@@ -627,9 +644,11 @@ int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_av
         return 0;
     }
     r = vblk_iothread_call(q->iot, queue_stop_fn, q);
+    if (r < 0)
+        return r; /* timed out: q is still the I/O thread's */
     *last_avail = q->vq.last_avail;
     q->kick_fd = q->call_fd = q->err_fd = -1;
-    return r;
+    return 0;
 }
 
 int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd)

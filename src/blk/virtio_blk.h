@@ -26,6 +26,7 @@
 #define VBLK_IOV_SLACK     8          /* iovecs for header/status and region splits */
 #define VBLK_MAX_DISCARD   (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
 #define VBLK_PUBLISH_CHUNK 8          /* completions published together while a batch goes on */
+#define VBLK_QUEUE_BUDGET  256        /* requests taken from one queue per loop iteration */
 
 struct vblk_blk_dev;
 struct blk_queue;
@@ -62,6 +63,7 @@ struct blk_queue {
     bool broken_reported;
     struct vblk_iot_source kick_src;
     struct vblk_iot_hook flush_hook;
+    struct vblk_iot_hook again_hook; /* the budget ran out with requests left */
     struct vblk_iot_poller poller;
 };
 
@@ -99,7 +101,8 @@ int vblk_blk_set_config(struct vblk_blk_dev *d, uint32_t off, const uint8_t *buf
 /* Back to the state a new front-end expects (write cache per cache mode). */
 void vblk_blk_reset(struct vblk_blk_dev *d);
 int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vblk_queue_params *p);
-/* Stop taking requests, wait for in-flight ones, return the next avail index. */
+/* Stop taking requests, wait for in-flight ones, return the next avail index.  -ETIMEDOUT: the
+ * I/O thread did not answer in time (the queue and its memory stay the thread's forever). */
 int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_avail);
 int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd);
 /* Serve queue qidx on iot instead of the device's thread (before the queue starts). */
@@ -112,8 +115,10 @@ void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out);
 /* I/O thread: engine completion callback for every I/O of a blk device. */
 void vblk_blk_io_done(struct vblk_io *io, void *arg);
 
-/* I/O thread, exposed for tests: take every available request of a started queue.  rearm:
- * finish with guest notifications enabled (false while the I/O thread polls the ring). */
+/* I/O thread, exposed for tests: take the available requests of a started queue, at most
+ * VBLK_QUEUE_BUDGET (the rest is taken in the thread's next iteration, so a guest that keeps its
+ * ring full cannot keep the thread from its other queues and its control calls).  rearm: finish
+ * with guest notifications enabled (false while the I/O thread polls the ring). */
 void vblk_blk_queue_process(struct blk_queue *q, bool rearm);
 /* I/O thread, exposed for tests: parse and start one request (head already popped). */
 void vblk_blk_handle(struct blk_queue *q, uint16_t head);

@@ -27,6 +27,7 @@ struct vblk_iothread {
     struct vblk_iot_source eng_src;
     struct vblk_iot_source cmd_src;
     struct vblk_iot_hook *hooks;
+    struct vblk_iot_hook *again; /* run at the start of the next iteration */
     struct vblk_iot_poller *pollers;
     uint64_t poll_max_ns; /* 0: never poll */
     uint64_t poll_ns;     /* current window, adapted between 0 and poll_max_ns */
@@ -36,11 +37,14 @@ struct vblk_iothread {
     int cmd_efd;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int (*cmd_fn)(void *arg);     /* under lock */
-    void *cmd_arg;                /* under lock */
-    int cmd_ret;                  /* under lock */
-    bool cmd_done;                /* under lock */
-    int cmd_flag;                 /* atomic: a call is waiting (checked while polling) */
+    int (*cmd_fn)(void *arg); /* under lock */
+    void *cmd_arg;            /* under lock */
+    int cmd_ret;              /* under lock */
+    bool cmd_done;            /* under lock */
+    int cmd_flag;             /* atomic: a call is waiting (checked while polling) */
+    bool cmd_cancelled;       /* under lock: the caller gave up on the running call */
+    bool wedged;              /* control thread: a call timed out */
+    unsigned timeout_ms;
     int (*pending_fn)(void *arg); /* I/O thread: a call returning -EINPROGRESS */
     void *pending_arg;
     bool stop;
@@ -88,6 +92,15 @@ void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p
     }
 }
 
+void vblk_iothread_again(struct vblk_iothread *t, struct vblk_iot_hook *h)
+{
+    if (h->queued)
+        return;
+    h->queued = true;
+    h->next = t->again;
+    t->again = h;
+}
+
 bool vblk_iothread_polls(const struct vblk_iothread *t)
 {
     return t->poll_max_ns != 0;
@@ -128,6 +141,26 @@ static void finish_call(struct vblk_iothread *t, int ret)
     pthread_mutex_unlock(&t->lock);
 }
 
+/* A call returning -EINPROGRESS is retried each iteration, unless its caller gave up. */
+static void retry_pending(struct vblk_iothread *t)
+{
+    bool cancelled;
+    int r;
+
+    pthread_mutex_lock(&t->lock);
+    cancelled = t->cmd_cancelled;
+    pthread_mutex_unlock(&t->lock);
+    if (cancelled) {
+        t->pending_fn = NULL;
+        return;
+    }
+    r = t->pending_fn(t->pending_arg);
+    if (r != -EINPROGRESS) {
+        t->pending_fn = NULL;
+        finish_call(t, r);
+    }
+}
+
 static void cmd_ready(struct vblk_iot_source *src)
 {
     struct vblk_iothread *t = container_of(src, struct vblk_iothread, cmd_src);
@@ -142,6 +175,7 @@ static void cmd_ready(struct vblk_iot_source *src)
     fn = t->cmd_fn;
     arg = t->cmd_arg;
     t->cmd_fn = NULL;
+    t->cmd_cancelled = false;
     pthread_mutex_unlock(&t->lock);
     if (!fn)
         return;
@@ -185,15 +219,28 @@ static bool arm_all(struct vblk_iothread *t)
     return more;
 }
 
-static void run_hooks(struct vblk_iothread *t)
+static void run_list(struct vblk_iot_hook **list)
 {
-    while (t->hooks) {
-        struct vblk_iot_hook *h = t->hooks;
+    while (*list) {
+        struct vblk_iot_hook *h = *list;
 
-        t->hooks = h->next;
+        *list = h->next;
         h->queued = false;
         h->fn(h);
     }
+}
+
+/* Work left over from the last iteration (a budget ran out): run it now.  The hooks may queue
+ * themselves again for the next iteration. */
+static void run_again(struct vblk_iothread *t)
+{
+    struct vblk_iot_hook *list = t->again;
+
+    if (!list)
+        return;
+    t->again = NULL;
+    t->work = true;
+    run_list(&list);
 }
 
 static void *iothread_main(void *arg)
@@ -212,8 +259,10 @@ static void *iothread_main(void *arg)
         t->work = false;
         /* While polling, fds are looked at only when a call waits or every 64 passes (a stray
          * kick, an engine without a cheap peek); otherwise sleep until something happens. */
-        if (!polling || __atomic_load_n(&t->cmd_flag, __ATOMIC_RELAXED) || (++spins & 63) == 0) {
-            int timeout = (polling || e->local) ? 0 : -1;
+        if (!polling || t->again || __atomic_load_n(&t->cmd_flag, __ATOMIC_RELAXED) ||
+            (++spins & 63) == 0) {
+            int timeout = (polling || e->local || t->again) ? 0 : -1;
+            bool cmd = false;
             int n;
 
             if (timeout && t->poll_max_ns) {
@@ -228,11 +277,18 @@ static void *iothread_main(void *arg)
             for (int i = 0; i < n; i++) {
                 struct vblk_iot_source *src = evs[i].data.ptr;
 
-                if (src != &t->eng_src && src != &t->cmd_src)
+                if (src == &t->cmd_src) {
+                    cmd = true; /* after the other events: they were gathered before it */
+                    continue;
+                }
+                if (src != &t->eng_src)
                     t->work = true; /* a kick */
                 src->fn(src);
             }
+            if (cmd)
+                cmd_ready(&t->cmd_src);
         }
+        run_again(t);
         if (t->poll_max_ns)
             poll_once(t);
         else if (e->local)
@@ -242,15 +298,9 @@ static void *iothread_main(void *arg)
             e->ops->reap(e, t->done, t);
             e->ops->submit(e);
         }
-        run_hooks(t);
-        if (t->pending_fn) {
-            int r = t->pending_fn(t->pending_arg);
-
-            if (r != -EINPROGRESS) {
-                t->pending_fn = NULL;
-                finish_call(t, r);
-            }
-        }
+        run_list(&t->hooks);
+        if (t->pending_fn)
+            retry_pending(t);
         if (t->poll_max_ns) {
             uint64_t now = now_ns();
 
@@ -298,37 +348,66 @@ static int stop_fn(void *arg)
 
 int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
 {
-    int r;
+    struct timespec deadline;
+    int r = 0;
 
+    if (t->wedged)
+        return -ETIMEDOUT;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += t->timeout_ms / 1000;
+    deadline.tv_nsec += (long)(t->timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
     pthread_mutex_lock(&t->lock);
     t->cmd_fn = fn;
     t->cmd_arg = arg;
     t->cmd_done = false;
     __atomic_store_n(&t->cmd_flag, 1, __ATOMIC_RELAXED);
     (void)eventfd_write(t->cmd_efd, 1);
-    while (!t->cmd_done)
-        pthread_cond_wait(&t->cond, &t->lock);
-    r = t->cmd_ret;
+    while (!t->cmd_done && r != ETIMEDOUT)
+        r = pthread_cond_timedwait(&t->cond, &t->lock, &deadline);
+    if (t->cmd_done) {
+        r = t->cmd_ret;
+    } else {
+        /* Give up: a call not yet taken is withdrawn, one in progress is not retried. */
+        t->cmd_fn = NULL;
+        t->cmd_cancelled = true;
+        t->wedged = true;
+        r = -ETIMEDOUT;
+        log_err(t->name, "I/O thread did not answer within %u ms", t->timeout_ms);
+    }
     pthread_mutex_unlock(&t->lock);
     return r;
 }
 
+bool vblk_iothread_wedged(const struct vblk_iothread *t)
+{
+    return t->wedged;
+}
+
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
                          const struct vblk_engine_ops *engine, unsigned depth, vblk_io_done_fn done,
-                         unsigned poll_us)
+                         unsigned poll_us, unsigned timeout_ms)
 {
     struct vblk_iothread *t = calloc(1, sizeof(*t));
+    pthread_condattr_t ca;
     int r;
 
     if (!t)
         return -ENOMEM;
+    t->timeout_ms = timeout_ms;
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->done = done;
     t->poll_max_ns = (uint64_t)poll_us * 1000;
     t->cmd_src.fn = cmd_ready;
     t->eng_src.fn = engine_ready;
     pthread_mutex_init(&t->lock, NULL);
-    pthread_cond_init(&t->cond, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->cond, &ca);
+    pthread_condattr_destroy(&ca);
     t->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (t->epfd < 0) {
         r = -errno;
@@ -377,7 +456,12 @@ void vblk_iothread_destroy(struct vblk_iothread *t)
 {
     if (!t)
         return;
-    vblk_iothread_call(t, stop_fn, t);
+    if (vblk_iothread_call(t, stop_fn, t) < 0) {
+        /* wedged: it may wake up one day and touch t, its engine and its sources */
+        log_err(t->name, "leaving a wedged I/O thread behind");
+        pthread_detach(t->tid);
+        return;
+    }
     pthread_join(t->tid, NULL);
     t->eng->ops->destroy(t->eng);
     close(t->cmd_efd);

@@ -6,8 +6,11 @@
  * retries a pending control call.  Nothing on this path takes a lock (the thread-pool engine
  * aside, see engine/threads.c).
  *
- * Called from the control (main) thread: create, destroy, call.
- * Called from the I/O thread only: add_fd, del_fd, defer, engine.
+ * Control calls run after the fd handlers of their loop iteration, so no handler ever sees an
+ * epoll event gathered before a call changed the sources (a stale event).
+ *
+ * Called from the control (main) thread: create, destroy, call, wedged.
+ * Called from the I/O thread only: add_fd, del_fd, defer, again, engine.
  */
 #ifndef VBLK_IOTHREAD_H
 #define VBLK_IOTHREAD_H
@@ -40,25 +43,39 @@ struct vblk_iot_hook {
     bool queued;
 };
 
+/* How long the control thread waits for an I/O thread to answer a call (draining included). */
+#define VBLK_IOT_CALL_TIMEOUT_MS 10000
+
 /* Start a thread named name with an engine of the given type sized for depth in-flight I/Os;
  * every engine completion is passed to done.  poll_us > 0: after the last work, spin on the
  * pollers and the engine's completions before sleeping (notifications stay off while spinning),
- * for a window adapted between 0 and poll_us to how soon work follows a sleep.  0 or -errno. */
+ * for a window adapted between 0 and poll_us to how soon work follows a sleep.  Calls that get
+ * no answer within timeout_ms fail with -ETIMEDOUT.  0 or -errno. */
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
                          const struct vblk_engine_ops *engine, unsigned depth, vblk_io_done_fn done,
-                         unsigned poll_us);
+                         unsigned poll_us, unsigned timeout_ms);
 
-/* Stop and join the thread, free everything.  Sources must have been removed. */
+/* Stop and join the thread, free everything.  Sources must have been removed.  A wedged thread
+ * cannot be joined: it is left to itself, with everything it may still touch. */
 void vblk_iothread_destroy(struct vblk_iothread *t);
 
 /* Run fn(arg) in the I/O thread and wait for it.  fn may return -EINPROGRESS to be called again
- * after each later loop iteration until it returns anything else, which is returned here. */
+ * after each later loop iteration until it returns anything else, which is returned here.
+ * If the whole call takes longer than the thread's timeout, it is cancelled (fn is not called
+ * again, or at all if it had not started), the thread is marked wedged and -ETIMEDOUT returned;
+ * every later call to a wedged thread fails at once with -ETIMEDOUT.  The caller must then treat
+ * whatever fn or the thread may still touch as theirs forever (see vblk_vu_dev's wedged). */
 int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg);
+/* Has a call to t timed out? */
+bool vblk_iothread_wedged(const struct vblk_iothread *t);
 
 /* I/O thread only. */
 int vblk_iothread_add_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src);
 void vblk_iothread_del_fd(struct vblk_iothread *t, int fd);
 void vblk_iothread_defer(struct vblk_iothread *t, struct vblk_iot_hook *h);
+/* Run h at the start of the next loop iteration, after a look at every fd (no sleep): for work
+ * left over when a budget ran out, so that one busy source cannot starve the others. */
+void vblk_iothread_again(struct vblk_iothread *t, struct vblk_iot_hook *h);
 void vblk_iothread_add_poller(struct vblk_iothread *t, struct vblk_iot_poller *p);
 void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p);
 /* Does this thread poll?  (Then work found by an fd handler need not re-arm notifications.) */

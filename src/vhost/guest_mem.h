@@ -17,6 +17,18 @@
 #include "vhost/vhost_user_proto.h"
 
 #define VBLK_MEM_SLOTS_MAX 32
+/* Most guest memory one connection may map in one table (mappings of the old and the new table
+ * coexist while a table is replaced, so up to twice this). */
+#define VBLK_MEM_MAX_BYTES (1ull << 40)
+
+/* What one connection has mapped: caps and the SIGBUS guard's verdict.  Lives as long as the
+ * daemon (the guard's slots point at it).  Control thread, except `lost` (signal handler). */
+struct vblk_mem_owner {
+    uint64_t mapped;    /* bytes mapped now */
+    unsigned slots;     /* guard slots held now */
+    int lost;           /* set by the SIGBUS guard: a region lost its pages (atomic) */
+    unsigned long hits; /* regions replaced so far */
+};
 
 struct vblk_mem_region {
     uint64_t gpa;         /* guest-physical start */
@@ -26,6 +38,7 @@ struct vblk_mem_region {
     uint8_t *host;        /* our address of gpa */
     void *map;            /* mapping to munmap, NULL when the table does not own it (tests) */
     uint64_t map_size;
+    struct vblk_mem_owner *owner; /* whose caps the mapping counts against */
 };
 
 struct vblk_mem {
@@ -54,15 +67,24 @@ static inline void *vblk_mem_gpa(const struct vblk_mem *m, uint64_t gpa, uint64_
 void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len);
 void *vblk_mem_uva_range(const struct vblk_mem *m, uint64_t uva, uint64_t len);
 
-/* Check a region description from the front-end: non-empty, no wrap of gpa/uva/offset.
- * Returns 0 or -EINVAL. */
+/* Check a region description from the front-end: non-empty, no wrap of gpa/uva/offset, at most
+ * VBLK_MEM_MAX_BYTES.  Returns 0 or -EINVAL. */
 int vblk_mem_region_check(const struct vhost_user_mem_region *d);
 
-/* Map a region from the front-end's fd into *out.  Does not close fd. 0 or -errno. */
-int vblk_mem_region_map(struct vblk_mem_region *out, const struct vhost_user_mem_region *d, int fd);
+/* Map a region from the front-end's fd into *out, counted against owner.  Only a regular file
+ * on a memory file system (memfd, tmpfs, hugetlbfs) is accepted: page faults on anything else
+ * could block the I/O thread on the front-end (FUSE) or a disk; only the pages the region covers
+ * are mapped (not the file from offset 0).  Does not close fd.  0, or -errno: -EMEDIUMTYPE (not a
+ * memory file system), -ERANGE (the file is smaller than the region), -E2BIG (over the
+ * owner's byte cap), -ENOSPC (over the owner's guard slots), or mmap's error. */
+int vblk_mem_region_map(struct vblk_mem_owner *owner, struct vblk_mem_region *out,
+                        const struct vhost_user_mem_region *d, int fd);
 void vblk_mem_region_unmap(struct vblk_mem_region *r);
+/* Words for the errors of vblk_mem_region_map. */
+const char *vblk_mem_strerror(int err);
 
-/* Append a mapped region to m, refusing overlaps in gpa space and a full table. 0 or -errno. */
+/* Append a mapped region to m, refusing overlaps in gpa space, a full table and a table over
+ * VBLK_MEM_MAX_BYTES.  0 or -errno. */
 int vblk_mem_add(struct vblk_mem *m, const struct vblk_mem_region *r);
 
 /* Index of the region matching gpa+size+uva exactly, or -ENOENT. */
@@ -72,12 +94,18 @@ int vblk_mem_find(const struct vblk_mem *m, const struct vhost_user_mem_region *
 void vblk_mem_unmap_all(struct vblk_mem *m);
 
 /* A front-end may shrink the file behind a region after we mapped it; touching the lost pages
- * raises SIGBUS.  The guard (a process-wide SIGBUS handler, installed once from main) maps an
- * anonymous page over the faulting page when it lies in a mapped guest region, so the access
- * completes (the guest's memory reads as zeroes there) and the daemon survives.  A SIGBUS
- * anywhere else keeps its default action.  0 or -errno. */
+ * raises SIGBUS.  The guard (a process-wide SIGBUS handler, installed once from main) replaces
+ * the whole region that faulted with one anonymous mapping, so the access completes (the guest's
+ * memory reads as zeroes there) and the daemon survives; it marks the region's owner lost and
+ * makes vblk_mem_guard_fd() readable, so that the control thread tears that connection down
+ * (vblk_mem_owner_lost()).  A SIGBUS anywhere else keeps its default action.  Each connection
+ * holds at most 2 * VBLK_MEM_SLOTS_MAX guard slots.  0 or -errno. */
 int vblk_mem_sigbus_guard_install(void);
-/* Pages the guard has replaced so far. */
+/* An eventfd that becomes readable when the guard replaced a region (-1 before install). */
+int vblk_mem_guard_fd(void);
+/* Regions the guard has replaced so far, in the whole process. */
 unsigned long vblk_mem_sigbus_count(void);
+/* Did the guard replace one of owner's regions since the last call?  Clears the mark. */
+bool vblk_mem_owner_lost(struct vblk_mem_owner *owner);
 
 #endif

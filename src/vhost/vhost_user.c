@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "util/eventfd_check.h"
 #include "util/log.h"
 
 static void vring_reset(struct vu_vring *vr)
@@ -45,12 +46,31 @@ void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *
 
 /* ---- ring lifecycle ---- */
 
+/* An I/O thread did not answer: leave it everything it may still touch (rings, guest memory,
+ * fds), close the connection and refuse the next ones. */
+static void wedge(struct vblk_vu_dev *v)
+{
+    if (v->wedged)
+        return;
+    v->wedged = true;
+    log_err(v->name,
+            "an I/O thread stopped answering: export torn down (its guest memory and fds are "
+            "left to it); restart vblkd to serve it again");
+    v->mem = NULL; /* leaked on purpose */
+    for (unsigned i = 0; i < VBLK_VU_MAX_QUEUES; i++) {
+        v->vrings[i].started = false;
+        v->vrings[i].kick_fd = v->vrings[i].call_fd = v->vrings[i].err_fd = -1;
+    }
+}
+
 static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
 {
     struct vu_vring *vr = &v->vrings[i];
     struct vblk_queue_params p;
     int r;
 
+    if (v->wedged)
+        return -ETIMEDOUT;
     if (vr->started || !vr->kick_set || !vr->addr_set || !vr->enabled || !v->mem || !vr->num)
         return 0;
     p = (struct vblk_queue_params){
@@ -67,6 +87,10 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
         .indirect = !!(v->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)),
     };
     r = vblk_blk_queue_start(v->blk, i, &p);
+    if (r == -ETIMEDOUT) {
+        wedge(v);
+        return r;
+    }
     if (r < 0) {
         log_err(v->name, "cannot start queue %u: %s", i,
                 r == -EINVAL ? "ring size or addresses outside guest memory" : strerror(-r));
@@ -77,26 +101,37 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
     return 0;
 }
 
-static void ring_stop(struct vblk_vu_dev *v, unsigned i)
+/* 0, or -ETIMEDOUT after which the device is wedged. */
+static int ring_stop(struct vblk_vu_dev *v, unsigned i)
 {
     struct vu_vring *vr = &v->vrings[i];
     uint16_t base;
 
+    if (v->wedged)
+        return -ETIMEDOUT;
     if (!vr->started)
-        return;
-    vblk_blk_queue_stop(v->blk, i, &base);
+        return 0;
+    if (vblk_blk_queue_stop(v->blk, i, &base) < 0) {
+        wedge(v);
+        return -ETIMEDOUT;
+    }
     vr->base = base;
     vr->started = false;
+    return 0;
 }
 
-/* Swap in a new memory table with every running ring stopped; returns the old table. */
+/* Swap in a new memory table with every running ring stopped; returns the old table, or NULL
+ * with *err set and the new table not taken if a ring cannot be stopped. */
 static struct vblk_mem *mem_swap(struct vblk_vu_dev *v, struct vblk_mem *mem, int *err)
 {
     struct vblk_mem *old = v->mem;
 
     *err = 0;
-    for (unsigned i = 0; i < v->nvrings; i++)
-        ring_stop(v, i);
+    for (unsigned i = 0; i < v->nvrings; i++) {
+        *err = ring_stop(v, i);
+        if (*err)
+            return NULL;
+    }
     v->mem = mem;
     /* restart what ran, and start rings that were only waiting for memory */
     for (unsigned i = 0; i < v->nvrings && !*err; i++)
@@ -196,19 +231,14 @@ static int h_set_protocol_features(struct vblk_vu_dev *v)
 
 static void reset_state(struct vblk_vu_dev *v)
 {
-    unsigned long lost = vblk_mem_sigbus_count() - v->sigbus_seen;
-
-    if (lost) {
-        log_err(v->name,
-                "the front-end shrank guest memory under us: %lu page(s) replaced by "
-                "zeroes instead of crashing",
-                lost);
-        v->sigbus_seen += lost;
-    }
+    if (vblk_mem_owner_lost(&v->mem_owner))
+        log_err(v->name, "the front-end shrank guest memory under a running ring: the region "
+                         "was replaced by zeroes instead of crashing");
     for (unsigned i = 0; i < v->nvrings; i++) {
         struct vu_vring *vr = &v->vrings[i];
 
-        ring_stop(v, i);
+        if (ring_stop(v, i) < 0)
+            break;
         close_fd(&vr->kick_fd);
         close_fd(&vr->call_fd);
         close_fd(&vr->err_fd);
@@ -224,10 +254,32 @@ static void reset_state(struct vblk_vu_dev *v)
     vblk_blk_reset(v->blk);
 }
 
+/* Put a new table in place of the old one, then unmap (unmap_old) and free the old one.  If the
+ * device wedged before the swap, mem is freed (its mappings are the caller's to undo) and
+ * *taken is false. */
+static int install_mem(struct vblk_vu_dev *v, struct vblk_mem *mem, bool unmap_old, bool *taken)
+{
+    struct vblk_mem *old;
+    int r;
+
+    old = mem_swap(v, mem, &r);
+    *taken = v->mem == mem;
+    if (!*taken) {
+        free(mem);
+        return r;
+    }
+    if (old) {
+        if (unmap_old)
+            vblk_mem_unmap_all(old);
+        free(old);
+    }
+    return r;
+}
+
 static int h_set_mem_table(struct vblk_vu_dev *v)
 {
     const struct vhost_user_memory *m = &v->msg.payload.memory;
-    struct vblk_mem *mem, *old;
+    struct vblk_mem *mem;
     int r;
 
     if (v->msg.hdr.size < 8)
@@ -244,24 +296,27 @@ static int h_set_mem_table(struct vblk_vu_dev *v)
     for (unsigned i = 0; i < m->nregions; i++) {
         struct vblk_mem_region reg;
 
-        r = vblk_mem_region_map(&reg, &m->regions[i], v->fds[i]);
+        r = vblk_mem_region_map(&v->mem_owner, &reg, &m->regions[i], v->fds[i]);
         if (r < 0) {
-            log_err(v->name, "SET_MEM_TABLE: cannot map region %u: %s", i,
-                    r == -ERANGE ? "larger than the file that backs it" : strerror(-r));
+            log_err(v->name, "SET_MEM_TABLE: cannot map region %u: %s", i, vblk_mem_strerror(r));
             goto err_unmap;
         }
         r = vblk_mem_add(mem, &reg);
         if (r < 0) {
             vblk_mem_region_unmap(&reg);
-            log_err(v->name, "SET_MEM_TABLE: region %u overlaps another", i);
+            log_err(v->name, "SET_MEM_TABLE: region %u %s", i,
+                    r == -E2BIG ? "takes the table over 1 TiB" : "overlaps another");
             goto err_unmap;
         }
     }
     close_msg_fds(v);
-    old = mem_swap(v, mem, &r);
-    if (old) {
-        vblk_mem_unmap_all(old);
-        free(old);
+    {
+        struct vblk_mem copy = *mem; /* install_mem frees mem if it is not taken */
+        bool taken;
+
+        r = install_mem(v, mem, true, &taken);
+        if (!taken)
+            vblk_mem_unmap_all(&copy);
     }
     return r;
 
@@ -273,8 +328,9 @@ err_unmap:
 
 static int h_add_mem_reg(struct vblk_vu_dev *v)
 {
-    struct vblk_mem *mem, *old;
+    struct vblk_mem *mem;
     struct vblk_mem_region reg;
+    bool taken;
     int r;
 
     if (need_size(v, sizeof(struct vhost_user_mem_reg_msg)) < 0 || need_fds(v, 1) < 0)
@@ -284,28 +340,32 @@ static int h_add_mem_reg(struct vblk_vu_dev *v)
         return -ENOMEM;
     if (v->mem)
         *mem = *v->mem; /* shares the mappings; the old struct is freed without unmapping */
-    r = vblk_mem_region_map(&reg, &v->msg.payload.memreg.region, v->fds[0]);
+    r = vblk_mem_region_map(&v->mem_owner, &reg, &v->msg.payload.memreg.region, v->fds[0]);
     if (r < 0) {
         free(mem);
-        return PROTO_ERR(v, "ADD_MEM_REG: cannot map region: %s",
-                         r == -ERANGE ? "larger than the file that backs it" : strerror(-r));
+        return PROTO_ERR(v, "ADD_MEM_REG: cannot map region: %s", vblk_mem_strerror(r));
     }
     r = vblk_mem_add(mem, &reg);
     if (r < 0) {
         vblk_mem_region_unmap(&reg);
         free(mem);
-        return PROTO_ERR(v, "ADD_MEM_REG: %s", r == -ENOSPC ? "no free slot" : "overlap");
+        return PROTO_ERR(v, "ADD_MEM_REG: %s",
+                         r == -ENOSPC  ? "no free slot"
+                         : r == -E2BIG ? "guest memory over 1 TiB"
+                                       : "overlap");
     }
     close_msg_fds(v);
-    old = mem_swap(v, mem, &r);
-    free(old);
+    r = install_mem(v, mem, false, &taken);
+    if (!taken)
+        vblk_mem_region_unmap(&reg);
     return r;
 }
 
 static int h_rem_mem_reg(struct vblk_vu_dev *v)
 {
-    struct vblk_mem *mem, *old;
+    struct vblk_mem *mem;
     struct vblk_mem_region gone;
+    bool taken;
     int idx, r;
 
     /* some front-ends pass the region's fd here too; it is closed after dispatch */
@@ -320,9 +380,9 @@ static int h_rem_mem_reg(struct vblk_vu_dev *v)
     *mem = *v->mem;
     gone = mem->r[idx];
     mem->r[idx] = mem->r[--mem->nregions];
-    old = mem_swap(v, mem, &r);
-    vblk_mem_region_unmap(&gone);
-    free(old);
+    r = install_mem(v, mem, false, &taken);
+    if (taken)
+        vblk_mem_region_unmap(&gone);
     return r;
 }
 
@@ -353,7 +413,8 @@ static int h_set_vring_addr(struct vblk_vu_dev *v)
         return PROTO_ERR(v, "SET_VRING_ADDR: unknown flags 0x%x", a->flags);
     vr = &v->vrings[a->index];
     was = vr->started;
-    ring_stop(v, a->index);
+    if (ring_stop(v, a->index) < 0)
+        return -ETIMEDOUT;
     vr->desc_uva = a->desc_user_addr;
     vr->avail_uva = a->avail_user_addr;
     vr->used_uva = a->used_user_addr;
@@ -383,7 +444,8 @@ static int h_get_vring_base(struct vblk_vu_dev *v)
     if (need_size(v, sizeof(s)) < 0 || vring_index(v, s.index) < 0)
         return -EPROTO;
     vr = &v->vrings[s.index];
-    ring_stop(v, s.index); /* waits for in-flight requests */
+    if (ring_stop(v, s.index) < 0) /* waits for in-flight requests */
+        return -ETIMEDOUT;
     close_fd(&vr->kick_fd);
     vr->kick_set = false;
     s.num = vr->base;
@@ -409,8 +471,17 @@ static int vring_fd_msg(struct vblk_vu_dev *v, unsigned *idx, int *fd)
             return -EPROTO;
         *fd = -1;
     } else {
+        int r;
+
         if (need_fds(v, 1) < 0)
             return -EPROTO;
+        r = vblk_eventfd_adopt(v->fds[0]);
+        if (r < 0)
+            return PROTO_ERR(v, "%s: queue %u: the fd is %s",
+                             vhost_user_request_name(v->msg.hdr.request), *idx,
+                             r == -EBADF    ? "not an eventfd"
+                             : r == -EINVAL ? "a semaphore eventfd"
+                                            : "unusable");
         *fd = v->fds[0];
         v->fds[0] = -1;
         v->nfds = 0;
@@ -432,7 +503,10 @@ static int h_set_vring_kick(struct vblk_vu_dev *v)
                 i);
         return -EPROTO;
     }
-    ring_stop(v, i);
+    if (ring_stop(v, i) < 0) {
+        close(fd);
+        return -ETIMEDOUT;
+    }
     close_fd(&vr->kick_fd);
     vr->kick_fd = fd;
     vr->kick_set = true;
@@ -449,6 +523,10 @@ static int h_set_vring_call(struct vblk_vu_dev *v)
         return -EPROTO;
     vr = &v->vrings[i];
     r = vblk_blk_queue_set_call(v->blk, i, fd); /* the I/O thread lets go of the old fd */
+    if (r == -ETIMEDOUT) {
+        wedge(v); /* it may still signal the old fd and now the new one: keep both */
+        return r;
+    }
     close_fd(&vr->call_fd);
     vr->call_fd = fd;
     return r;
@@ -465,7 +543,11 @@ static int h_set_vring_err(struct vblk_vu_dev *v)
         return -EPROTO;
     vr = &v->vrings[i];
     was = vr->started;
-    ring_stop(v, i); /* rare: restart the ring so the I/O thread sees the new fd */
+    if (ring_stop(v, i) < 0) { /* rare: restart the ring so the I/O thread sees the new fd */
+        if (fd >= 0)
+            close(fd);
+        return -ETIMEDOUT;
+    }
     close_fd(&vr->err_fd);
     vr->err_fd = fd;
     return was ? ring_try_start(v, i) : 0;
@@ -482,10 +564,8 @@ static int h_set_vring_enable(struct vblk_vu_dev *v)
         return PROTO_ERR(v, "SET_VRING_ENABLE: queue %u value %u", s->index, s->num);
     vr = &v->vrings[s->index];
     vr->enabled = s->num;
-    if (!vr->enabled) {
-        ring_stop(v, s->index);
-        return 0;
-    }
+    if (!vr->enabled)
+        return ring_stop(v, s->index);
     return ring_try_start(v, s->index);
 }
 
@@ -608,12 +688,14 @@ int vblk_vu_dispatch(struct vblk_vu_dev *v)
 
 int vblk_vu_attach(struct vblk_vu_dev *v, int fd)
 {
+    if (v->wedged)
+        return -EIO;
     if (v->conn_fd >= 0)
         return -EBUSY;
     v->conn_fd = fd;
     v->have = 0;
     v->nfds = 0;
-    v->sigbus_seen = vblk_mem_sigbus_count();
+    (void)vblk_mem_owner_lost(&v->mem_owner); /* a verdict on the last front-end's memory */
     log_info(v->name, "front-end connected");
     return 0;
 }
@@ -672,11 +754,22 @@ static int recv_part(struct vblk_vu_dev *v, uint32_t want)
     return 0;
 }
 
+bool vblk_vu_check_lost_memory(struct vblk_vu_dev *v)
+{
+    if (v->conn_fd < 0 || !__atomic_load_n(&v->mem_owner.lost, __ATOMIC_ACQUIRE))
+        return false;
+    log_err(v->name, "closing the front-end connection: it took guest memory away under a "
+                     "running ring");
+    vblk_vu_disconnect(v); /* logs the replaced region */
+    return true;
+}
+
 int vblk_vu_readable(struct vblk_vu_dev *v)
 {
+    unsigned budget = VBLK_VU_MSG_BUDGET;
     int r;
 
-    for (;;) {
+    while (budget) {
         uint32_t want;
 
         if (v->have < VHOST_USER_HDR_SIZE)
@@ -706,10 +799,12 @@ int vblk_vu_readable(struct vblk_vu_dev *v)
             r = vblk_vu_dispatch(v);
             close_msg_fds(v);
             v->have = 0;
+            budget--;
             if (r < 0)
                 goto close;
         }
     }
+    return 0; /* more may be waiting: the fd stays readable and the caller comes back */
 close:
     if (r != -ECONNRESET)
         log_err(v->name, "closing the front-end connection after an error");

@@ -3,8 +3,15 @@
  * Owns: receiving messages (header, payload, fds) without blocking, checking each against the
  * spec before use, and applying them: features, memory table, vring setup, config, and the
  * lifecycle of each ring (started on KICK, stopped on GET_VRING_BASE / disable / disconnect).
- * Any malformed message (bad size, unknown code, bad fd count, index out of range, ...)
- * closes the connection with a log line; the export then accepts a new front-end.
+ * Any malformed message (bad size, unknown code, bad fd count, index out of range, a kick, call
+ * or err fd that is not a plain eventfd, guest memory outside a memory file system or over the
+ * caps of guest_mem.h, ...) closes the connection with a log line; the export then accepts a new
+ * front-end.  At most VBLK_VU_MSG_BUDGET messages are handled per readable event, so a
+ * front-end streaming messages cannot keep the control thread from other exports.
+ *
+ * Wedged: if an I/O thread does not answer a queue call in time (iothread.h), the connection is
+ * closed and the export torn down for good: its rings, guest memory and fds are left to the
+ * stuck thread (never unmapped or closed under it) and every later connection is refused.
  *
  * Threads: control thread only.  The data plane is reached through virtio_blk.h.
  */
@@ -19,6 +26,7 @@
 #include "vhost/vhost_user_proto.h"
 
 #define VBLK_VU_MAX_QUEUES 64
+#define VBLK_VU_MSG_BUDGET 64 /* messages handled per vblk_vu_readable() */
 
 struct vu_vring {
     uint16_t num;
@@ -45,7 +53,8 @@ struct vblk_vu_dev {
     uint32_t have;
     int fds[VHOST_USER_MAX_FDS];
     unsigned nfds;
-    unsigned long sigbus_seen; /* vblk_mem_sigbus_count() already reported */
+    struct vblk_mem_owner mem_owner; /* this connection's mappings, caps, SIGBUS verdict */
+    bool wedged;                     /* an I/O thread stopped answering: torn down for good */
 };
 
 #define VBLK_VU_PROTOCOL_FEATURES                                                                  \
@@ -54,12 +63,19 @@ struct vblk_vu_dev {
 
 void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *blk);
 
-/* Take a new connection (non-blocking fd).  -EBUSY if one is already served (fd not taken). */
+/* Take a new connection (non-blocking fd).  -EBUSY if one is already served, -EIO if the export
+ * is wedged (fd not taken). */
 int vblk_vu_attach(struct vblk_vu_dev *v, int fd);
 
-/* The connection is readable: receive and handle whole messages.  0, or -errno after which the
- * connection has been closed (peer hung up or protocol error). */
+/* The connection is readable: receive and handle up to VBLK_VU_MSG_BUDGET whole messages (call
+ * again while the fd stays readable).  0, or -errno after which the connection has been closed
+ * (peer hung up or protocol error). */
 int vblk_vu_readable(struct vblk_vu_dev *v);
+
+/* The SIGBUS guard fired (vblk_mem_guard_fd() readable): if it replaced memory of this
+ * connection, close the connection (the front-end took guest memory away under a running ring).
+ * true if it did. */
+bool vblk_vu_check_lost_memory(struct vblk_vu_dev *v);
 
 /* Stop every ring (waiting for in-flight I/O), unmap guest memory, close the connection. */
 void vblk_vu_disconnect(struct vblk_vu_dev *v);

@@ -66,7 +66,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     bdev.lbs = 512;
     bdev.cache = VBLK_CACHE_WRITEBACK;
     bdev.discard = bdev.write_zeroes = bdev.zeroes_unmap = true;
-    if (vblk_iothread_create(&iot, "fuzz-io", &vblk_engine_null, 2 * 256, vblk_blk_io_done, 0) < 0)
+    if (vblk_iothread_create(&iot, "fuzz-io", &vblk_engine_null, 2 * 256, vblk_blk_io_done, 0,
+                             VBLK_IOT_CALL_TIMEOUT_MS) < 0)
         abort();
     if (vblk_blk_create(&blk, "fuzz", &bdev, iot, 2, 256, "fuzz-serial") < 0)
         abort();

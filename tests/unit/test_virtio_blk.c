@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -737,7 +738,8 @@ static void test_polling_thread_sleeps_after_queue_broke(void **state)
     struct pollfd pf = {.fd = call, .events = POLLIN};
 
     assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256,
-                                          vblk_blk_io_done, 1000 /* us */),
+                                          vblk_blk_io_done, 1000 /* us */,
+                                          VBLK_IOT_CALL_TIMEOUT_MS),
                      0);
     assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
     p = (struct vblk_queue_params){.mem = &fb.g.mem,
@@ -787,7 +789,8 @@ static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **stat
     int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 
     assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256,
-                                          vblk_blk_io_done, 1000 /* us */),
+                                          vblk_blk_io_done, 1000 /* us */,
+                                          VBLK_IOT_CALL_TIMEOUT_MS),
                      0);
     assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
     p = (struct vblk_queue_params){.mem = &fb.g.mem,
@@ -820,6 +823,108 @@ static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **stat
     close(kick);
     assert_int_equal(last, 3);
     assert_true(spent < 100); /* ms of CPU in 300 ms */
+}
+
+/* ---- budget: one queue cannot keep its I/O thread to itself ---- */
+
+/* A pass takes at most VBLK_QUEUE_BUDGET requests; the next pass takes the rest. */
+static void test_budget_leaves_rest_for_next_pass(void **state)
+{
+    struct fb_req r;
+
+    fb_queue_start(&fb, 0, true, true);
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false); /* completes inline on null */
+    for (unsigned i = 0; i < VBLK_QUEUE_BUDGET + 44; i++)
+        fg_post(&fb.g, 0, r.head);
+    vblk_blk_queue_process(&fb.d.queues[0], true);
+    vblk_blk_queue_flush(&fb.d.queues[0]);
+    assert_int_equal(fg_used_idx(&fb.g, 0), VBLK_QUEUE_BUDGET);
+    vblk_blk_queue_process(&fb.d.queues[0], true);
+    vblk_blk_queue_flush(&fb.d.queues[0]);
+    assert_int_equal(fg_used_idx(&fb.g, 0), VBLK_QUEUE_BUDGET + 44);
+}
+
+struct refiller {
+    struct fake_blk *fb;
+    uint16_t head;
+    int stop;    /* atomic: set by the test */
+    int gave_up; /* the 20 s cap was reached */
+    uint64_t posted;
+};
+
+/* A guest that keeps its ring full of requests that complete at once, forever: every avail
+ * entry holds the same head, and avail->idx is kept a whole ring ahead of used->idx. */
+static void *refill(void *arg)
+{
+    struct refiller *f = arg;
+    struct fg_ring *r = &f->fb->g.ring[0];
+    struct timespec t0, now;
+
+    for (unsigned i = 0; i < NUM; i++)
+        r->avail->ring[i] = f->head;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
+        uint16_t idx = (uint16_t)(fg_used_idx(&f->fb->g, 0) + NUM);
+
+        if (idx != r->avail_idx) {
+            r->avail_idx = idx;
+            __atomic_store_n(&r->avail->idx, idx, __ATOMIC_RELEASE);
+            __atomic_add_fetch(&f->posted, 1, __ATOMIC_RELAXED);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - t0.tv_sec > 20) {
+            f->gave_up = 1;
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* While a guest keeps the ring full, the I/O thread still answers control calls (stats, stop)
+ * and serves the ring in passes. */
+static void test_full_ring_does_not_starve_control_calls(void **state)
+{
+    struct vblk_iothread *iot = NULL;
+    struct refiller f = {.fb = &fb};
+    struct vblk_blk_stats st;
+    struct vblk_blk_dev d;
+    struct vblk_queue_params p;
+    struct fb_req r;
+    pthread_t tid;
+    uint16_t last;
+    int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+    assert_int_equal(vblk_iothread_create(&iot, "budget-test", &vblk_engine_null, 256,
+                                          vblk_blk_io_done, 0, VBLK_IOT_CALL_TIMEOUT_MS),
+                     0);
+    assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
+    p = (struct vblk_queue_params){.mem = &fb.g.mem,
+                                   .num = NUM,
+                                   .desc_uva = fb.g.ring[0].desc_uva,
+                                   .avail_uva = fb.g.ring[0].avail_uva,
+                                   .used_uva = fb.g.ring[0].used_uva,
+                                   .kick_fd = kick,
+                                   .call_fd = -1,
+                                   .err_fd = -1,
+                                   .event_idx = true,
+                                   .indirect = true};
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    f.head = r.head;
+    assert_int_equal(pthread_create(&tid, NULL, refill, &f), 0);
+    while (__atomic_load_n(&f.posted, __ATOMIC_RELAXED) == 0)
+        usleep(1000);
+    assert_int_equal(vblk_blk_queue_start(&d, 0, &p), 0);
+    usleep(100 * 1000);
+    vblk_blk_get_stats(&d, &st); /* a call into the thread: before the budget, never answered */
+    assert_int_equal(vblk_blk_queue_stop(&d, 0, &last), 0);
+    __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(tid, NULL);
+    vblk_iothread_destroy(iot);
+    vblk_blk_destroy(&d);
+    close(kick);
+    assert_false(f.gave_up); /* answered while the guest was still refilling */
+    assert_true(st.requests > VBLK_QUEUE_BUDGET);
+    assert_int_equal(st.errors, 0);
 }
 
 /* ---- features and config ---- */
@@ -866,6 +971,8 @@ static void test_features_and_config(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        TN(test_budget_leaves_rest_for_next_pass),
+        TN(test_full_ring_does_not_starve_control_calls),
         TF(test_out_in_round_trip_on_a_file),
         TF(test_in_on_a_file_spanning_regions_and_indirect),
         TN(test_in_on_null_reads_zeroes),
