@@ -54,12 +54,13 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     char tname[96]; /* the thread's name is cut to 15 characters */
     int r;
 
+    struct vblk_bdev_conf conf = vblk_opts_bdev_conf(o);
+
     e->listen_fd = -1;
     e->niot = 0;
-    r = vblk_bdev_open(&e->bdev, o, err, errlen);
+    r = vblk_bdev_open_stack(&e->bdev, &conf, err, errlen);
     if (r < 0)
         return r;
-    e->bdev_open = true;
     r = listen_unix(o->socket, err, errlen);
     if (r < 0)
         goto err_close_bdev;
@@ -71,15 +72,15 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
             snprintf(tname, sizeof(tname), "vblk-%s", o->id);
         else
             snprintf(tname, sizeof(tname), "vblk-%s-%u", o->id, e->niot);
-        r = vblk_iothread_create(&e->iot[e->niot], tname, o->engine, nq * o->queue_size,
-                                 vblk_blk_io_done, o->poll_us, VBLK_IOT_CALL_TIMEOUT_MS);
+        r = vblk_iothread_create(&e->iot[e->niot], tname, o->engine, nq * o->queue_size, o->poll_us,
+                                 VBLK_IOT_CALL_TIMEOUT_MS);
         if (r < 0) {
             snprintf(err, errlen, "cannot start the %s I/O engine: %s", o->engine->name,
                      strerror(-r));
             goto err_stop_iothreads;
         }
     }
-    r = vblk_blk_create(&e->blk, o->id, &e->bdev, e->iot[0], o->num_queues, o->queue_size,
+    r = vblk_blk_create(&e->blk, o->id, e->bdev, e->iot[0], o->num_queues, o->queue_size,
                         o->serial);
     if (r < 0) {
         snprintf(err, errlen, "out of memory");
@@ -89,11 +90,14 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
         vblk_blk_queue_set_thread(&e->blk, q, e->iot[q % e->niot]);
     e->blk_created = true;
     vblk_vu_init(&e->vu, o->id, &e->blk);
-    log_info(o->id, "serving %s (%llu bytes%s) on %s: aio=%s cache=%s num-queues=%u iothreads=%u%s",
-             o->null ? "null device" : o->file, (unsigned long long)e->bdev.size,
-             e->bdev.blockdev ? ", block device" : "", o->socket,
-             o->null ? "none" : o->engine->name, vblk_cache_name(o->cache), o->num_queues, e->niot,
-             o->readonly ? " readonly" : "");
+    log_info(
+        o->id, "serving %s (%s, %llu bytes%s) on %s: aio=%s cache=%s num-queues=%u iothreads=%u%s",
+        o->null ? "null device" : o->file, e->bdev->ops->name, (unsigned long long)e->bdev->size,
+        e->bdev->child && e->bdev->child->blockdev ? " on a block device"
+        : e->bdev->blockdev                        ? ", block device"
+                                                   : "",
+        o->socket, o->null ? "none" : o->engine->name, vblk_cache_name(o->cache), o->num_queues,
+        e->niot, o->readonly ? " readonly" : "");
     return 0;
 
 err_stop_iothreads:
@@ -103,8 +107,8 @@ err_stop_iothreads:
     e->listen_fd = -1;
     unlink(o->socket);
 err_close_bdev:
-    vblk_bdev_close(&e->bdev);
-    e->bdev_open = false;
+    vblk_bdev_close_stack(e->bdev);
+    e->bdev = NULL;
     return r;
 }
 
@@ -137,8 +141,8 @@ void vblk_export_stop(struct vblk_export *e)
         vblk_vu_disconnect(&e->vu); /* waits for in-flight I/O */
         vblk_export_log_stats(e);
     }
-    if (e->bdev_open) {
-        r = vblk_bdev_flush(&e->bdev);
+    if (e->bdev && !e->vu.wedged) {
+        r = vblk_bdev_flush_sync(e->bdev);
         if (r < 0)
             log_err(e->opts.id, "final flush failed: %s", strerror(-r));
     }
@@ -153,8 +157,6 @@ void vblk_export_stop(struct vblk_export *e)
         vblk_blk_destroy(&e->blk);
         e->blk_created = false;
     }
-    if (e->bdev_open) {
-        vblk_bdev_close(&e->bdev);
-        e->bdev_open = false;
-    }
+    vblk_bdev_close_stack(e->bdev);
+    e->bdev = NULL;
 }

@@ -18,13 +18,13 @@
 
 struct vblk_export {
     struct vblk_export_opts opts;
-    struct vblk_bdev bdev;
+    struct vblk_bdev *bdev;                        /* top of the driver stack */
     struct vblk_iothread *iot[VBLK_MAX_IOTHREADS]; /* queue q is served by iot[q % n] */
     unsigned niot;
     struct vblk_blk_dev blk;
     struct vblk_vu_dev vu;
     int listen_fd;
-    bool bdev_open, blk_created;
+    bool blk_created;
 };
 
 /* Bring up e->opts.  0, or -errno with err describing what failed (nothing left running). */

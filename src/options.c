@@ -191,6 +191,24 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
     } else if (!strcmp(key, "read-zeroes")) {
         if (parse_bool(v, &o->read_zeroes) < 0)
             return fail(err, errlen, "read-zeroes='%s': allowed values are on, off", v);
+    } else if (!strcmp(key, "format")) {
+        if (!strcmp(v, "raw"))
+            o->format = VBLK_FORMAT_RAW;
+        else if (!strcmp(v, "qcow2"))
+            o->format = VBLK_FORMAT_QCOW2;
+        else if (!strcmp(v, "auto"))
+            o->format = VBLK_FORMAT_AUTO;
+        else
+            return fail(err, errlen, "format='%s': allowed values are raw, qcow2, auto", v);
+    } else if (!strcmp(key, "l2-cache-size") || !strcmp(key, "refcount-cache-size")) {
+        uint64_t sz;
+
+        if (vblk_parse_size(v, &sz) < 0 || sz > (1ull << 32))
+            return fail(err, errlen, "%s='%s': must be a size up to 4G, e.g. 1M", key, v);
+        if (key[0] == 'l')
+            o->l2_cache_size = sz;
+        else
+            o->refcount_cache_size = sz;
     } else if (!strcmp(key, "type")) {
         if (strcmp(v, "vhost-user-blk"))
             return fail(err, errlen, "type='%s': the only export type is vhost-user-blk", v);
@@ -198,7 +216,8 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
         return fail(err, errlen,
                     "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
                     "cache, num-queues, queue-size, discard, serial, "
-                    "logical-block-size, read-zeroes, poll-us, iothreads)",
+                    "logical-block-size, read-zeroes, poll-us, iothreads, format, "
+                    "l2-cache-size, refcount-cache-size)",
                     key);
     }
     return 0;
@@ -255,6 +274,12 @@ int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *er
     if (!r && o->iothreads > o->num_queues)
         r = fail(err, errlen, "iothreads=%u: more I/O threads than queues (num-queues=%u)",
                  o->iothreads, o->num_queues);
+    if (!r && o->format == VBLK_FORMAT_AUTO && !o->readonly)
+        r = fail(err, errlen,
+                 "format=auto: probing the format of a writable image is unsafe (a raw image "
+                 "can pose as any format); say format=raw or format=qcow2, or readonly=on");
+    if (!r && o->null && o->format != VBLK_FORMAT_RAW)
+        r = fail(err, errlen, "format=: null:// stores nothing and is always raw");
     if (!r && o->null)
         o->engine = &vblk_engine_null;
     if (!r && !o->has_serial) {
@@ -266,4 +291,23 @@ int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *er
 out:
     free(buf);
     return r;
+}
+
+struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o)
+{
+    return (struct vblk_bdev_conf){
+        .name = o->id,
+        .file = o->file,
+        .null = o->null,
+        .null_size = o->null_size,
+        .readonly = o->readonly,
+        .cache = o->cache,
+        .format = o->format,
+        .lbs = o->logical_block_size,
+        .discard_unmap = o->discard_unmap,
+        .read_zeroes = o->read_zeroes,
+        .iothreads = o->iothreads,
+        .l2_cache_size = o->l2_cache_size,
+        .refcount_cache_size = o->refcount_cache_size,
+    };
 }

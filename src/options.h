@@ -11,15 +11,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "bdev/bdev.h"
 #include "engine/engine.h"
-
-enum vblk_cache {
-    VBLK_CACHE_NONE,         /* O_DIRECT, write cache on (guest flushes) */
-    VBLK_CACHE_WRITEBACK,    /* page cache, write cache on */
-    VBLK_CACHE_WRITETHROUGH, /* page cache, every write is durable (write cache off) */
-    VBLK_CACHE_DIRECTSYNC,   /* O_DIRECT, every write is durable */
-    VBLK_CACHE_UNSAFE,       /* page cache, flushes ignored */
-};
 
 #define VBLK_SERIAL_MAX      20 /* VIRTIO_BLK_ID_BYTES */
 #define VBLK_MAX_IOTHREADS   64
@@ -45,7 +38,13 @@ struct vblk_export_opts {
     bool read_zeroes;   /* null: zero-fill reads (on) */
     unsigned poll_us;   /* I/O thread busy-polls this long after the last work (0: never) */
     unsigned iothreads; /* I/O threads of this export; queues are spread over them */
+    enum vblk_image_format format;
+    uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
+    uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
 };
+
+/* The storage part of o, for the block-driver layer (pointers into o). */
+struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o);
 
 /* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,
  * logical-block-size=512, serial=<id>, read-zeroes=on, poll-us=1000, iothreads=1. */

@@ -1,48 +1,152 @@
-/* bdev.h - block driver: the backing store of an export.
+/* bdev.h - the block-driver layer: what storage does with a request.
  *
- * Owns: opening the file or block device with the flags its cache mode means, its size and
- * block sizes, and the final flush on shutdown.  Drivers: "file" (regular file or block device,
- * I/O through the export's engine) and "null" (file=null://SIZE: no storage, requests complete
- * at once in the I/O thread, reads return zeroes unless read-zeroes=off).  The per-request path
- * does not call in here: the virtio-blk layer fills struct vblk_io from the fields below and hands
- * it to the engine.
+ * Owns: the contract every storage driver implements (an ops table, as kvmtool's disk-image
+ * ops), opening an export's driver stack from its configuration, and the request that
+ * virtio-blk (or a driver above) hands a driver.  Drivers: protocols "file" (regular file or
+ * block device, I/O through the calling thread's engine) and "null" (null://SIZE: stores nothing,
+ * completes at once, reads zeroes unless read-zeroes=off); formats ("qcow2") sit on a child
+ * driver and reach storage only through it.  Filters (throttle, faulty) and network protocols
+ * (nbd, rbd) are later drivers of the same table.
+ *
+ * What belongs to a driver and not to virtio-blk: how a cache mode treats a durable write (FUA)
+ * and a flush (`unsafe` ignores both), fallbacks (write-zeroes without ZERO_RANGE punches a hole
+ * when unmap is allowed; a discard the file system cannot do succeeds, it is a hint), and what a
+ * request without storage does (null).
+ *
+ * Threads:
+ *  - control thread: vblk_bdev_open_stack, close, flush_sync, resize;
+ *  - I/O thread: submit.  A driver is driven from its export's I/O thread(s) only, never blocks
+ *    them, and completes through the engine passed with the request (the calling thread's).
+ *    A driver that keeps state shared by requests (a format's caches) declares single_thread and
+ *    is then only opened for exports with one I/O thread.
  */
 #ifndef VBLK_BDEV_H
 #define VBLK_BDEV_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
-#include "options.h"
+#include "engine/engine.h"
 
-struct vblk_bdev {
-    const char *name; /* export id, for messages */
-    int fd;           /* -1 for null */
-    bool null;
-    bool blockdev;
-    bool readonly;
-    enum vblk_cache cache;
-    uint64_t size;     /* bytes served, a multiple of lbs */
-    unsigned lbs;      /* logical block size advertised */
-    unsigned phys_exp; /* log2(physical block / logical block) */
-    bool discard;      /* DISCARD offered */
-    bool write_zeroes; /* WRITE_ZEROES offered */
-    bool zeroes_unmap; /* WRITE_ZEROES with UNMAP may punch holes */
-    bool read_zeroes;  /* null: reads fill the buffer with zeroes */
+enum vblk_cache {
+    VBLK_CACHE_NONE,         /* O_DIRECT, write cache on (guest flushes) */
+    VBLK_CACHE_WRITEBACK,    /* page cache, write cache on */
+    VBLK_CACHE_WRITETHROUGH, /* page cache, every write is durable (write cache off) */
+    VBLK_CACHE_DIRECTSYNC,   /* O_DIRECT, every write is durable */
+    VBLK_CACHE_UNSAFE,       /* page cache, flushes ignored */
 };
-
-/* Open per o.  0, or -errno with a message in err naming the file and what failed. */
-int vblk_bdev_open(struct vblk_bdev *b, const struct vblk_export_opts *o, char *err, size_t errlen);
-
-/* fdatasync unless read-only or null; 0 or -errno. */
-int vblk_bdev_flush(struct vblk_bdev *b);
-
-void vblk_bdev_close(struct vblk_bdev *b);
 
 /* Write cache on at start for this cache mode? (config wce / VIRTIO_BLK_F_FLUSH behaviour) */
 static inline bool vblk_cache_wce(enum vblk_cache c)
 {
     return c == VBLK_CACHE_NONE || c == VBLK_CACHE_WRITEBACK || c == VBLK_CACHE_UNSAFE;
+}
+
+enum vblk_image_format {
+    VBLK_FORMAT_RAW,
+    VBLK_FORMAT_QCOW2,
+    VBLK_FORMAT_AUTO, /* probe; read-only exports only */
+};
+
+/* What storage needs to know of an export's options (the command line lives above). */
+struct vblk_bdev_conf {
+    const char *name; /* export id, for messages */
+    const char *file; /* path, or null://SIZE */
+    bool null;        /* file is null://SIZE */
+    uint64_t null_size;
+    bool readonly;
+    enum vblk_cache cache;
+    enum vblk_image_format format;
+    unsigned lbs;                 /* logical block size advertised */
+    bool discard_unmap;           /* discard=unmap */
+    bool read_zeroes;             /* null: zero-fill reads */
+    unsigned iothreads;           /* the export's I/O threads (single_thread drivers need 1) */
+    uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
+    uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
+};
+
+enum vblk_bdev_op {
+    VBLK_BDEV_READ,
+    VBLK_BDEV_WRITE,
+    VBLK_BDEV_FLUSH,
+    VBLK_BDEV_DISCARD,
+    VBLK_BDEV_WRITE_ZEROES,
+};
+
+#define VBLK_BDEV_F_FUA   1u /* write: durable before it completes (guest write cache off) */
+#define VBLK_BDEV_F_UNMAP 2u /* write-zeroes: may deallocate */
+
+struct vblk_bdev_req;
+typedef void (*vblk_bdev_done_fn)(struct vblk_bdev_req *r, int ret);
+
+/* One request, owned by the caller (embedded in its own request; nothing is allocated per
+ * request on the raw path).  The caller fills op..len and done; the driver owns io until it
+ * calls done (0 or -errno), which it may do before submit returns. */
+struct vblk_bdev_req {
+    uint8_t op;    /* enum vblk_bdev_op */
+    uint8_t flags; /* VBLK_BDEV_F_* */
+    unsigned iovcnt;
+    const struct iovec *iov; /* read/write data, len bytes */
+    uint64_t offset;         /* bytes, a multiple of the driver's lbs */
+    uint64_t len;
+    vblk_bdev_done_fn done;
+    struct vblk_io io; /* for a driver that needs one engine I/O per request (file) */
+};
+
+struct vblk_bdev;
+
+struct vblk_bdev_ops {
+    const char *name;
+    bool single_thread; /* state shared across requests: one I/O thread only */
+    /* Control thread.  Open b per c on top of child (NULL for a protocol driver; b->child is set
+     * already); fill b's info.  0, or -errno with err naming the file and what failed. */
+    int (*open)(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char *err, size_t errlen);
+    void (*close)(struct vblk_bdev *b);
+    /* Control thread, no I/O in flight: make everything written durable (shutdown). */
+    int (*flush_sync)(struct vblk_bdev *b);
+    /* I/O thread: start r; completion through eng (the calling thread's) or inline. */
+    void (*submit)(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_bdev_req *r);
+};
+
+struct vblk_bdev {
+    const struct vblk_bdev_ops *ops;
+    const char *name;        /* export id, for messages */
+    struct vblk_bdev *child; /* the driver below, or NULL */
+    void *priv;              /* the driver's */
+    int fd;                  /* file: the open file (-1 otherwise) */
+    bool blockdev;           /* file: a block device */
+    /* info, set by open */
+    uint64_t size;     /* bytes served, a multiple of lbs */
+    unsigned lbs;      /* logical block size */
+    unsigned phys_exp; /* log2(physical block / logical block) */
+    unsigned align;    /* buffer and offset alignment I/O to this driver needs (O_DIRECT) */
+    bool readonly;
+    enum vblk_cache cache;
+    bool discard;      /* DISCARD offered */
+    bool write_zeroes; /* WRITE_ZEROES offered */
+    bool zeroes_unmap; /* WRITE_ZEROES with UNMAP may deallocate */
+};
+
+extern const struct vblk_bdev_ops vblk_bdev_file;
+extern const struct vblk_bdev_ops vblk_bdev_null;
+extern const struct vblk_bdev_ops vblk_bdev_qcow2;
+
+/* Open the driver stack c asks for into *out (the protocol driver, and a format driver on it):
+ * the top driver is returned, its children hang below.  0, or -errno with err set; nothing is
+ * left open on failure. */
+int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c, char *err,
+                         size_t errlen);
+/* Close the stack (top first) and free it. */
+void vblk_bdev_close_stack(struct vblk_bdev *b);
+/* Control thread, no I/O in flight: flush the stack.  0 or -errno. */
+int vblk_bdev_flush_sync(struct vblk_bdev *b);
+
+static inline void vblk_bdev_submit(struct vblk_bdev *b, struct vblk_engine *eng,
+                                    struct vblk_bdev_req *r)
+{
+    b->ops->submit(b, eng, r);
 }
 
 #endif

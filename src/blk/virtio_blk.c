@@ -3,8 +3,6 @@
 
 #include <endian.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/falloc.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
 #include <stddef.h>
@@ -104,11 +102,10 @@ static void req_finish(struct blk_req *req, uint8_t status)
     vblk_vq_push(&q->vq, req->head, req->used_len);
     req->busy = false;
     q->inflight--;
-    if (q->iot)
-        vblk_iothread_defer(q->iot, &q->flush_hook);
+    vblk_iothread_defer(q->iot, &q->flush_hook);
 }
 
-void vblk_blk_queue_flush(struct blk_queue *q)
+static void queue_flush(struct blk_queue *q)
 {
     if (vblk_vq_publish(&q->vq) && vblk_vq_should_notify(&q->vq) && q->call_fd >= 0)
         (void)eventfd_write(q->call_fd, 1);
@@ -116,58 +113,31 @@ void vblk_blk_queue_flush(struct blk_queue *q)
 
 static void flush_hook(struct vblk_iot_hook *h)
 {
-    vblk_blk_queue_flush(container_of(h, struct blk_queue, flush_hook));
+    queue_flush(container_of(h, struct blk_queue, flush_hook));
 }
 
-static void engine_queue(struct blk_req *req)
+static void bdev_done(struct vblk_bdev_req *r, int ret)
 {
-    struct vblk_engine *e = req->q->eng;
-    int r = e->ops->queue(e, &req->io);
+    struct blk_req *req = container_of(r, struct blk_req, breq);
 
-    if (unlikely(r == -EAGAIN)) {
-        e->ops->submit(e);
-        r = e->ops->queue(e, &req->io);
-    }
-    if (unlikely(r < 0)) {
-        log_err(req->q->dev->name, "cannot queue I/O: %s", strerror(-r));
-        req_finish(req, VIRTIO_BLK_S_IOERR);
-    }
+    if (unlikely(ret < 0))
+        log_dbg(req->q->dev->name, "request type %u at %llu of %llu bytes: %s", req->type,
+                (unsigned long long)r->offset, (unsigned long long)r->len, strerror(-ret));
+    req_finish(req, ret < 0 ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK);
 }
 
-void vblk_blk_io_done(struct vblk_io *io, void *arg)
+static void submit(struct blk_req *req, uint8_t op, uint8_t flags, const struct iovec *iov,
+                   unsigned cnt, uint64_t offset, uint64_t len)
 {
-    struct blk_req *req = container_of(io, struct blk_req, io);
-    uint8_t status = VIRTIO_BLK_S_OK;
+    struct vblk_bdev_req *r = &req->breq;
 
-    switch (io->op) {
-    case VBLK_IO_READ:
-    case VBLK_IO_WRITE:
-        if (unlikely(io->res != (int64_t)io->len)) {
-            log_dbg(req->q->dev->name, "%s at %llu of %llu bytes: %lld",
-                    io->op == VBLK_IO_READ ? "read" : "write", (unsigned long long)io->offset,
-                    (unsigned long long)io->len, (long long)io->res);
-            status = VIRTIO_BLK_S_IOERR;
-        }
-        break;
-    case VBLK_IO_FALLOCATE:
-        if (io->res == -EOPNOTSUPP && req->type == VIRTIO_BLK_T_DISCARD) {
-            status = VIRTIO_BLK_S_OK; /* discard is a hint */
-        } else if (io->res == -EOPNOTSUPP && (io->mode & FALLOC_FL_ZERO_RANGE) &&
-                   req->q->dev->bdev->zeroes_unmap) {
-            /* no ZERO_RANGE here: a punched hole reads back as zeroes too */
-            io->mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-            engine_queue(req);
-            return;
-        } else if (io->res < 0) {
-            status = VIRTIO_BLK_S_IOERR;
-        }
-        break;
-    default:
-        if (io->res < 0)
-            status = VIRTIO_BLK_S_IOERR;
-        break;
-    }
-    req_finish(req, status);
+    r->op = op;
+    r->flags = flags;
+    r->iov = iov;
+    r->iovcnt = cnt;
+    r->offset = offset;
+    r->len = len;
+    vblk_bdev_submit(req->q->dev->bdev, req->q->eng, r);
 }
 
 /* ---- I/O thread: request parsing ---- */
@@ -212,31 +182,6 @@ static bool range_ok(const struct vblk_bdev *b, uint64_t sector, uint64_t bytes)
     return sector <= cap && (bytes >> SECTOR_SHIFT) <= cap - sector;
 }
 
-static void submit_rw(struct blk_req *req, uint8_t op, struct iovec *iov, unsigned cnt,
-                      uint64_t sector, uint64_t len)
-{
-    struct vblk_blk_dev *d = req->q->dev;
-    struct vblk_io *io = &req->io;
-
-    if (d->bdev->null) {
-        /* no storage: complete inline */
-        if (op == VBLK_IO_READ && d->bdev->read_zeroes)
-            vblk_iov_zero(iov, cnt);
-        req_finish(req, VIRTIO_BLK_S_OK);
-        return;
-    }
-    io->op = op;
-    io->iov = iov;
-    io->iovcnt = cnt;
-    io->offset = sector << SECTOR_SHIFT;
-    io->len = len;
-    io->rw_flags = 0;
-    if (op == VBLK_IO_WRITE && !__atomic_load_n(&d->wce, __ATOMIC_RELAXED) &&
-        d->bdev->cache != VBLK_CACHE_UNSAFE)
-        io->rw_flags = RWF_DSYNC; /* write cache off: each write must be durable */
-    engine_queue(req);
-}
-
 static void handle_discard_zeroes(struct blk_req *req, uint32_t type, struct iovec *out,
                                   unsigned out_cnt, uint64_t out_len, uint64_t in_len)
 {
@@ -272,21 +217,12 @@ static void handle_discard_zeroes(struct blk_req *req, uint32_t type, struct iov
         req->q->stats.discards++;
     else
         req->q->stats.write_zeroes++;
-    if (b->null) {
-        req_finish(req, VIRTIO_BLK_S_OK);
-        return;
-    }
-    req->io.op = VBLK_IO_FALLOCATE;
-    req->io.offset = sector << SECTOR_SHIFT;
-    req->io.len = (uint64_t)num << SECTOR_SHIFT;
-    if (discard || ((flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) && b->zeroes_unmap))
-        req->io.mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-    else
-        req->io.mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-    engine_queue(req);
+    submit(req, discard ? VBLK_BDEV_DISCARD : VBLK_BDEV_WRITE_ZEROES,
+           (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) ? VBLK_BDEV_F_UNMAP : 0, NULL, 0,
+           sector << SECTOR_SHIFT, (uint64_t)num << SECTOR_SHIFT);
 }
 
-void vblk_blk_handle(struct blk_queue *q, uint16_t head)
+static void handle(struct blk_queue *q, uint16_t head)
 {
     struct vblk_blk_dev *d = q->dev;
     const struct vblk_bdev *b = d->bdev;
@@ -344,7 +280,7 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
         }
         q->stats.reads++;
         req->used_len = (uint32_t)c.in_len;
-        submit_rw(req, VBLK_IO_READ, in, in_cnt, sector, in_len);
+        submit(req, VBLK_BDEV_READ, 0, in, in_cnt, sector << SECTOR_SHIFT, in_len);
         return;
     case VIRTIO_BLK_T_OUT:
         if (unlikely(b->readonly || in_len || !range_ok(b, sector, out_len))) {
@@ -352,16 +288,14 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
             return;
         }
         q->stats.writes++;
-        submit_rw(req, VBLK_IO_WRITE, out, out_cnt, sector, out_len);
+        /* write cache off: each write must be durable before it completes */
+        submit(req, VBLK_BDEV_WRITE,
+               __atomic_load_n(&d->wce, __ATOMIC_RELAXED) ? 0 : VBLK_BDEV_F_FUA, out, out_cnt,
+               sector << SECTOR_SHIFT, out_len);
         return;
     case VIRTIO_BLK_T_FLUSH:
         q->stats.flushes++;
-        if (b->null || b->readonly || b->cache == VBLK_CACHE_UNSAFE) {
-            req_finish(req, VIRTIO_BLK_S_OK);
-            return;
-        }
-        req->io.op = VBLK_IO_FLUSH;
-        engine_queue(req);
+        submit(req, VBLK_BDEV_FLUSH, 0, NULL, 0, 0, 0);
         return;
     case VIRTIO_BLK_T_GET_ID: {
         char id[VIRTIO_BLK_ID_BYTES] = {0};
@@ -387,7 +321,13 @@ void vblk_blk_handle(struct blk_queue *q, uint16_t head)
     }
 }
 
-void vblk_blk_queue_process(struct blk_queue *q, bool rearm)
+/*
+ * Take the available requests of a started queue, at most VBLK_QUEUE_BUDGET: the rest is taken
+ * in the thread's next iteration, so a guest that keeps its ring full cannot keep the thread
+ * from its other queues and its control calls.  rearm: finish with guest notifications enabled
+ * (false while the I/O thread polls the ring).
+ */
+static void queue_process(struct blk_queue *q, bool rearm)
 {
     struct vblk_vq *vq = &q->vq;
     unsigned budget = VBLK_QUEUE_BUDGET;
@@ -410,21 +350,20 @@ void vblk_blk_queue_process(struct blk_queue *q, bool rearm)
 
             if (unlikely(budget-- == 0)) {
                 /* come back next iteration, notifications still off */
-                if (q->iot)
-                    vblk_iothread_again(q->iot, &q->again_hook);
+                vblk_iothread_again(q->iot, &q->again_hook);
                 return;
             }
             if (unlikely(vblk_vq_pop(vq, &head) < 0)) {
                 queue_broken(q, "avail ring entry out of range", vq->last_avail);
                 return;
             }
-            vblk_blk_handle(q, head);
+            handle(q, head);
             if (unlikely(vq->broken))
                 return;
             /* Requests that completed at once (errors, null device) are handed back in chunks
              * rather than all at the end, so the driver works on them while we go on. */
             if ((uint16_t)(vq->used_idx - vq->published_used) >= VBLK_PUBLISH_CHUNK)
-                vblk_blk_queue_flush(q);
+                queue_flush(q);
         }
     }
 }
@@ -438,7 +377,7 @@ static void kick_ready(struct vblk_iot_source *src)
 
     (void)eventfd_read(q->kick_fd, &v);
     if (q->started && !q->stopping && !q->vq.broken)
-        vblk_blk_queue_process(q, !vblk_iothread_polls(q->iot));
+        queue_process(q, !vblk_iothread_polls(q->iot));
 }
 
 static void again_hook(struct vblk_iot_hook *h)
@@ -446,7 +385,7 @@ static void again_hook(struct vblk_iot_hook *h)
     struct blk_queue *q = container_of(h, struct blk_queue, again_hook);
 
     if (q->started && !q->stopping && !q->vq.broken)
-        vblk_blk_queue_process(q, !vblk_iothread_polls(q->iot));
+        queue_process(q, !vblk_iothread_polls(q->iot));
 }
 
 static bool queue_poll(struct vblk_iot_poller *p)
@@ -455,7 +394,7 @@ static bool queue_poll(struct vblk_iot_poller *p)
 
     if (q->stopping || q->vq.broken || vblk_vq_avail(&q->vq) == 0)
         return false;
-    vblk_blk_queue_process(q, false);
+    queue_process(q, false);
     return true;
 }
 
@@ -465,7 +404,7 @@ static bool queue_arm(struct vblk_iot_poller *p)
 
     if (q->stopping || q->vq.broken || !vblk_vq_enable_notify(&q->vq))
         return false;
-    vblk_blk_queue_process(q, false);
+    queue_process(q, false);
     return true;
 }
 
@@ -485,7 +424,7 @@ static int queue_start_fn(void *arg)
     }
     if (vblk_iothread_polls(q->iot))
         vblk_iothread_add_poller(q->iot, &q->poller);
-    vblk_blk_queue_process(q, true);
+    queue_process(q, true);
     return 0;
 }
 
@@ -622,7 +561,7 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
         req->q = q;
         req->head = (uint16_t)h;
         req->iov = q->iov_pool + (size_t)h * q->iov_cap;
-        req->io.fd = d->bdev->fd;
+        req->breq.done = bdev_done;
     }
     q->inflight = 0;
     q->kick_fd = p->kick_fd;
@@ -675,13 +614,6 @@ static void stats_add(struct vblk_blk_stats *sum, const struct vblk_blk_stats *s
     sum->write_zeroes += s->write_zeroes;
     sum->errors += s->errors;
     sum->unsupp += s->unsupp;
-}
-
-void vblk_blk_stats_sum(const struct vblk_blk_dev *d, struct vblk_blk_stats *out)
-{
-    memset(out, 0, sizeof(*out));
-    for (unsigned i = 0; i < d->num_queues; i++)
-        stats_add(out, &d->queues[i].stats);
 }
 
 void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out)

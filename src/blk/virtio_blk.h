@@ -36,7 +36,7 @@ struct vblk_blk_stats {
 };
 
 struct blk_req {
-    struct vblk_io io;
+    struct vblk_bdev_req breq;
     struct blk_queue *q;
     uint8_t *status;   /* guest byte, NULL if the chain had none */
     uint32_t used_len; /* bytes reported on the used ring */
@@ -85,7 +85,7 @@ struct vblk_blk_dev {
     unsigned max_queue_size;
     struct blk_queue *queues;
     bool wce; /* guest-visible write cache; written by control, read by I/O (atomic) */
-    char serial[VBLK_SERIAL_MAX];
+    char serial[VIRTIO_BLK_ID_BYTES];      /* not NUL-terminated */
     struct vblk_blk_stats *stats_snapshot; /* per queue, filled by vblk_blk_get_stats */
 };
 
@@ -107,22 +107,7 @@ int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_av
 int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd);
 /* Serve queue qidx on iot instead of the device's thread (before the queue starts). */
 void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vblk_iothread *iot);
-/* Sum the queues' counters without asking their threads (tests, or threads stopped). */
-void vblk_blk_stats_sum(const struct vblk_blk_dev *d, struct vblk_blk_stats *out);
 /* Copy the I/O thread's counters (waits for the I/O thread). */
 void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out);
-
-/* I/O thread: engine completion callback for every I/O of a blk device. */
-void vblk_blk_io_done(struct vblk_io *io, void *arg);
-
-/* I/O thread, exposed for tests: take the available requests of a started queue, at most
- * VBLK_QUEUE_BUDGET (the rest is taken in the thread's next iteration, so a guest that keeps its
- * ring full cannot keep the thread from its other queues and its control calls).  rearm: finish
- * with guest notifications enabled (false while the I/O thread polls the ring). */
-void vblk_blk_queue_process(struct blk_queue *q, bool rearm);
-/* I/O thread, exposed for tests: parse and start one request (head already popped). */
-void vblk_blk_handle(struct blk_queue *q, uint16_t head);
-/* I/O thread, exposed for tests: publish used entries and notify. */
-void vblk_blk_queue_flush(struct blk_queue *q);
 
 #endif

@@ -24,6 +24,8 @@ enum vblk_io_op {
     VBLK_IO_FALLOCATE, /* discard / write-zeroes: fallocate(fd, mode, offset, len) */
 };
 
+struct vblk_engine;
+
 struct vblk_io {
     uint8_t op;
     int fd;
@@ -34,12 +36,19 @@ struct vblk_io {
     uint64_t offset;
     uint64_t len; /* bytes expected (rw) or range length (fallocate) */
     int64_t res;
-    struct vblk_io *next; /* engine-private list link */
-    struct iocb iocb;     /* Linux AIO only */
+    void (*cb)(struct vblk_io *io); /* the submitter's completion (see vblk_io_complete) */
+    struct vblk_engine *engine;     /* the engine it was queued on (for a resubmission) */
+    struct vblk_io *next;           /* engine-private list link */
+    struct iocb iocb;               /* Linux AIO only */
 };
 
-struct vblk_engine;
 typedef void (*vblk_io_done_fn)(struct vblk_io *io, void *arg);
+
+/* The completion function I/O threads reap with: each io says who it belongs to. */
+static inline void vblk_io_complete(struct vblk_io *io, void *arg)
+{
+    io->cb(io);
+}
 
 struct vblk_engine_ops {
     const char *name;

@@ -23,7 +23,6 @@ struct vblk_iothread {
     struct vblk_engine *eng;
     const struct vblk_engine_ops *eng_ops; /* for the thread to create eng itself */
     unsigned eng_depth;
-    vblk_io_done_fn done;
     struct vblk_iot_source eng_src;
     struct vblk_iot_source cmd_src;
     struct vblk_iot_hook *hooks;
@@ -194,7 +193,7 @@ static void engine_ready(struct vblk_iot_source *src)
     eventfd_t v;
 
     (void)eventfd_read(t->eng->efd, &v); /* before reaping: a later completion re-arms it */
-    if (t->eng->ops->reap(t->eng, t->done, t))
+    if (t->eng->ops->reap(t->eng, vblk_io_complete, t))
         t->work = true;
 }
 
@@ -205,7 +204,7 @@ static void poll_once(struct vblk_iothread *t)
         if (p->poll(p))
             t->work = true;
     }
-    if (t->eng->ops->ready(t->eng) && t->eng->ops->reap(t->eng, t->done, t))
+    if (t->eng->ops->ready(t->eng) && t->eng->ops->reap(t->eng, vblk_io_complete, t))
         t->work = true;
 }
 
@@ -292,10 +291,10 @@ static void *iothread_main(void *arg)
         if (t->poll_max_ns)
             poll_once(t);
         else if (e->local)
-            e->ops->reap(e, t->done, t);
+            e->ops->reap(e, vblk_io_complete, t);
         if (e->pending && e->ops->submit(e) < 0 && e->pending) {
             /* the kernel is full: reap what finished, then try again */
-            e->ops->reap(e, t->done, t);
+            e->ops->reap(e, vblk_io_complete, t);
             e->ops->submit(e);
         }
         run_list(&t->hooks);
@@ -388,8 +387,8 @@ bool vblk_iothread_wedged(const struct vblk_iothread *t)
 }
 
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
-                         const struct vblk_engine_ops *engine, unsigned depth, vblk_io_done_fn done,
-                         unsigned poll_us, unsigned timeout_ms)
+                         const struct vblk_engine_ops *engine, unsigned depth, unsigned poll_us,
+                         unsigned timeout_ms)
 {
     struct vblk_iothread *t = calloc(1, sizeof(*t));
     pthread_condattr_t ca;
@@ -399,7 +398,6 @@ int vblk_iothread_create(struct vblk_iothread **out, const char *name,
         return -ENOMEM;
     t->timeout_ms = timeout_ms;
     snprintf(t->name, sizeof(t->name), "%s", name);
-    t->done = done;
     t->poll_max_ns = (uint64_t)poll_us * 1000;
     t->cmd_src.fn = cmd_ready;
     t->eng_src.fn = engine_ready;

@@ -47,13 +47,13 @@ struct vblk_iot_hook {
 #define VBLK_IOT_CALL_TIMEOUT_MS 10000
 
 /* Start a thread named name with an engine of the given type sized for depth in-flight I/Os;
- * every engine completion is passed to done.  poll_us > 0: after the last work, spin on the
+ * every engine completion runs its io->cb.  poll_us > 0: after the last work, spin on the
  * pollers and the engine's completions before sleeping (notifications stay off while spinning),
  * for a window adapted between 0 and poll_us to how soon work follows a sleep.  Calls that get
  * no answer within timeout_ms fail with -ETIMEDOUT.  0 or -errno. */
 int vblk_iothread_create(struct vblk_iothread **out, const char *name,
-                         const struct vblk_engine_ops *engine, unsigned depth, vblk_io_done_fn done,
-                         unsigned poll_us, unsigned timeout_ms);
+                         const struct vblk_engine_ops *engine, unsigned depth, unsigned poll_us,
+                         unsigned timeout_ms);
 
 /* Stop and join the thread, free everything.  Sources must have been removed.  A wedged thread
  * cannot be joined: it is left to itself, with everything it may still touch. */

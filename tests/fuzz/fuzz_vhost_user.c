@@ -34,7 +34,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static struct vblk_bdev bdev;
+static struct vblk_bdev *bdev;
 static struct vblk_blk_dev blk;
 static struct vblk_iothread *iot;
 static struct vblk_vu_dev vu;
@@ -58,18 +58,23 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     /* FUZZ_VERBOSE=1: log every message and broken queue (to check what a seed does) */
     vblk_log_level = getenv("FUZZ_VERBOSE") ? VBLK_LOG_DEBUG : -1;
-    bdev.name = "fuzz";
-    bdev.fd = -1;
-    bdev.null = true;
-    bdev.read_zeroes = true;
-    bdev.size = 1ull << 30;
-    bdev.lbs = 512;
-    bdev.cache = VBLK_CACHE_WRITEBACK;
-    bdev.discard = bdev.write_zeroes = bdev.zeroes_unmap = true;
-    if (vblk_iothread_create(&iot, "fuzz-io", &vblk_engine_null, 2 * 256, vblk_blk_io_done, 0,
+    const struct vblk_bdev_conf c = {.name = "fuzz",
+                                     .file = "null://",
+                                     .null = true,
+                                     .null_size = 1ull << 30,
+                                     .read_zeroes = true,
+                                     .lbs = 512,
+                                     .cache = VBLK_CACHE_WRITEBACK,
+                                     .discard_unmap = true,
+                                     .iothreads = 1};
+    char err[256];
+
+    if (vblk_bdev_open_stack(&bdev, &c, err, sizeof(err)) < 0)
+        abort();
+    if (vblk_iothread_create(&iot, "fuzz-io", &vblk_engine_null, 2 * 256, 0,
                              VBLK_IOT_CALL_TIMEOUT_MS) < 0)
         abort();
-    if (vblk_blk_create(&blk, "fuzz", &bdev, iot, 2, 256, "fuzz-serial") < 0)
+    if (vblk_blk_create(&blk, "fuzz", bdev, iot, 2, 256, "fuzz-serial") < 0)
         abort();
     return 0;
 }

@@ -1,27 +1,33 @@
 /* fuzz_virtq.c - libFuzzer target: a hostile guest's rings and descriptors against one
- * virtio-blk queue (virtq walker + request parsing + completion), null engine, no I/O thread.
+ * virtio-blk queue (virtq walker + request parsing + completion), started and served the way
+ * vblkd serves it (vblk_blk_queue_start on an I/O thread, a kick), over a test driver that
+ * completes inline.
  *
  * Input:  [8 parameter bytes][guest memory image ...][patches ...]
  *   p[0]    ring size 1 << (p[0] % 9)                        (1..256)
- *   p[1]    bit 0 EVENT_IDX, 1 INDIRECT, 2 read-only, 3 discard, 4 write-zeroes, 5 null bdev,
- *           6 read-zeroes, 7 4k logical blocks
+ *   p[1]    bit 0 EVENT_IDX, 1 INDIRECT, 2 read-only, 3 discard, 4 write-zeroes, 5 the
+ *           driver fails every request, 6 reads zero-filled, 7 4k logical blocks
  *   p[2..3] avail index to start from (little endian)
  *   p[4]    rounds - 1 (mod 4); bit 7: process without re-arming notifications (polling)
  *   p[5..6] disk size in 4 KiB units - 1
- *   p[7]    max_desc / iov limit selector (0: the real limits)
+ *   p[7]    cache mode (% 5); bit 7: tighter max_desc / max_seg limits
  * The next MEM_SIZE bytes fill guest memory: region 0 (gpa 0, 48 KiB) holding the rings
  * (desc at 0x0, avail at 0x1000, used at 0x1800) and region 1 (gpa 0xc000, 16 KiB), zero
  * padded.  Whatever follows is patches applied between rounds, 4 bytes each: u16 offset into
  * guest memory, u16 value (the driver moving avail->idx, rewriting descriptors, ...).
  */
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "bdev/bdev.h"
 #include "blk/virtio_blk.h"
 #include "engine/engine.h"
+#include "iothread/iothread.h"
 #include "util/log.h"
 #include "vhost/guest_mem.h"
 #include "virtq/virtq.h"
@@ -42,9 +48,21 @@ static uint8_t *r0, *r1;
 static struct vblk_mem mem;
 static struct vblk_bdev bdev;
 static struct vblk_blk_dev dev;
-static struct vblk_engine *eng;
-static struct blk_req *reqs;
-static struct iovec *iov_pool;
+static struct vblk_iothread *iot;
+static int kick = -1;
+static bool fail_all, zero_reads;
+
+/* A driver that completes every request inside submit (or fails it). */
+static void fuzz_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_bdev_req *r)
+{
+    if (r->op == VBLK_BDEV_READ && zero_reads) {
+        for (unsigned i = 0; i < r->iovcnt; i++)
+            memset(r->iov[i].iov_base, 0, r->iov[i].iov_len);
+    }
+    r->done(r, fail_all ? -EIO : 0);
+}
+
+static const struct vblk_bdev_ops fuzz_ops = {.name = "fuzz", .submit = fuzz_submit};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -56,16 +74,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     mem.r[0] = (struct vblk_mem_region){.gpa = 0, .size = R0_SIZE, .uva = UVA_BASE, .host = r0};
     mem.r[1] = (struct vblk_mem_region){
         .gpa = R0_SIZE, .size = R1_SIZE, .uva = UVA_BASE + 0x100000, .host = r1};
-    bdev.name = "fuzz";
-    bdev.fd = -1;
-    if (vblk_engine_null.create(&eng, 1024) < 0)
+    bdev = (struct vblk_bdev){.ops = &fuzz_ops, .name = "fuzz", .fd = -1};
+    kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!r0 || !r1 || kick < 0)
         abort();
-    if (vblk_blk_create(&dev, "fuzz", &bdev, NULL, 1, MAX_NUM, "fuzz-serial") < 0)
+    if (vblk_iothread_create(&iot, "fuzz-io", &vblk_engine_null, MAX_NUM, 0, 60000) < 0)
         abort();
-    dev.queues[0].eng = eng;
-    reqs = calloc(MAX_NUM, sizeof(*reqs));
-    iov_pool = calloc((size_t)MAX_NUM * (VBLK_SEG_MAX + VBLK_IOV_SLACK), sizeof(*iov_pool));
-    if (!r0 || !r1 || !reqs || !iov_pool)
+    if (vblk_blk_create(&dev, "fuzz", &bdev, iot, 1, MAX_NUM, "fuzz-serial") < 0)
         abort();
     return 0;
 }
@@ -82,17 +97,42 @@ static void mem_write(size_t off, const uint8_t *src, size_t len)
     }
 }
 
-static void drain(struct blk_queue *q)
+static uint8_t limits;
+
+/* I/O thread: tighter limits reach the E2BIG paths with small inputs. */
+static int limits_fn(void *arg)
 {
-    /* the null engine completes on reap; a FALLOCATE retry may queue again */
-    for (int i = 0; i < 4 && eng->local; i++)
-        eng->ops->reap(eng, vblk_blk_io_done, NULL);
-    vblk_blk_queue_flush(q);
+    struct blk_queue *q = arg;
+
+    q->vq.max_desc = (uint16_t)(1 + (limits & 7));
+    q->vq.max_seg = 512u << (limits >> 3 & 3);
+    return 0;
+}
+
+/* I/O thread: has the queue taken what is available (or broken) and finished it all? */
+static int quiet_fn(void *arg)
+{
+    struct blk_queue *q = arg;
+
+    if (q->flush_hook.queued || q->again_hook.queued || q->inflight)
+        return 0;
+    return q->vq.broken || q->vq.last_avail == __atomic_load_n(&q->vq.avail->idx, __ATOMIC_ACQUIRE);
+}
+
+static void run(struct blk_queue *q)
+{
+    (void)eventfd_write(kick, 1);
+    for (int i = 0; i < 1000000; i++) {
+        if (vblk_iothread_call(iot, quiet_fn, q) == 1)
+            return;
+    }
+    abort(); /* the queue never settled: a hang */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct blk_queue *q = &dev.queues[0];
+    struct vblk_queue_params qp;
     uint8_t p[8] = {0};
     uint16_t num, last_avail;
     unsigned rounds;
@@ -118,47 +158,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bdev.discard = p[1] & 8;
     bdev.write_zeroes = p[1] & 16;
     bdev.zeroes_unmap = p[1] & 8;
-    bdev.null = p[1] & 32;
-    bdev.read_zeroes = p[1] & 64;
+    fail_all = p[1] & 32;
+    zero_reads = p[1] & 64;
     bdev.lbs = p[1] & 128 ? 4096 : 512;
     bdev.cache = (enum vblk_cache)(p[7] % 5);
     bdev.size = ((uint64_t)(p[5] | p[6] << 8) + 1) * 4096;
-    memset(&q->stats, 0, sizeof(q->stats));
     vblk_blk_reset(&dev);
 
-    /* what vblk_blk_queue_start does, minus the I/O thread */
-    if (vblk_vq_setup(&q->vq, &mem, num, UVA_BASE + DESC_OFF, UVA_BASE + AVAIL_OFF,
-                      UVA_BASE + USED_OFF) < 0)
+    qp = (struct vblk_queue_params){.mem = &mem,
+                                    .num = num,
+                                    .last_avail = last_avail,
+                                    .desc_uva = UVA_BASE + DESC_OFF,
+                                    .avail_uva = UVA_BASE + AVAIL_OFF,
+                                    .used_uva = UVA_BASE + USED_OFF,
+                                    .kick_fd = kick,
+                                    .call_fd = -1,
+                                    .err_fd = -1,
+                                    .event_idx = p[1] & 1,
+                                    .indirect = p[1] & 2};
+    if (vblk_blk_queue_start(&dev, 0, &qp) < 0)
         abort();
-    q->vq.event_idx = p[1] & 1;
-    q->vq.indirect = p[1] & 2;
-    q->vq.max_desc = VBLK_SEG_MAX + 2;
-    q->vq.max_seg = VBLK_SIZE_MAX;
-    vblk_vq_start(&q->vq, last_avail);
-    q->broken_reported = false;
-    q->iov_cap = VBLK_SEG_MAX + VBLK_IOV_SLACK;
-    if (p[7] >= 128) { /* tighter limits reach the E2BIG paths with small inputs */
-        q->vq.max_desc = (uint16_t)(1 + (p[7] & 7));
-        q->vq.max_seg = 512u << (p[7] >> 3 & 3);
-        q->iov_cap = 1 + (p[7] & 3);
+    if (p[7] >= 128) {
+        limits = p[7];
+        vblk_iothread_call(iot, limits_fn, q);
     }
-    memset(reqs, 0, MAX_NUM * sizeof(*reqs));
-    q->reqs = reqs;
-    q->iov_pool = iov_pool;
-    for (unsigned h = 0; h < num; h++) {
-        reqs[h].q = q;
-        reqs[h].head = (uint16_t)h;
-        reqs[h].iov = iov_pool + (size_t)h * q->iov_cap;
-        reqs[h].io.fd = -1;
-    }
-    q->inflight = 0;
-    q->kick_fd = q->call_fd = q->err_fd = -1;
-    q->started = true;
-
     for (unsigned r = 0; r < rounds; r++) {
-        if (!q->vq.broken)
-            vblk_blk_queue_process(q, !(p[4] & 0x80));
-        drain(q);
+        run(q);
         /* apply up to 8 patches, as the driver would between kicks */
         for (unsigned k = 0; k < 8 && size >= 4; k++) {
             uint16_t off = (uint16_t)(data[0] | data[1] << 8);
@@ -168,11 +193,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             size -= 4;
         }
     }
-    drain(q);
-    if (q->inflight != 0)
+    run(q);
+    if (vblk_blk_queue_stop(&dev, 0, &last_avail) < 0)
         abort(); /* every request taken must have completed */
-    q->started = false;
-    q->reqs = NULL;
-    q->iov_pool = NULL;
     return 0;
 }

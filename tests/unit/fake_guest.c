@@ -1,5 +1,6 @@
 /* fake_guest.c - see fake_guest.h. */
 #include "fake_guest.h"
+#include "util/compiler.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -172,25 +173,71 @@ uint16_t fg_used_idx(struct fake_guest *g, unsigned q)
 
 /* ---- virtio-blk ---- */
 
+/* ---- the hold driver: every request stays in flight until fb_release() ---- */
+
+static void hold_submit(struct vblk_bdev *bd, struct vblk_engine *eng, struct vblk_bdev_req *r)
+{
+    struct fake_blk *b = bd->priv;
+
+    if (b->nheld == FB_HOLD_MAX) {
+        r->done(r, -ENOMEM);
+        return;
+    }
+    b->held[b->nheld++] = r;
+}
+
+static const struct vblk_bdev_ops hold_ops = {.name = "hold", .submit = hold_submit};
+
+static void fb_open(struct fake_blk *b)
+{
+    char err[256];
+
+    if (b->bdev == &b->hold) {
+        b->hold = (struct vblk_bdev){.ops = &hold_ops,
+                                     .name = "t",
+                                     .priv = b,
+                                     .fd = -1,
+                                     .size = b->conf.null_size,
+                                     .lbs = b->conf.lbs,
+                                     .align = 1,
+                                     .cache = b->conf.cache,
+                                     .discard = true,
+                                     .write_zeroes = true,
+                                     .zeroes_unmap = true};
+    } else if (vblk_bdev_open_stack(&b->bdev, &b->conf, err, sizeof(err)) < 0) {
+        fprintf(stderr, "fake guest: %s\n", err);
+        abort();
+    }
+    b->d.bdev = b->bdev;
+}
+
+static void fb_close(struct fake_blk *b)
+{
+    if (b->bdev != &b->hold)
+        vblk_bdev_close_stack(b->bdev);
+}
+
 void fb_init(struct fake_blk *b, enum fb_backing backing, uint64_t size, unsigned nq, uint16_t num)
 {
+    const struct vblk_engine_ops *eng = &vblk_engine_null;
+
     memset(b, 0, sizeof(*b));
     fg_init(&b->g, nq, num, true);
-    b->bdev.name = "t";
-    b->bdev.fd = -1;
-    b->bdev.lbs = 512;
-    b->bdev.size = size;
-    b->bdev.cache = VBLK_CACHE_WRITEBACK;
-    b->bdev.discard = true;
-    b->bdev.write_zeroes = true;
-    b->bdev.zeroes_unmap = true;
+    b->conf = (struct vblk_bdev_conf){.name = "t",
+                                      .lbs = 512,
+                                      .cache = VBLK_CACHE_WRITEBACK,
+                                      .discard_unmap = true,
+                                      .read_zeroes = true,
+                                      .iothreads = 1,
+                                      .null_size = size};
     if (backing == FB_NULL) {
-        b->bdev.null = true;
-        b->bdev.read_zeroes = true;
-        if (vblk_engine_null.create(&b->eng, 1024) < 0)
-            abort();
+        b->conf.null = true;
+        b->conf.file = "null://";
+    } else if (backing == FB_HOLD) {
+        b->bdev = &b->hold;
     } else {
         int fd;
+        struct vblk_engine *probe;
 
         snprintf(b->path, sizeof(b->path), "/tmp/vblk-unit-XXXXXX");
         fd = mkstemp(b->path);
@@ -198,91 +245,149 @@ void fb_init(struct fake_blk *b, enum fb_backing backing, uint64_t size, unsigne
             perror("temp file");
             abort();
         }
-        b->bdev.fd = fd;
-        if (vblk_engine_uring.create(&b->eng, 1024) < 0 &&
-            vblk_engine_threads.create(&b->eng, 1024) < 0)
+        close(fd);
+        b->conf.file = b->path;
+        eng = &vblk_engine_uring;
+        if (vblk_engine_uring.create(&probe, 8) < 0)
+            eng = &vblk_engine_threads; /* no io_uring here */
+        else
+            probe->ops->destroy(probe);
+    }
+    fb_open(b);
+    if (vblk_iothread_create(&b->iot, "fake-guest", eng, 1024 * nq, 0, VBLK_IOT_CALL_TIMEOUT_MS) <
+        0)
+        abort();
+    if (vblk_blk_create(&b->d, "t", b->bdev, b->iot, nq, 1024, "serial-0123456789") < 0)
+        abort();
+    for (unsigned q = 0; q < FG_MAX_QUEUES; q++) {
+        b->kick[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        b->call[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        b->err[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (b->kick[q] < 0 || b->call[q] < 0 || b->err[q] < 0)
             abort();
     }
-    if (vblk_blk_create(&b->d, "t", &b->bdev, NULL, nq, 1024, "serial-0123456789") < 0)
-        abort();
-    for (unsigned i = 0; i < nq; i++)
-        b->d.queues[i].eng = b->eng;
+}
+
+void fb_reopen(struct fake_blk *b)
+{
+    fb_close(b);
+    fb_open(b);
 }
 
 void fb_fini(struct fake_blk *b)
 {
+    for (unsigned q = 0; q < b->d.num_queues; q++)
+        fb_queue_stop(b, q);
+    vblk_iothread_destroy(b->iot);
     vblk_blk_destroy(&b->d);
-    b->eng->ops->destroy(b->eng);
-    if (b->bdev.fd >= 0)
-        close(b->bdev.fd);
+    fb_close(b);
+    for (unsigned q = 0; q < FG_MAX_QUEUES; q++) {
+        close(b->kick[q]);
+        close(b->call[q]);
+        close(b->err[q]);
+    }
     if (b->path[0])
         unlink(b->path);
     fg_fini(&b->g);
 }
 
-void fb_queue_start(struct fake_blk *b, unsigned qi, bool event_idx, bool indirect)
+int fb_call(struct fake_blk *b, int (*fn)(void *arg), void *arg)
 {
-    struct blk_queue *q = &b->d.queues[qi];
-    struct fg_ring *r = &b->g.ring[qi];
-
-    if (vblk_vq_setup(&q->vq, &b->g.mem, r->num, r->desc_uva, r->avail_uva, r->used_uva) < 0)
-        abort();
-    q->vq.event_idx = event_idx;
-    q->vq.indirect = indirect;
-    q->vq.max_desc = VBLK_SEG_MAX + 2;
-    q->vq.max_seg = VBLK_SIZE_MAX;
-    vblk_vq_start(&q->vq, r->avail_idx);
-    q->broken_reported = false;
-    free(q->reqs);
-    free(q->iov_pool);
-    q->iov_cap = VBLK_SEG_MAX + VBLK_IOV_SLACK;
-    q->reqs = calloc(r->num, sizeof(*q->reqs));
-    q->iov_pool = calloc((size_t)r->num * q->iov_cap, sizeof(*q->iov_pool));
-    if (!q->reqs || !q->iov_pool)
-        abort();
-    for (unsigned h = 0; h < r->num; h++) {
-        struct blk_req *req = &q->reqs[h];
-
-        req->q = q;
-        req->head = (uint16_t)h;
-        req->iov = q->iov_pool + (size_t)h * q->iov_cap;
-        req->io.fd = b->bdev.fd;
-    }
-    q->inflight = 0;
-    q->kick_fd = q->call_fd = q->err_fd = -1;
-    q->started = true;
+    return vblk_iothread_call(b->iot, fn, arg);
 }
 
-void fb_process_only(struct fake_blk *b, unsigned qi)
+uint16_t fb_queue_stop(struct fake_blk *b, unsigned qi)
 {
-    vblk_blk_queue_process(&b->d.queues[qi], true);
-    b->eng->ops->submit(b->eng);
+    uint16_t last = 0;
+
+    if (b->nheld)
+        fb_release(b, qi, -EIO); /* a queue stops only once its requests completed */
+    if (vblk_blk_queue_stop(&b->d, qi, &last) < 0)
+        abort();
+    return last;
+}
+
+void fb_queue_start(struct fake_blk *b, unsigned qi, bool event_idx, bool indirect)
+{
+    struct fg_ring *r = &b->g.ring[qi];
+    struct vblk_queue_params p = {.mem = &b->g.mem,
+                                  .num = r->num,
+                                  .last_avail = r->avail_idx,
+                                  .desc_uva = r->desc_uva,
+                                  .avail_uva = r->avail_uva,
+                                  .used_uva = r->used_uva,
+                                  .kick_fd = b->kick[qi],
+                                  .call_fd = b->call[qi],
+                                  .err_fd = b->err[qi],
+                                  .event_idx = event_idx,
+                                  .indirect = indirect};
+
+    if (b->d.queues[qi].started)
+        fb_queue_stop(b, qi);
+    if (vblk_blk_queue_start(&b->d, qi, &p) < 0)
+        abort();
+}
+
+struct probe {
+    struct fake_blk *b;
+    struct blk_queue *q;
+    int ret; /* release: complete held requests with this */
+};
+
+/* I/O thread: has queue q taken everything and finished all but the held requests? */
+static int quiet_fn(void *arg)
+{
+    struct probe *p = arg;
+    struct blk_queue *q = p->q;
+    unsigned held = 0;
+
+    for (unsigned i = 0; i < p->b->nheld; i++)
+        held += container_of(p->b->held[i], struct blk_req, breq)->q == q;
+    if (q->flush_hook.queued || q->again_hook.queued || q->inflight != held)
+        return 0;
+    return q->vq.broken || !q->started ||
+           q->vq.last_avail == __atomic_load_n(&q->vq.avail->idx, __ATOMIC_ACQUIRE);
+}
+
+static void wait_quiet(struct fake_blk *b, unsigned qi)
+{
+    struct probe p = {.b = b, .q = &b->d.queues[qi]};
+
+    for (int i = 0; i < 100000; i++) {
+        if (vblk_iothread_call(b->iot, quiet_fn, &p) == 1)
+            return;
+        usleep(100);
+    }
+    fprintf(stderr, "fake guest: queue %u did not settle in 10 s\n", qi);
+    abort();
 }
 
 void fb_run(struct fake_blk *b, unsigned qi)
 {
-    struct blk_queue *q = &b->d.queues[qi];
-    struct timespec t0, now;
+    if (eventfd_write(b->kick[qi], 1) < 0)
+        abort();
+    wait_quiet(b, qi);
+}
 
-    vblk_blk_queue_process(q, true);
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (q->inflight) {
-        b->eng->ops->submit(b->eng);
-        if (!b->eng->local && b->eng->efd >= 0) {
-            struct pollfd p = {.fd = b->eng->efd, .events = POLLIN};
-            eventfd_t v;
+static int release_fn(void *arg)
+{
+    struct probe *p = arg;
+    struct fake_blk *b = p->b;
 
-            (void)poll(&p, 1, 100);
-            (void)eventfd_read(b->eng->efd, &v); /* the owner drains efd before reaping */
-        }
-        b->eng->ops->reap(b->eng, vblk_blk_io_done, NULL);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec - t0.tv_sec > 10) {
-            fprintf(stderr, "fake guest: I/O did not complete in 10 s\n");
-            break;
-        }
+    while (b->nheld) {
+        struct vblk_bdev_req *r = b->held[--b->nheld];
+
+        r->done(r, p->ret);
     }
-    vblk_blk_queue_flush(q);
+    return 0;
+}
+
+void fb_release(struct fake_blk *b, unsigned qi, int ret)
+{
+    struct probe p = {.b = b, .q = &b->d.queues[qi], .ret = ret};
+
+    vblk_iothread_call(b->iot, release_fn, &p);
+    wait_quiet(b, qi);
 }
 
 void fb_req_build(struct fake_blk *b, unsigned q, struct fb_req *r, uint32_t type, uint64_t sector,

@@ -16,6 +16,7 @@
 #include "bdev/bdev.h"
 #include "blk/virtio_blk.h"
 #include "engine/engine.h"
+#include "iothread/iothread.h"
 #include "vhost/guest_mem.h"
 #include "virtq/virtq.h"
 
@@ -77,27 +78,45 @@ uint16_t fg_used_idx(struct fake_guest *g, unsigned q);
 /* ---- virtio-blk ---- */
 
 #define FB_STATUS_UNSET 0xee /* what status bytes hold before the device writes them */
+#define FB_HOLD_MAX     1024
 
+/* A virtio-blk device served the way vblkd serves one: a real I/O thread, queues started with
+ * vblk_blk_queue_start(), requests handed to a real driver stack (null or a temp file) or to the
+ * "hold" test driver, which keeps every request in flight until fb_release(). */
 struct fake_blk {
     struct fake_guest g;
-    struct vblk_bdev bdev;
+    struct vblk_bdev_conf conf; /* what bdev was opened with */
+    struct vblk_bdev *bdev;     /* the driver stack, or &hold */
+    struct vblk_bdev hold;
+    struct vblk_iothread *iot;
     struct vblk_blk_dev d;
-    struct vblk_engine *eng;
-    char path[64]; /* backing temp file, "" for null */
+    int kick[FG_MAX_QUEUES], call[FG_MAX_QUEUES], err[FG_MAX_QUEUES]; /* eventfds */
+    char path[64];                                                    /* temp file, "" if none */
+    /* hold driver: requests in flight (I/O thread only) */
+    struct vblk_bdev_req *held[FB_HOLD_MAX];
+    unsigned nheld;
 };
 
-enum fb_backing { FB_NULL, FB_FILE };
+enum fb_backing { FB_NULL, FB_FILE, FB_HOLD };
 
-/* A device of nq queues of num entries over a null bdev (size bytes, null engine) or a temp file
- * of size bytes (io_uring engine, or the thread pool when io_uring is unavailable). */
+/* A device of nq queues of num entries over a null driver (size bytes), a temp file of size
+ * bytes (io_uring engine, or the thread pool when io_uring is unavailable), or the hold driver. */
 void fb_init(struct fake_blk *b, enum fb_backing backing, uint64_t size, unsigned nq, uint16_t num);
 void fb_fini(struct fake_blk *b);
-/* Start queue q the way vblk_blk_queue_start does, without an I/O thread. */
+/* Close the driver stack and open it again per b->conf (after a test changed it). */
+void fb_reopen(struct fake_blk *b);
+/* (Re)start queue q as the daemon does (stopping it first if it runs), from the ring's current
+ * avail index. */
 void fb_queue_start(struct fake_blk *b, unsigned q, bool event_idx, bool indirect);
-/* Process queue q, run the engine until nothing is in flight, publish used entries. */
+/* Stop queue q (drains it); returns the next avail index. */
+uint16_t fb_queue_stop(struct fake_blk *b, unsigned q);
+/* Kick queue q and wait until its I/O thread has taken every available request (or the queue
+ * broke), everything but held requests has completed and the used ring is published. */
 void fb_run(struct fake_blk *b, unsigned q);
-/* Process queue q and hand I/O to the engine, without reaping (requests stay in flight). */
-void fb_process_only(struct fake_blk *b, unsigned q);
+/* Complete every held request with ret (0 or -errno) and wait as fb_run does for queue q. */
+void fb_release(struct fake_blk *b, unsigned q, int ret);
+/* Run fn(arg) on the I/O thread (read or change queue state without racing it). */
+int fb_call(struct fake_blk *b, int (*fn)(void *arg), void *arg);
 
 /* A request: header (16 readable bytes), data, status (1 writable byte, preset to
  * FB_STATUS_UNSET).  data_len 0: no data descriptor. */

@@ -13,10 +13,6 @@
 #include "engine/engine.h"
 #include "iothread/iothread.h"
 
-static void no_done(struct vblk_io *io, void *arg)
-{
-}
-
 static uint64_t now_ms(void)
 {
     struct timespec ts;
@@ -36,7 +32,7 @@ static void test_call_runs_on_the_thread_and_returns(void **state)
     struct vblk_iothread *t;
     int n = 0;
 
-    assert_int_equal(vblk_iothread_create(&t, "t", &vblk_engine_null, 16, no_done, 0, 1000), 0);
+    assert_int_equal(vblk_iothread_create(&t, "t", &vblk_engine_null, 16, 0, 1000), 0);
     assert_int_equal(vblk_iothread_call(t, add_one, &n), 0);
     assert_int_equal(vblk_iothread_call(t, add_one, &n), 0);
     assert_int_equal(n, 2);
@@ -59,7 +55,7 @@ static void test_call_to_stuck_thread_times_out(void **state)
     uint64_t t0, spent;
 
     assert_int_equal(pipe(p), 0);
-    assert_int_equal(vblk_iothread_create(&t, "stuck", &vblk_engine_null, 16, no_done, 0, 200), 0);
+    assert_int_equal(vblk_iothread_create(&t, "stuck", &vblk_engine_null, 16, 0, 200), 0);
     t0 = now_ms();
     assert_int_equal(vblk_iothread_call(t, block_on_pipe, &p[0]), -ETIMEDOUT);
     spent = now_ms() - t0;
@@ -90,7 +86,7 @@ static void test_endless_drain_times_out_and_stops_retrying(void **state)
     struct vblk_iothread *t;
     int n = 0, a, b;
 
-    assert_int_equal(vblk_iothread_create(&t, "drain", &vblk_engine_null, 16, no_done, 0, 200), 0);
+    assert_int_equal(vblk_iothread_create(&t, "drain", &vblk_engine_null, 16, 0, 200), 0);
     assert_int_equal(vblk_iothread_call(t, never_done, &n), -ETIMEDOUT);
     usleep(20 * 1000);
     a = __atomic_load_n(&n, __ATOMIC_RELAXED);
@@ -139,8 +135,7 @@ static void test_again_runs_without_a_wakeup(void **state)
     struct again_ctx c = {.left = 1000, .hook = {.fn = again_fn}};
     int runs = 0;
 
-    assert_int_equal(vblk_iothread_create(&c.t, "again", &vblk_engine_null, 16, no_done, 0, 5000),
-                     0);
+    assert_int_equal(vblk_iothread_create(&c.t, "again", &vblk_engine_null, 16, 0, 5000), 0);
     assert_int_equal(vblk_iothread_call(c.t, queue_again, &c), 0);
     for (int i = 0; i < 500 && runs < 1000; i++) {
         runs = vblk_iothread_call(c.t, read_runs, &c);

@@ -295,57 +295,88 @@ static void test_repeated_file_key_last_one_wins(void **state)
     assert_ptr_equal(o.engine, &vblk_engine_uring);
 }
 
-/* bdev: opening what the options describe (null devices and a temp file) */
+/* bdev: opening the driver stack the options describe (null devices and a temp file) */
+static int open_stack(struct vblk_bdev **b)
+{
+    struct vblk_bdev_conf c = vblk_opts_bdev_conf(&o);
+
+    return vblk_bdev_open_stack(b, &c, err, sizeof(err));
+}
+
 static void test_bdev_open_null_and_file(void **state)
 {
-    struct vblk_bdev b;
+    struct vblk_bdev *b;
     char path[] = "/tmp/vblk-opt-XXXXXX", arg[256];
     int fd = mkstemp(path);
 
     assert_int_equal(parse("id=d,file=null://1000,socket=/s,discard=ignore"), 0);
-    assert_int_equal(vblk_bdev_open(&b, &o, err, sizeof(err)), 0);
-    assert_true(b.null);
-    assert_int_equal(b.size, 512); /* rounded down to the block size */
-    assert_false(b.discard);
-    assert_true(b.write_zeroes);
-    vblk_bdev_close(&b);
+    assert_int_equal(open_stack(&b), 0);
+    assert_ptr_equal(b->ops, &vblk_bdev_null);
+    assert_int_equal(b->size, 512); /* rounded down to the block size */
+    assert_false(b->discard);
+    assert_true(b->write_zeroes);
+    vblk_bdev_close_stack(b);
 
     assert_true(fd >= 0);
     assert_int_equal(ftruncate(fd, 4096 + 100), 0);
     close(fd);
     snprintf(arg, sizeof(arg), "id=d,file=%s,socket=/s,cache=writeback,readonly=on", path);
     assert_int_equal(parse(arg), 0);
-    assert_int_equal(vblk_bdev_open(&b, &o, err, sizeof(err)), 0);
-    assert_int_equal(b.size, 4096);
-    assert_true(b.readonly);
-    assert_false(b.discard);
-    assert_false(b.write_zeroes);
-    assert_int_equal(vblk_bdev_flush(&b), 0);
-    vblk_bdev_close(&b);
+    assert_int_equal(open_stack(&b), 0);
+    assert_ptr_equal(b->ops, &vblk_bdev_file);
+    assert_int_equal(b->size, 4096);
+    assert_true(b->readonly);
+    assert_false(b->discard);
+    assert_false(b->write_zeroes);
+    assert_int_equal(vblk_bdev_flush_sync(b), 0);
+    vblk_bdev_close_stack(b);
 
     assert_int_equal(truncate(path, 100), 0);
     snprintf(arg, sizeof(arg), "id=d,file=%s,socket=/s,cache=writeback", path);
     assert_int_equal(parse(arg), 0);
-    assert_int_equal(vblk_bdev_open(&b, &o, err, sizeof(err)), -EINVAL);
+    assert_int_equal(open_stack(&b), -EINVAL);
     assert_non_null(strstr(err, path));
     unlink(path);
     assert_int_equal(parse("id=d,file=/nonexistent/x,socket=/s,cache=writeback"), 0);
-    assert_int_equal(vblk_bdev_open(&b, &o, err, sizeof(err)), -ENOENT);
+    assert_int_equal(open_stack(&b), -ENOENT);
     assert_non_null(strstr(err, "/nonexistent/x"));
 }
 
 /*
  * Regression (was a bug in src/): file=null://512 with
  * logical-block-size=4k opens a null device of 0 bytes (capacity 0), while a regular file
- * smaller than one block is refused.  src/bdev/bdev.c vblk_bdev_open(), null branch: refuse
- * b->size == 0 like the file branch does.
+ * smaller than one block is refused.  The null driver refuses size 0 like the file driver.
  */
 static void test_null_device_smaller_than_a_block_rejected(void **state)
 {
-    struct vblk_bdev b;
+    struct vblk_bdev *b;
 
     assert_int_equal(parse("id=d,file=null://512,socket=/s,logical-block-size=4k"), 0);
-    assert_int_equal(vblk_bdev_open(&b, &o, err, sizeof(err)), -EINVAL);
+    assert_int_equal(open_stack(&b), -EINVAL);
+}
+
+/* format=: raw and qcow2 per export; probing only for read-only exports (a raw image can pose
+ * as any format); null:// is raw */
+static void test_format_key(void **state)
+{
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s"), 0);
+    assert_int_equal(o.format, VBLK_FORMAT_RAW);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,format=qcow2"), 0);
+    assert_int_equal(o.format, VBLK_FORMAT_QCOW2);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,format=raw"), 0);
+    assert_int_equal(o.format, VBLK_FORMAT_RAW);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,format=auto"), -EINVAL);
+    assert_non_null(strstr(err, "readonly=on"));
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,format=auto,readonly=on"), 0);
+    assert_int_equal(o.format, VBLK_FORMAT_AUTO);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,format=vmdk"), -EINVAL);
+    assert_non_null(strstr(err, "format='vmdk'"));
+    assert_int_equal(parse("id=d,file=null://1G,socket=/s,format=qcow2"), -EINVAL);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,l2-cache-size=4M,refcount-cache-size=1M"),
+                     0);
+    assert_int_equal(o.l2_cache_size, 4u << 20);
+    assert_int_equal(o.refcount_cache_size, 1u << 20);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,l2-cache-size=lots"), -EINVAL);
 }
 
 int main(void)
@@ -368,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_repeated_file_key_last_one_wins),
         cmocka_unit_test(test_bdev_open_null_and_file),
         cmocka_unit_test(test_null_device_smaller_than_a_block_rejected),
+        cmocka_unit_test(test_format_key),
     };
 
     return cmocka_run_group_tests_name("options", tests, NULL, NULL);

@@ -33,7 +33,7 @@
 #define QMAX 256
 #define DISK (1ull << 30)
 
-static struct vblk_bdev bdev;
+static struct vblk_bdev *bdev;
 static struct vblk_blk_dev blk;
 static struct vblk_vu_dev vu;
 static struct vblk_iothread *iot;
@@ -47,20 +47,24 @@ static void connect_pair(void)
 
 static int setup_common(bool with_iothread)
 {
-    memset(&bdev, 0, sizeof(bdev));
-    bdev.name = "t";
-    bdev.fd = -1;
-    bdev.null = true;
-    bdev.read_zeroes = true;
-    bdev.size = DISK;
-    bdev.lbs = 512;
-    bdev.cache = VBLK_CACHE_WRITEBACK;
-    bdev.discard = bdev.write_zeroes = bdev.zeroes_unmap = true;
-    iot = NULL;
-    if (with_iothread && vblk_iothread_create(&iot, "vu-test", &vblk_engine_null, NQ * QMAX,
-                                              vblk_blk_io_done, 0, VBLK_IOT_CALL_TIMEOUT_MS) < 0)
+    const struct vblk_bdev_conf c = {.name = "t",
+                                     .file = "null://",
+                                     .null = true,
+                                     .null_size = DISK,
+                                     .read_zeroes = true,
+                                     .lbs = 512,
+                                     .cache = VBLK_CACHE_WRITEBACK,
+                                     .discard_unmap = true,
+                                     .iothreads = 1};
+    char err[256];
+
+    if (vblk_bdev_open_stack(&bdev, &c, err, sizeof(err)) < 0)
         return -1;
-    if (vblk_blk_create(&blk, "t", &bdev, iot, NQ, QMAX, "vu-serial") < 0)
+    iot = NULL;
+    if (with_iothread && vblk_iothread_create(&iot, "vu-test", &vblk_engine_null, NQ * QMAX, 0,
+                                              VBLK_IOT_CALL_TIMEOUT_MS) < 0)
+        return -1;
+    if (vblk_blk_create(&blk, "t", bdev, iot, NQ, QMAX, "vu-serial") < 0)
         return -1;
     vblk_vu_init(&vu, "t", &blk);
     connect_pair();
@@ -87,6 +91,7 @@ static int teardown(void **state)
         vblk_iothread_destroy(iot);
     iot = NULL;
     vblk_blk_destroy(&blk);
+    vblk_bdev_close_stack(bdev);
     return 0;
 }
 

@@ -23,11 +23,11 @@
 #define CAP  (DISK / 512)
 
 /* The device's counters, summed over its queues. */
-static struct vblk_blk_stats dev_stats(const struct vblk_blk_dev *d)
+static struct vblk_blk_stats dev_stats(struct vblk_blk_dev *d)
 {
     struct vblk_blk_stats st;
 
-    vblk_blk_stats_sum(d, &st);
+    vblk_blk_get_stats(d, &st); /* read by the queues' thread */
     return st;
 }
 
@@ -44,6 +44,14 @@ static int setup_null(void **state)
 static int setup_file(void **state)
 {
     fb_init(&fb, FB_FILE, DISK, NQ, NUM);
+    for (unsigned q = 0; q < NQ; q++)
+        fb_queue_start(&fb, q, true, true);
+    return 0;
+}
+
+static int setup_hold(void **state)
+{
+    fb_init(&fb, FB_HOLD, DISK, NQ, NUM);
     for (unsigned q = 0; q < NQ; q++)
         fb_queue_start(&fb, q, true, true);
     return 0;
@@ -99,7 +107,7 @@ static void test_out_in_round_trip_on_a_file(void **state)
     fb_run(&fb, 0);
     assert_int_equal(fb_status(&fb, &w), VIRTIO_BLK_S_OK);
     assert_last_used(0, w.head, 1);
-    assert_int_equal(pread(fb.bdev.fd, disk, sizeof(disk), 8 * 512), (ssize_t)sizeof(disk));
+    assert_int_equal(pread(fb.bdev->fd, disk, sizeof(disk), 8 * 512), (ssize_t)sizeof(disk));
     assert_memory_equal(disk, pattern, sizeof(pattern));
 
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 8, sizeof(pattern), true), VIRTIO_BLK_S_OK);
@@ -123,7 +131,7 @@ static void test_in_on_a_file_spanning_regions_and_indirect(void **state)
 
     for (unsigned i = 0; i < sizeof(disk); i++)
         disk[i] = (uint8_t)(i ^ 0x5a);
-    assert_int_equal(pwrite(fb.bdev.fd, disk, sizeof(disk), 4096), (ssize_t)sizeof(disk));
+    assert_int_equal(pwrite(fb.bdev->fd, disk, sizeof(disk), 4096), (ssize_t)sizeof(disk));
     h->type = VIRTIO_BLK_T_IN;
     h->sector = 8;
     *(uint8_t *)fg_ptr(&fb.g, st) = FB_STATUS_UNSET;
@@ -154,7 +162,8 @@ static void test_in_on_null_without_read_zeroes_leaves_the_buffer(void **state)
 {
     struct fb_req r;
 
-    fb.bdev.read_zeroes = false;
+    fb.conf.read_zeroes = false;
+    fb_reopen(&fb);
     fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 1024, true);
     memset(r.data, 0xaa, 1024);
     fg_post(&fb.g, 0, r.head);
@@ -199,11 +208,13 @@ static void test_write_cache_off_makes_writes_dsync(void **state)
     fg_post(&fb.g, 0, r.head);
     fb_run(&fb, 0);
     assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
-    assert_int_equal(Q(0)->reqs[r.head].io.rw_flags, RWF_DSYNC);
+    assert_int_equal(Q(0)->reqs[r.head].breq.flags, VBLK_BDEV_F_FUA);
+    assert_int_equal(Q(0)->reqs[r.head].breq.io.rw_flags, RWF_DSYNC); /* the file driver's */
 
     fb.d.wce = true;
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 512, false), VIRTIO_BLK_S_OK);
-    assert_int_equal(Q(0)->reqs[r.head].io.rw_flags, 0);
+    assert_int_equal(Q(0)->reqs[r.head].breq.flags, 0);
+    assert_int_equal(Q(0)->reqs[r.head].breq.io.rw_flags, 0);
 }
 
 /* ---- malformed requests ---- */
@@ -300,7 +311,7 @@ static void test_unaligned_sector_with_4k_blocks_is_ioerr(void **state)
 {
     struct fb_req r;
 
-    fb.bdev.lbs = 4096;
+    fb.bdev->lbs = 4096;
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 8, 4096, true), VIRTIO_BLK_S_OK);
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 1, 4096, true), VIRTIO_BLK_S_IOERR);
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 8, 512, true), VIRTIO_BLK_S_IOERR);
@@ -398,7 +409,7 @@ static void test_write_to_read_only_export_is_ioerr(void **state)
 {
     struct fb_req r;
 
-    fb.bdev.readonly = true;
+    fb.bdev->readonly = true;
     assert_true(vblk_blk_features(&fb.d) & (1ull << VIRTIO_BLK_F_RO));
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_OUT, 0, 512, false), VIRTIO_BLK_S_IOERR);
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 0, 512, true), VIRTIO_BLK_S_OK);
@@ -466,7 +477,7 @@ static void test_get_id_short_buffer_and_full_length_serial(void **state)
     assert_memory_equal(r.data, "serial-0", 8);
     assert_last_used(0, r.head, 9);
 
-    memcpy(fb.d.serial, "ABCDEFGHIJKLMNOPQRST", VBLK_SERIAL_MAX); /* 20 bytes, no NUL */
+    memcpy(fb.d.serial, "ABCDEFGHIJKLMNOPQRST", VIRTIO_BLK_ID_BYTES); /* 20 bytes, no NUL */
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_GET_ID, 0, 64, true), VIRTIO_BLK_S_OK);
     assert_memory_equal(r.data, "ABCDEFGHIJKLMNOPQRST", 20);
     assert_int_equal(r.data[20], 0); /* untouched beyond 20 bytes */
@@ -519,10 +530,10 @@ static void test_write_zeroes_and_discard_on_a_file(void **state)
     uint8_t buf[4096], zero[4096] = {0};
 
     memset(buf, 0x77, sizeof(buf));
-    assert_int_equal(pwrite(fb.bdev.fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
-    assert_int_equal(pwrite(fb.bdev.fd, buf, sizeof(buf), 65536), (ssize_t)sizeof(buf));
+    assert_int_equal(pwrite(fb.bdev->fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+    assert_int_equal(pwrite(fb.bdev->fd, buf, sizeof(buf), 65536), (ssize_t)sizeof(buf));
     assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_OK);
-    assert_int_equal(pread(fb.bdev.fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+    assert_int_equal(pread(fb.bdev->fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
     assert_memory_equal(buf, zero, sizeof(buf));
     assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 128, 8, 0, 1), VIRTIO_BLK_S_OK);
 }
@@ -564,17 +575,17 @@ static void test_discard_out_of_range_is_ioerr(void **state)
 
 static void test_discard_when_export_has_discard_off_is_unsupp(void **state)
 {
-    fb.bdev.discard = false;
+    fb.bdev->discard = false;
     assert_false(vblk_blk_features(&fb.d) & (1ull << VIRTIO_BLK_F_DISCARD));
     assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
     assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_OK);
-    fb.bdev.write_zeroes = false;
+    fb.bdev->write_zeroes = false;
     assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
 }
 
 static void test_discard_on_read_only_export_is_unsupp(void **state)
 {
-    fb.bdev.readonly = true;
+    fb.bdev->readonly = true;
     assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
     assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_UNSUPP);
 }
@@ -584,25 +595,36 @@ static void test_discard_on_read_only_export_is_unsupp(void **state)
 static void test_head_in_flight_made_available_again_breaks(void **state)
 {
     struct fb_req r;
-    int efd = eventfd(0, EFD_NONBLOCK);
     eventfd_t v = 0;
 
-    Q(0)->err_fd = efd;
     fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 512, true);
     fg_post(&fb.g, 0, r.head);
-    fb_process_only(&fb, 0); /* in flight until reaped */
+    fb_run(&fb, 0); /* the hold driver keeps it in flight */
     assert_int_equal(Q(0)->inflight, 1);
     fg_post(&fb.g, 0, r.head);
-    fb_process_only(&fb, 0);
+    fb_run(&fb, 0);
     assert_true(Q(0)->vq.broken);
-    assert_int_equal(eventfd_read(efd, &v), 0);
+    assert_int_equal(eventfd_read(fb.err[0], &v), 0);
     assert_int_equal(v, 1);
     /* the first one still completes */
-    fb_run(&fb, 0);
+    fb_release(&fb, 0, 0);
     assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
     assert_int_equal(fg_used_idx(&fb.g, 0), 1);
     assert_int_equal(Q(0)->inflight, 0);
-    close(efd);
+}
+
+/* A driver error reaches the guest as IOERR. */
+static void test_driver_error_is_ioerr(void **state)
+{
+    struct fb_req r;
+
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_OUT, 0, 512, false);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), FB_STATUS_UNSET);
+    fb_release(&fb, 0, -ENOSPC);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_IOERR);
+    assert_int_equal(dev_stats(&fb.d).errors, 1);
 }
 
 static void test_same_head_twice_in_one_batch_breaks(void **state)
@@ -680,18 +702,15 @@ static void test_restarted_queue_works_again(void **state)
 static void test_flush_signals_call_fd(void **state)
 {
     struct fb_req r;
-    int efd = eventfd(0, EFD_NONBLOCK);
     eventfd_t v = 0;
 
-    Q(0)->call_fd = efd;
+    (void)eventfd_read(fb.call[0], &v);
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
-    assert_int_equal(eventfd_read(efd, &v), 0);
+    assert_int_equal(eventfd_read(fb.call[0], &v), 0);
     assert_int_equal(v, 1);
-    /* nothing new: no second interrupt */
-    vblk_blk_queue_flush(Q(0));
-    assert_int_equal(eventfd_read(efd, &v), -1);
-    Q(0)->call_fd = -1;
-    close(efd);
+    /* nothing new: no second interrupt, even after another kick */
+    fb_run(&fb, 0);
+    assert_int_equal(eventfd_read(fb.call[0], &v), -1);
 }
 
 static void test_process_leaves_notifications_enabled(void **state)
@@ -737,11 +756,10 @@ static void test_polling_thread_sleeps_after_queue_broke(void **state)
     int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
     struct pollfd pf = {.fd = call, .events = POLLIN};
 
-    assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256,
-                                          vblk_blk_io_done, 1000 /* us */,
+    assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256, 1000 /* us */,
                                           VBLK_IOT_CALL_TIMEOUT_MS),
                      0);
-    assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
+    assert_int_equal(vblk_blk_create(&d, "t", fb.bdev, iot, 1, NUM, "s"), 0);
     p = (struct vblk_queue_params){.mem = &fb.g.mem,
                                    .num = NUM,
                                    .last_avail = 0,
@@ -788,11 +806,10 @@ static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **stat
     uint64_t c0, spent;
     int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 
-    assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256,
-                                          vblk_blk_io_done, 1000 /* us */,
+    assert_int_equal(vblk_iothread_create(&iot, "poll-test", &vblk_engine_null, 256, 1000 /* us */,
                                           VBLK_IOT_CALL_TIMEOUT_MS),
                      0);
-    assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
+    assert_int_equal(vblk_blk_create(&d, "t", fb.bdev, iot, 1, NUM, "s"), 0);
     p = (struct vblk_queue_params){.mem = &fb.g.mem,
                                    .num = NUM,
                                    .last_avail = 0,
@@ -827,21 +844,17 @@ static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **stat
 
 /* ---- budget: one queue cannot keep its I/O thread to itself ---- */
 
-/* A pass takes at most VBLK_QUEUE_BUDGET requests; the next pass takes the rest. */
+/* More requests than one pass takes are all served, in later passes, without another kick. */
 static void test_budget_leaves_rest_for_next_pass(void **state)
 {
     struct fb_req r;
 
-    fb_queue_start(&fb, 0, true, true);
     fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false); /* completes inline on null */
     for (unsigned i = 0; i < VBLK_QUEUE_BUDGET + 44; i++)
         fg_post(&fb.g, 0, r.head);
-    vblk_blk_queue_process(&fb.d.queues[0], true);
-    vblk_blk_queue_flush(&fb.d.queues[0]);
-    assert_int_equal(fg_used_idx(&fb.g, 0), VBLK_QUEUE_BUDGET);
-    vblk_blk_queue_process(&fb.d.queues[0], true);
-    vblk_blk_queue_flush(&fb.d.queues[0]);
+    fb_run(&fb, 0); /* one kick */
     assert_int_equal(fg_used_idx(&fb.g, 0), VBLK_QUEUE_BUDGET + 44);
+    assert_int_equal(dev_stats(&fb.d).requests, VBLK_QUEUE_BUDGET + 44);
 }
 
 struct refiller {
@@ -894,10 +907,10 @@ static void test_full_ring_does_not_starve_control_calls(void **state)
     uint16_t last;
     int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 
-    assert_int_equal(vblk_iothread_create(&iot, "budget-test", &vblk_engine_null, 256,
-                                          vblk_blk_io_done, 0, VBLK_IOT_CALL_TIMEOUT_MS),
+    assert_int_equal(vblk_iothread_create(&iot, "budget-test", &vblk_engine_null, 256, 0,
+                                          VBLK_IOT_CALL_TIMEOUT_MS),
                      0);
-    assert_int_equal(vblk_blk_create(&d, "t", &fb.bdev, iot, 1, NUM, "s"), 0);
+    assert_int_equal(vblk_blk_create(&d, "t", fb.bdev, iot, 1, NUM, "s"), 0);
     p = (struct vblk_queue_params){.mem = &fb.g.mem,
                                    .num = NUM,
                                    .desc_uva = fb.g.ring[0].desc_uva,
@@ -960,13 +973,14 @@ static void test_features_and_config(void **state)
     assert_int_equal(cfg.wce, 0);
     vblk_blk_reset(&fb.d);
     assert_true(fb.d.wce);
-    fb.bdev.cache = VBLK_CACHE_WRITETHROUGH;
+    fb.bdev->cache = VBLK_CACHE_WRITETHROUGH;
     vblk_blk_reset(&fb.d);
     assert_false(fb.d.wce);
 }
 
 #define TN(f) cmocka_unit_test_setup_teardown(f, setup_null, teardown)
 #define TF(f) cmocka_unit_test_setup_teardown(f, setup_file, teardown)
+#define TH(f) cmocka_unit_test_setup_teardown(f, setup_hold, teardown)
 
 int main(void)
 {
@@ -1009,7 +1023,8 @@ int main(void)
         TN(test_discard_out_of_range_is_ioerr),
         TN(test_discard_when_export_has_discard_off_is_unsupp),
         TN(test_discard_on_read_only_export_is_unsupp),
-        TF(test_head_in_flight_made_available_again_breaks),
+        TH(test_head_in_flight_made_available_again_breaks),
+        TH(test_driver_error_is_ioerr),
         TF(test_same_head_twice_in_one_batch_breaks),
         TN(test_broken_queue_does_not_process_further_requests),
         TN(test_requests_before_the_bad_one_complete),

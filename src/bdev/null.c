@@ -1,0 +1,43 @@
+/* null.c - the "null" protocol driver (file=null://SIZE): stores nothing, completes every
+ * request inside submit; reads return zeroes unless read-zeroes=off (then the guest's buffer is
+ * left as it was: the data plane's own cost, nothing else). */
+#include "bdev/bdev.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+static int null_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char *err, size_t errlen)
+{
+    b->size = c->null_size - c->null_size % b->lbs;
+    if (b->size == 0) {
+        snprintf(err, errlen, "'%s' is smaller than one %u-byte block", c->file, b->lbs);
+        return -EINVAL;
+    }
+    b->priv = c->read_zeroes ? (void *)1 : NULL;
+    b->align = 1;
+    b->discard = c->discard_unmap && !c->readonly;
+    b->write_zeroes = !c->readonly;
+    b->zeroes_unmap = c->discard_unmap;
+    return 0;
+}
+
+static void null_close(struct vblk_bdev *b)
+{
+}
+
+static void null_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_bdev_req *r)
+{
+    if (r->op == VBLK_BDEV_READ && b->priv) {
+        for (unsigned i = 0; i < r->iovcnt; i++)
+            memset(r->iov[i].iov_base, 0, r->iov[i].iov_len);
+    }
+    r->done(r, 0);
+}
+
+const struct vblk_bdev_ops vblk_bdev_null = {
+    .name = "null",
+    .open = null_open,
+    .close = null_close,
+    .submit = null_submit,
+};
