@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "export.h"
-#include "vhost/guest_mem.h"
+#include "mem/guest_mem.h"
 #include "util/log.h"
 
 #define MAX_EXPORTS 64

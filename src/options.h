@@ -13,6 +13,7 @@
 
 #include "bdev/bdev.h"
 #include "engine/engine.h"
+#include "util/size.h"
 
 #define VBLK_SERIAL_MAX      20 /* VIRTIO_BLK_ID_BYTES */
 #define VBLK_MAX_IOTHREADS   64
@@ -52,9 +53,6 @@ void vblk_opts_defaults(struct vblk_export_opts *o);
 
 /* Parse "key=value,..." (",," is a literal comma in a value).  0, or -EINVAL with err set. */
 int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *err, size_t errlen);
-
-/* Parse a size with an optional k/m/g/t suffix (powers of 1024).  0 or -EINVAL. */
-int vblk_parse_size(const char *s, uint64_t *out);
 
 const char *vblk_cache_name(enum vblk_cache c);
 

@@ -2,6 +2,7 @@
  * request inside submit; reads return zeroes unless read-zeroes=off (then the guest's buffer is
  * left as it was: the data plane's own cost, nothing else). */
 #include "bdev/bdev.h"
+#include "util/iov.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -28,10 +29,8 @@ static void null_close(struct vblk_bdev *b)
 
 static void null_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_bdev_req *r)
 {
-    if (r->op == VBLK_BDEV_READ && b->priv) {
-        for (unsigned i = 0; i < r->iovcnt; i++)
-            memset(r->iov[i].iov_base, 0, r->iov[i].iov_len);
-    }
+    if (r->op == VBLK_BDEV_READ && b->priv)
+        vblk_iov_zero(r->iov, r->iovcnt);
     r->done(r, 0);
 }
 

@@ -142,36 +142,6 @@ static void submit(struct blk_req *req, uint8_t op, uint8_t flags, const struct 
 
 /* ---- I/O thread: request parsing ---- */
 
-/* Drop bytes from the front of an iovec list (in place). */
-static void iov_skip_head(struct iovec **iov, unsigned *cnt, uint64_t bytes)
-{
-    while (*cnt && bytes) {
-        if ((*iov)->iov_len > bytes) {
-            (*iov)->iov_base = (char *)(*iov)->iov_base + bytes;
-            (*iov)->iov_len -= bytes;
-            return;
-        }
-        bytes -= (*iov)->iov_len;
-        (*iov)++;
-        (*cnt)--;
-    }
-}
-
-/* Drop bytes from the end of an iovec list (in place). */
-static void iov_drop_tail(struct iovec *iov, unsigned *cnt, uint64_t bytes)
-{
-    while (*cnt && bytes) {
-        struct iovec *last = &iov[*cnt - 1];
-
-        if (last->iov_len > bytes) {
-            last->iov_len -= bytes;
-            return;
-        }
-        bytes -= last->iov_len;
-        (*cnt)--;
-    }
-}
-
 /* A data range is a positive multiple of the block size, aligned, and inside the disk. */
 static bool range_ok(const struct vblk_bdev *b, uint64_t sector, uint64_t bytes)
 {
@@ -265,11 +235,11 @@ static void handle(struct blk_queue *q, uint16_t head)
 
     out = c.iov;
     out_cnt = c.out_cnt;
-    iov_skip_head(&out, &out_cnt, sizeof(hdr));
+    vblk_iov_skip_head(&out, &out_cnt, sizeof(hdr));
     out_len = c.out_len - sizeof(hdr);
     in = c.iov + c.out_cnt;
     in_cnt = c.in_cnt;
-    iov_drop_tail(in, &in_cnt, 1);
+    vblk_iov_drop_tail(in, &in_cnt, 1);
     in_len = c.in_len - 1;
 
     switch (type) {

@@ -4,7 +4,7 @@
  * It measures the data plane's own cost (file=null://SIZE).
  */
 #include "engine/engine.h"
-#include "virtq/virtq.h"
+#include "util/iov.h"
 
 #include <errno.h>
 #include <fcntl.h>

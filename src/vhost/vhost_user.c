@@ -11,6 +11,7 @@
 
 #include "util/eventfd_check.h"
 #include "util/log.h"
+#include "util/unixfd.h"
 
 static void vring_reset(struct vu_vring *vr)
 {
@@ -229,6 +230,14 @@ static int h_set_protocol_features(struct vblk_vu_dev *v)
     return 0;
 }
 
+static struct vblk_mem_desc mem_desc(const struct vhost_user_mem_region *w)
+{
+    return (struct vblk_mem_desc){.gpa = w->guest_phys_addr,
+                                  .size = w->memory_size,
+                                  .uva = w->userspace_addr,
+                                  .mmap_offset = w->mmap_offset};
+}
+
 static void reset_state(struct vblk_vu_dev *v)
 {
     if (vblk_mem_owner_lost(&v->mem_owner))
@@ -294,9 +303,10 @@ static int h_set_mem_table(struct vblk_vu_dev *v)
     if (!mem)
         return -ENOMEM;
     for (unsigned i = 0; i < m->nregions; i++) {
+        struct vblk_mem_desc d = mem_desc(&m->regions[i]);
         struct vblk_mem_region reg;
 
-        r = vblk_mem_region_map(&v->mem_owner, &reg, &m->regions[i], v->fds[i]);
+        r = vblk_mem_region_map(&v->mem_owner, &reg, &d, v->fds[i]);
         if (r < 0) {
             log_err(v->name, "SET_MEM_TABLE: cannot map region %u: %s", i, vblk_mem_strerror(r));
             goto err_unmap;
@@ -330,6 +340,7 @@ static int h_add_mem_reg(struct vblk_vu_dev *v)
 {
     struct vblk_mem *mem;
     struct vblk_mem_region reg;
+    struct vblk_mem_desc d;
     bool taken;
     int r;
 
@@ -340,7 +351,8 @@ static int h_add_mem_reg(struct vblk_vu_dev *v)
         return -ENOMEM;
     if (v->mem)
         *mem = *v->mem; /* shares the mappings; the old struct is freed without unmapping */
-    r = vblk_mem_region_map(&v->mem_owner, &reg, &v->msg.payload.memreg.region, v->fds[0]);
+    d = mem_desc(&v->msg.payload.memreg.region);
+    r = vblk_mem_region_map(&v->mem_owner, &reg, &d, v->fds[0]);
     if (r < 0) {
         free(mem);
         return PROTO_ERR(v, "ADD_MEM_REG: cannot map region: %s", vblk_mem_strerror(r));
@@ -365,13 +377,15 @@ static int h_rem_mem_reg(struct vblk_vu_dev *v)
 {
     struct vblk_mem *mem;
     struct vblk_mem_region gone;
+    struct vblk_mem_desc d;
     bool taken;
     int idx, r;
 
     /* some front-ends pass the region's fd here too; it is closed after dispatch */
     if (need_size(v, sizeof(struct vhost_user_mem_reg_msg)) < 0)
         return -EPROTO;
-    idx = v->mem ? vblk_mem_find(v->mem, &v->msg.payload.memreg.region) : -ENOENT;
+    d = mem_desc(&v->msg.payload.memreg.region);
+    idx = v->mem ? vblk_mem_find(v->mem, &d) : -ENOENT;
     if (idx < 0)
         return PROTO_ERR(v, "REM_MEM_REG: no such region");
     mem = calloc(1, sizeof(*mem));
@@ -715,38 +729,15 @@ void vblk_vu_disconnect(struct vblk_vu_dev *v)
 /* Receive up to want bytes at the end of the message buffer, collecting fds. */
 static int recv_part(struct vblk_vu_dev *v, uint32_t want)
 {
-    char control[CMSG_SPACE(VHOST_USER_MAX_FDS * sizeof(int))];
-    struct iovec iov = {.iov_base = (char *)&v->msg + v->have, .iov_len = want};
-    struct msghdr mh = {.msg_iov = &iov,
-                        .msg_iovlen = 1,
-                        .msg_control = control,
-                        .msg_controllen = sizeof(control)};
-    struct cmsghdr *cm;
-    ssize_t n;
-    int err = 0;
+    bool overflow = false;
+    ssize_t n = vblk_recv_fds(v->conn_fd, (char *)&v->msg + v->have, want, v->fds, &v->nfds,
+                              VHOST_USER_MAX_FDS, &overflow, MSG_DONTWAIT);
 
-    n = recvmsg(v->conn_fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n == -EAGAIN || n == -EWOULDBLOCK)
+        return -EAGAIN;
     if (n < 0)
-        return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
-    for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-        unsigned cnt;
-        int *fds = (int *)CMSG_DATA(cm);
-
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-            continue;
-        cnt = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (unsigned i = 0; i < cnt; i++) {
-            if (v->nfds < VHOST_USER_MAX_FDS)
-                v->fds[v->nfds++] = fds[i];
-            else {
-                close(fds[i]);
-                err = -EPROTO;
-            }
-        }
-    }
-    if (mh.msg_flags & MSG_CTRUNC)
-        err = -EPROTO;
-    if (err)
+        return (int)n;
+    if (overflow)
         return PROTO_ERR(v, "too many file descriptors with one message");
     if (n == 0)
         return -ECONNRESET;

@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #include "blk/virtio_blk.h"
-#include "vhost/guest_mem.h"
+#include "mem/guest_mem.h"
 #include "vhost/vhost_user_proto.h"
 
 #define VBLK_VU_MAX_QUEUES 64

@@ -151,6 +151,18 @@ struct vhost_user_msg {
     union vhost_user_payload payload;
 } __attribute__((packed));
 
+/* The wire layout (vhost-user.rst), checked at build time. */
+_Static_assert(sizeof(struct vhost_user_hdr) == 12, "vhost-user header");
+_Static_assert(sizeof(struct vhost_user_vring_state) == 8, "vring state");
+_Static_assert(sizeof(struct vhost_user_vring_addr) == 40, "vring address");
+_Static_assert(sizeof(struct vhost_user_mem_region) == 32, "memory region");
+_Static_assert(sizeof(struct vhost_user_memory) == 8 + 32 * VHOST_USER_MEM_REGIONS_MAX,
+               "memory table");
+_Static_assert(sizeof(struct vhost_user_mem_reg_msg) == 40, "single memory region");
+_Static_assert(sizeof(struct vhost_user_config) ==
+                   VHOST_USER_CONFIG_HDR_SIZE + VHOST_USER_MAX_CONFIG_SIZE,
+               "device config");
+
 #define VHOST_USER_HDR_SIZE    ((uint32_t)sizeof(struct vhost_user_hdr))
 #define VHOST_USER_PAYLOAD_MAX ((uint32_t)sizeof(union vhost_user_payload))
 

@@ -263,35 +263,3 @@ void vblk_vq_disable_notify(struct vblk_vq *vq)
     if (!vq->event_idx)
         WRITE_ONCE(vq->used->flags, VRING_USED_F_NO_NOTIFY);
 }
-
-uint64_t vblk_iov_to_buf(const struct iovec *iov, unsigned cnt, void *buf, uint64_t len)
-{
-    uint64_t done = 0;
-
-    for (unsigned i = 0; i < cnt && done < len; i++) {
-        uint64_t l = iov[i].iov_len < len - done ? iov[i].iov_len : len - done;
-
-        memcpy((char *)buf + done, iov[i].iov_base, l);
-        done += l;
-    }
-    return done;
-}
-
-uint64_t vblk_buf_to_iov(const struct iovec *iov, unsigned cnt, const void *buf, uint64_t len)
-{
-    uint64_t done = 0;
-
-    for (unsigned i = 0; i < cnt && done < len; i++) {
-        uint64_t l = iov[i].iov_len < len - done ? iov[i].iov_len : len - done;
-
-        memcpy(iov[i].iov_base, (const char *)buf + done, l);
-        done += l;
-    }
-    return done;
-}
-
-void vblk_iov_zero(const struct iovec *iov, unsigned cnt)
-{
-    for (unsigned i = 0; i < cnt; i++)
-        memset(iov[i].iov_base, 0, iov[i].iov_len);
-}

@@ -22,7 +22,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "vhost/guest_mem.h"
+#include "mem/guest_mem.h"
+#include "util/iov.h"
 
 #define VBLK_VQ_MAX_SIZE     1024  /* largest ring we accept (QEMU's VIRTQUEUE_MAX_SIZE) */
 #define VBLK_VQ_MAX_INDIRECT 32768 /* larger indirect tables are a ring error */
@@ -119,12 +120,5 @@ bool vblk_vq_enable_notify(struct vblk_vq *vq);
 
 /* Tell the driver not to kick while we are busy (no-op with EVENT_IDX). */
 void vblk_vq_disable_notify(struct vblk_vq *vq);
-
-/* Copy up to len bytes from the start of iov[0..cnt) into buf; returns bytes copied. */
-uint64_t vblk_iov_to_buf(const struct iovec *iov, unsigned cnt, void *buf, uint64_t len);
-/* Zero-fill iov[0..cnt). */
-void vblk_iov_zero(const struct iovec *iov, unsigned cnt);
-/* Copy up to len bytes from buf into iov[0..cnt); returns bytes copied. */
-uint64_t vblk_buf_to_iov(const struct iovec *iov, unsigned cnt, const void *buf, uint64_t len);
 
 #endif

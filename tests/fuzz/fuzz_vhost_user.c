@@ -27,6 +27,7 @@
 #include "blk/virtio_blk.h"
 #include "iothread/iothread.h"
 #include "util/log.h"
+#include "util/unixfd.h"
 #include "vhost/vhost_user.h"
 
 #define GUEST_SIZE (2u << 20)
@@ -100,23 +101,7 @@ static void drain_replies(void)
 
 static void send_record(const uint8_t *b, size_t len, const int *fds, unsigned nfds)
 {
-    char control[CMSG_SPACE(8 * sizeof(int))];
-    struct iovec iov = {.iov_base = (void *)b, .iov_len = len};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-
-    if (nfds) {
-        struct cmsghdr *cm;
-
-        memset(control, 0, sizeof(control));
-        mh.msg_control = control;
-        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-    }
-    (void)sendmsg(peer, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)vblk_send_fds(peer, b, len, fds, nfds, MSG_DONTWAIT);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -29,7 +29,7 @@
 #include "engine/engine.h"
 #include "iothread/iothread.h"
 #include "util/log.h"
-#include "vhost/guest_mem.h"
+#include "mem/guest_mem.h"
 #include "virtq/virtq.h"
 
 #define R0_SIZE   0xc000u

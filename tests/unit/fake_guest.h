@@ -17,7 +17,7 @@
 #include "blk/virtio_blk.h"
 #include "engine/engine.h"
 #include "iothread/iothread.h"
-#include "vhost/guest_mem.h"
+#include "mem/guest_mem.h"
 #include "virtq/virtq.h"
 
 #define FG_GPA0        0x100000ull

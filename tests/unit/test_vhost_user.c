@@ -27,6 +27,7 @@
 #include "bdev/bdev.h"
 #include "blk/virtio_blk.h"
 #include "iothread/iothread.h"
+#include "util/unixfd.h"
 #include "vhost/vhost_user.h"
 
 #define NQ   2
@@ -101,9 +102,7 @@ static void send_msg_fds(uint32_t req, uint32_t flags, const void *payload, uint
                          const int *fds, unsigned nfds)
 {
     struct vhost_user_msg m;
-    char control[CMSG_SPACE(16 * sizeof(int))];
-    struct iovec iov = {.iov_base = &m, .iov_len = VHOST_USER_HDR_SIZE + size};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    size_t len = VHOST_USER_HDR_SIZE + size;
 
     assert_true(size <= sizeof(m.payload));
     memset(&m, 0, sizeof(m));
@@ -112,19 +111,7 @@ static void send_msg_fds(uint32_t req, uint32_t flags, const void *payload, uint
     m.hdr.size = size;
     if (size)
         memcpy(&m.payload, payload, size);
-    if (nfds) {
-        struct cmsghdr *cm;
-
-        memset(control, 0, sizeof(control));
-        mh.msg_control = control;
-        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-    }
-    assert_int_equal(sendmsg(sk[1], &mh, 0), (ssize_t)iov.iov_len);
+    assert_int_equal(vblk_send_fds(sk[1], &m, len, fds, nfds, 0), (ssize_t)len);
 }
 
 static void send_msg(uint32_t req, const void *payload, uint32_t size)

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "fake_guest.h"
-#include "vhost/guest_mem.h"
+#include "mem/guest_mem.h"
 #include "virtq/virtq.h"
 
 #define NUM 16
@@ -740,21 +740,20 @@ static void test_guest_mem_translation(void **state)
 
 static void test_guest_mem_region_check_add_find(void **state)
 {
-    struct vhost_user_mem_region d = {
-        .guest_phys_addr = 0, .memory_size = 4096, .userspace_addr = 0, .mmap_offset = 0};
+    struct vblk_mem_desc d = {.gpa = 0, .size = 4096, .uva = 0, .mmap_offset = 0};
     struct vblk_mem m = {0};
     struct vblk_mem_region r = {.gpa = 0x1000, .size = 0x1000, .uva = 0x5000};
 
     assert_int_equal(vblk_mem_region_check(&d), 0);
-    d.memory_size = 0;
+    d.size = 0;
     assert_int_equal(vblk_mem_region_check(&d), -EINVAL);
-    d.memory_size = 4096;
-    d.guest_phys_addr = UINT64_MAX - 100;
+    d.size = 4096;
+    d.gpa = UINT64_MAX - 100;
     assert_int_equal(vblk_mem_region_check(&d), -EINVAL);
-    d.guest_phys_addr = 0;
-    d.userspace_addr = UINT64_MAX - 100;
+    d.gpa = 0;
+    d.uva = UINT64_MAX - 100;
     assert_int_equal(vblk_mem_region_check(&d), -EINVAL);
-    d.userspace_addr = 0;
+    d.uva = 0;
     d.mmap_offset = UINT64_MAX - 100;
     assert_int_equal(vblk_mem_region_check(&d), -EINVAL);
     d.mmap_offset = (uint64_t)INT64_MAX;
@@ -765,10 +764,9 @@ static void test_guest_mem_region_check_add_find(void **state)
     assert_int_equal(vblk_mem_add(&m, &r), -EEXIST);
     r.gpa = 0x2000;
     assert_int_equal(vblk_mem_add(&m, &r), 0);
-    d = (struct vhost_user_mem_region){
-        .guest_phys_addr = 0x2000, .memory_size = 0x1000, .userspace_addr = 0x5000};
+    d = (struct vblk_mem_desc){.gpa = 0x2000, .size = 0x1000, .uva = 0x5000};
     assert_int_equal(vblk_mem_find(&m, &d), 1);
-    d.userspace_addr = 0x6000;
+    d.uva = 0x6000;
     assert_int_equal(vblk_mem_find(&m, &d), -ENOENT);
     for (unsigned i = 2; i < VBLK_MEM_SLOTS_MAX; i++) {
         r.gpa = 0x10000ull * (i + 1);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "util/size.h"
 
 static void usage(FILE *f)
 {
@@ -33,50 +34,6 @@ static void usage(FILE *f)
         "  -v, --verbose      trace vhost-user messages and negotiated features\n"
         "exit status: 0 ok, 1 I/O errors / verify mismatches / device protocol errors,\n"
         "             2 usage or setup failure\n");
-}
-
-static int parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-    unsigned shift = 0;
-
-    errno = 0;
-    v = strtoull(s, &end, 0);
-    if (errno || end == s)
-        return -EINVAL;
-    switch (*end) {
-    case 'k':
-    case 'K':
-        shift = 10;
-        end++;
-        break;
-    case 'm':
-    case 'M':
-        shift = 20;
-        end++;
-        break;
-    case 'g':
-    case 'G':
-        shift = 30;
-        end++;
-        break;
-    case 't':
-    case 'T':
-        shift = 40;
-        end++;
-        break;
-    default:
-        break;
-    }
-    if (*end == 'i' || *end == 'I')
-        end++;
-    if (*end == 'b' || *end == 'B')
-        end++;
-    if (*end || (shift && v > (UINT64_MAX >> shift)))
-        return -EINVAL;
-    *out = (uint64_t)v << shift;
-    return 0;
 }
 
 static int parse_uint(const char *s, unsigned long long max, unsigned long long *out)
@@ -195,7 +152,7 @@ static int parse_one(struct options *o, int c, const char *arg)
         o->cfg.rwmixread = (unsigned)v;
         return 0;
     case OPT_BS:
-        if (parse_size(arg, &sz) || sz == 0 || sz % 512 || sz > (64u << 20))
+        if (vblk_parse_size(arg, &sz) || sz == 0 || sz % 512 || sz > (64u << 20))
             return -EINVAL;
         o->cfg.bs = (uint32_t)sz;
         return 0;
@@ -217,7 +174,7 @@ static int parse_one(struct options *o, int c, const char *arg)
         o->runtime_set = true;
         return 0;
     case OPT_SIZE:
-        return parse_size(arg, &o->size);
+        return vblk_parse_size(arg, &o->size);
     case OPT_IOS:
         if (parse_uint(arg, ULLONG_MAX, &v) || v == 0)
             return -EINVAL;

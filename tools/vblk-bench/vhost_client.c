@@ -1,5 +1,6 @@
 /* vhost_client.c - vhost-user front-end: socket framing, negotiation, memory and vring setup. */
 #include "vhost_client.h"
+#include "util/unixfd.h"
 
 #include "vhost/vhost_user_proto.h"
 
@@ -66,12 +67,6 @@ static int vhc_send(struct vhost_client *c, uint32_t req, uint32_t flags, const 
                     uint32_t size, const int *fds, int nfds)
 {
     struct vhost_user_msg msg;
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * VHOST_USER_MAX_FDS)];
-        struct cmsghdr align;
-    } control;
-    struct iovec iov;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
     size_t total, done = 0;
 
     if (size > VHOST_USER_PAYLOAD_MAX || nfds > VHOST_USER_MAX_FDS)
@@ -83,36 +78,19 @@ static int vhc_send(struct vhost_client *c, uint32_t req, uint32_t flags, const 
     if (size)
         memcpy(&msg.payload, payload, size);
     total = VHOST_USER_HDR_SIZE + size;
-
-    if (nfds > 0) {
-        struct cmsghdr *cm;
-
-        memset(&control, 0, sizeof(control));
-        mh.msg_control = control.buf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
-    }
     if (c->verbose)
         fprintf(stderr, "vhost-user: -> %s (size %u, %d fds)\n", vhc_request_name(req), size, nfds);
 
     while (done < total) {
-        ssize_t n;
+        /* fds travel with the first byte only */
+        ssize_t n = vblk_send_fds(c->sock, (uint8_t *)&msg + done, total - done, fds,
+                                  done ? 0 : (unsigned)nfds, 0);
 
-        iov.iov_base = (uint8_t *)&msg + done;
-        iov.iov_len = total - done;
-        n = sendmsg(c->sock, &mh, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
+        if (n == -EINTR)
+            continue;
+        if (n < 0)
+            return (int)n;
         done += (size_t)n;
-        mh.msg_control = NULL; /* fds travel with the first byte only */
-        mh.msg_controllen = 0;
     }
     return 0;
 }
@@ -123,35 +101,20 @@ static int vhc_read_full(struct vhost_client *c, void *buf, size_t len)
     size_t done = 0;
 
     while (done < len) {
-        union {
-            char buf[CMSG_SPACE(sizeof(int) * VHOST_USER_MAX_FDS)];
-            struct cmsghdr align;
-        } control;
-        struct iovec iov = {.iov_base = (uint8_t *)buf + done, .iov_len = len - done};
-        struct msghdr mh = {.msg_iov = &iov,
-                            .msg_iovlen = 1,
-                            .msg_control = control.buf,
-                            .msg_controllen = sizeof(control.buf)};
-        struct cmsghdr *cm;
-        ssize_t n = recvmsg(c->sock, &mh, MSG_CMSG_CLOEXEC);
+        int fds[VHOST_USER_MAX_FDS];
+        unsigned nfds = 0;
+        bool overflow = false;
+        ssize_t n = vblk_recv_fds(c->sock, (uint8_t *)buf + done, len - done, fds, &nfds,
+                                  VHOST_USER_MAX_FDS, &overflow, 0);
 
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno == EAGAIN ? -ETIMEDOUT : -errno;
-        }
+        for (unsigned i = 0; i < nfds; i++)
+            close(fds[i]);
+        if (n == -EINTR)
+            continue;
+        if (n < 0)
+            return n == -EAGAIN ? -ETIMEDOUT : (int)n;
         if (n == 0)
             return -ECONNRESET;
-        for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-                size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                int fds[VHOST_USER_MAX_FDS];
-
-                memcpy(fds, CMSG_DATA(cm), nfd * sizeof(int));
-                for (size_t i = 0; i < nfd && i < VHOST_USER_MAX_FDS; i++)
-                    close(fds[i]);
-            }
-        }
         done += (size_t)n;
     }
     return 0;

@@ -1,5 +1,5 @@
 /* guest_mem.c - see guest_mem.h. */
-#include "vhost/guest_mem.h"
+#include "mem/guest_mem.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -140,16 +140,15 @@ void *vblk_mem_uva_range(const struct vblk_mem *m, uint64_t uva, uint64_t len)
     return NULL;
 }
 
-int vblk_mem_region_check(const struct vhost_user_mem_region *d)
+int vblk_mem_region_check(const struct vblk_mem_desc *d)
 {
-    if (d->memory_size == 0 || d->memory_size > VBLK_MEM_MAX_BYTES)
+    if (d->size == 0 || d->size > VBLK_MEM_MAX_BYTES)
         return -EINVAL;
-    if (d->guest_phys_addr + d->memory_size < d->guest_phys_addr ||
-        d->userspace_addr + d->memory_size < d->userspace_addr ||
-        d->mmap_offset + d->memory_size < d->mmap_offset)
+    if (d->gpa + d->size < d->gpa || d->uva + d->size < d->uva ||
+        d->mmap_offset + d->size < d->mmap_offset)
         return -EINVAL;
     /* mmap length must fit size_t and off_t arithmetic */
-    if (d->mmap_offset + d->memory_size > (uint64_t)INT64_MAX)
+    if (d->mmap_offset + d->size > (uint64_t)INT64_MAX)
         return -EINVAL;
     return 0;
 }
@@ -173,7 +172,7 @@ const char *vblk_mem_strerror(int err)
 }
 
 int vblk_mem_region_map(struct vblk_mem_owner *o, struct vblk_mem_region *out,
-                        const struct vhost_user_mem_region *d, int fd)
+                        const struct vblk_mem_desc *d, int fd)
 {
     uint64_t page, start, map_size;
     struct statfs sfs;
@@ -190,14 +189,14 @@ int vblk_mem_region_map(struct vblk_mem_owner *o, struct vblk_mem_region *out,
         return -EMEDIUMTYPE;
     /* Touching a mapping past the end of its file raises SIGBUS: refuse regions the fd does not
      * back.  A front-end that shrinks the file later is handled by the SIGBUS guard. */
-    if ((uint64_t)st.st_size < d->mmap_offset + d->memory_size)
+    if ((uint64_t)st.st_size < d->mmap_offset + d->size)
         return -ERANGE;
     /* Map only the pages the region covers (a hugetlbfs file maps in its own page size). */
     page = sfs.f_type == HUGETLBFS_MAGIC ? (uint64_t)sfs.f_bsize : (uint64_t)sysconf(_SC_PAGESIZE);
     if (page == 0 || (page & (page - 1)))
         return -EINVAL;
     start = d->mmap_offset & ~(page - 1);
-    map_size = (d->mmap_offset + d->memory_size - start + page - 1) & ~(page - 1);
+    map_size = (d->mmap_offset + d->size - start + page - 1) & ~(page - 1);
     if (o->mapped + map_size > 2 * VBLK_MEM_MAX_BYTES)
         return -E2BIG;
     if (o->slots >= GUARD_SLOTS_PER_OWNER)
@@ -211,9 +210,9 @@ int vblk_mem_region_map(struct vblk_mem_owner *o, struct vblk_mem_region *out,
     }
     o->mapped += map_size;
     memset(out, 0, sizeof(*out));
-    out->gpa = d->guest_phys_addr;
-    out->size = d->memory_size;
-    out->uva = d->userspace_addr;
+    out->gpa = d->gpa;
+    out->size = d->size;
+    out->uva = d->uva;
     out->mmap_offset = d->mmap_offset;
     out->map = p;
     out->map_size = map_size;
@@ -252,11 +251,10 @@ int vblk_mem_add(struct vblk_mem *m, const struct vblk_mem_region *r)
     return 0;
 }
 
-int vblk_mem_find(const struct vblk_mem *m, const struct vhost_user_mem_region *d)
+int vblk_mem_find(const struct vblk_mem *m, const struct vblk_mem_desc *d)
 {
     for (unsigned i = 0; i < m->nregions; i++) {
-        if (m->r[i].gpa == d->guest_phys_addr && m->r[i].size == d->memory_size &&
-            m->r[i].uva == d->userspace_addr)
+        if (m->r[i].gpa == d->gpa && m->r[i].size == d->size && m->r[i].uva == d->uva)
             return (int)i;
     }
     return -ENOENT;

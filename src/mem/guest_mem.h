@@ -14,8 +14,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "vhost/vhost_user_proto.h"
-
 #define VBLK_MEM_SLOTS_MAX 32
 /* Most guest memory one connection may map in one table (mappings of the old and the new table
  * coexist while a table is replaced, so up to twice this). */
@@ -28,6 +26,14 @@ struct vblk_mem_owner {
     unsigned slots;     /* guard slots held now */
     int lost;           /* set by the SIGBUS guard: a region lost its pages (atomic) */
     unsigned long hits; /* regions replaced so far */
+};
+
+/* A region as the front-end describes it (vhost-user's memory region, in our own terms). */
+struct vblk_mem_desc {
+    uint64_t gpa;         /* guest-physical start */
+    uint64_t size;        /* bytes */
+    uint64_t uva;         /* front-end's virtual address of gpa */
+    uint64_t mmap_offset; /* offset of gpa in the fd */
 };
 
 struct vblk_mem_region {
@@ -69,7 +75,7 @@ void *vblk_mem_uva_range(const struct vblk_mem *m, uint64_t uva, uint64_t len);
 
 /* Check a region description from the front-end: non-empty, no wrap of gpa/uva/offset, at most
  * VBLK_MEM_MAX_BYTES.  Returns 0 or -EINVAL. */
-int vblk_mem_region_check(const struct vhost_user_mem_region *d);
+int vblk_mem_region_check(const struct vblk_mem_desc *d);
 
 /* Map a region from the front-end's fd into *out, counted against owner.  Only a regular file
  * on a memory file system (memfd, tmpfs, hugetlbfs) is accepted: page faults on anything else
@@ -78,7 +84,7 @@ int vblk_mem_region_check(const struct vhost_user_mem_region *d);
  * memory file system), -ERANGE (the file is smaller than the region), -E2BIG (over the
  * owner's byte cap), -ENOSPC (over the owner's guard slots), or mmap's error. */
 int vblk_mem_region_map(struct vblk_mem_owner *owner, struct vblk_mem_region *out,
-                        const struct vhost_user_mem_region *d, int fd);
+                        const struct vblk_mem_desc *d, int fd);
 void vblk_mem_region_unmap(struct vblk_mem_region *r);
 /* Words for the errors of vblk_mem_region_map. */
 const char *vblk_mem_strerror(int err);
@@ -88,7 +94,7 @@ const char *vblk_mem_strerror(int err);
 int vblk_mem_add(struct vblk_mem *m, const struct vblk_mem_region *r);
 
 /* Index of the region matching gpa+size+uva exactly, or -ENOENT. */
-int vblk_mem_find(const struct vblk_mem *m, const struct vhost_user_mem_region *d);
+int vblk_mem_find(const struct vblk_mem *m, const struct vblk_mem_desc *d);
 
 /* Unmap every region the table owns. */
 void vblk_mem_unmap_all(struct vblk_mem *m);
