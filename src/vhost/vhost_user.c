@@ -94,7 +94,10 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
     }
     if (r < 0) {
         log_err(v->name, "cannot start queue %u: %s", i,
-                r == -EINVAL ? "ring size or addresses outside guest memory" : strerror(-r));
+                r == -EFAULT   ? "ring addresses outside guest memory"
+                : r == -EINVAL ? "ring size, or ring addresses misaligned (in the front-end's "
+                                 "memory or in ours: check the region's mmap_offset)"
+                               : strerror(-r));
         return r;
     }
     vr->started = true;

@@ -19,7 +19,7 @@ int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, 
     a = vblk_mem_uva_range(mem, avail_uva, vblk_vq_avail_size(num));
     u = vblk_mem_uva_range(mem, used_uva, vblk_vq_used_size(num));
     if (!d || !a || !u)
-        return -EINVAL;
+        return -EFAULT;
     /* The front-end's addresses may be aligned and ours not (a region's mmap_offset is the
      * front-end's choice): the rings are read with aligned atomic loads. */
     if (((uintptr_t)d & 15) || ((uintptr_t)a & 1) || ((uintptr_t)u & 3))

@@ -73,8 +73,9 @@ static inline uint64_t vblk_vq_used_size(unsigned num)
     return 6ull + 8ull * num;
 }
 
-/* Point vq at rings given as front-end virtual addresses in mem.  0, or -EINVAL if num is not
- * a power of two in [1, VBLK_VQ_MAX_SIZE], a part is misaligned, or not inside one region. */
+/* Point vq at rings given as front-end virtual addresses in mem.  0, -EINVAL if num is not a
+ * power of two in [1, VBLK_VQ_MAX_SIZE] or a part is misaligned (in the front-end's addresses
+ * or in our mapping of them), -EFAULT if a part is not inside one region. */
 int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, uint64_t desc_uva,
                   uint64_t avail_uva, uint64_t used_uva);
 

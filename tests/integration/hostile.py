@@ -10,44 +10,7 @@ import socket
 import struct
 import sys
 
-VERSION = 0x1
-NEED_REPLY = 0x8
-
-
-def msg(req, payload=b"", flags=VERSION, size=None):
-    return struct.pack("<III", req, flags, len(payload) if size is None else size) + payload
-
-
-def closed_after(sock_path, data, fds=()):
-    """Send data; True if the daemon closes the connection (EOF) within 5 s."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(sock_path)
-    try:
-        if fds:
-            s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i" * len(fds), *fds))])
-        else:
-            s.sendall(data)
-        while True:
-            b = s.recv(4096)
-            if not b:
-                return True
-    except (socket.timeout, TimeoutError):
-        return False
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    finally:
-        s.close()
-
-
-def get_features_ok(sock_path):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(sock_path)
-    s.sendall(msg(1))
-    hdr = s.recv(12)
-    s.close()
-    return len(hdr) == 12 and struct.unpack("<III", hdr)[0] == 1
+from vu import closed_after, get_features_ok, msg
 
 
 def main():

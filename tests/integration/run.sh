@@ -1,7 +1,8 @@
 #!/bin/bash
 # run.sh - vblkd driven over its real socket by vblk-bench (no guest): every engine and cache
-# mode with --verify, the null backend, read-only exports, a hostile front-end, and a check that
-# one export misbehaving leaves the others serving.
+# mode with --verify, the null backend, read-only exports, a hostile front-end, a check that one
+# export misbehaving leaves the others serving, and isolation.py: a front-end attacking one export
+# never stalls or kills another (separate daemon, one PASS/FAIL per attack).
 #
 # usage: tests/integration/run.sh [BUILD_DIR]
 # Prints PASS/FAIL lines and "N passed, N failed"; exit 1 on failure.
@@ -165,6 +166,51 @@ kill -TERM $readers
 wait $readers
 check cli-help "$VBLKD" --help
 check cli-version "$VBLKD" --version
+
+# isolation: a hostile front-end attacks export A while B runs I/O and C takes new front-ends
+# (isolation.py prints one PASS/FAIL line per attack, each counted as a test, and under a failed
+# case the daemon log lines written during it)
+truncate -s 64M "$S/iso-b.img"
+if start_daemon "id=iso-a,file=null://1G,socket=$S/iso-a.sock,num-queues=2" \
+    "id=iso-b,file=$S/iso-b.img,socket=$S/iso-b.sock,aio=io_uring" \
+    "id=iso-c,file=null://1G,socket=$S/iso-c.sock"; then
+    timeout -k 5 150 python3 "$here/isolation.py" --log "$tmp/daemon.log" \
+        "$S/iso-a.sock" "$S/iso-b.sock" "$S/iso-c.sock" "$daemon" "$BENCH" >"$tmp/isolation.out" 2>&1
+    rc=$?
+    cases=0
+    while IFS= read -r line; do
+        case $line in
+        "PASS isolation-"*) echo "$line"; passed=$((passed + 1)); cases=$((cases + 1)) ;;
+        "FAIL isolation-"*) echo "$line"; failed=$((failed + 1)); cases=$((cases + 1)) ;;
+        *) echo "    $line" ;;
+        esac
+    done <"$tmp/isolation.out"
+    if [ "$cases" -eq 0 ] || { [ "$rc" -ne 0 ] && ! grep -q '^FAIL isolation-' "$tmp/isolation.out"; }; then
+        fail isolation-script "isolation.py exited $rc after $cases cases"
+    fi
+    # the daemon survived the attacks and still exits cleanly (bounded: it may be wedged)
+    kill -TERM "$daemon" 2>/dev/null
+    for _ in $(seq 100); do
+        [ "$(sed 's/.*) //' "/proc/$daemon/stat" 2>/dev/null | cut -c1)" = Z ] && break
+        kill -0 "$daemon" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$(sed 's/.*) //' "/proc/$daemon/stat" 2>/dev/null | cut -c1)" != Z ] && kill -0 "$daemon" 2>/dev/null; then
+        kill -KILL "$daemon"
+        wait "$daemon" 2>/dev/null
+        daemon=
+        fail isolation-sigterm-exit-0 "vblkd did not exit within 10 s of SIGTERM"
+    elif wait "$daemon"; then
+        daemon=
+        pass isolation-sigterm-exit-0
+    else
+        rc=$?
+        daemon=
+        fail isolation-sigterm-exit-0 "exit status $rc"
+    fi
+else
+    fail isolation-daemon-start "vblkd did not come up"
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
