@@ -2,10 +2,11 @@
 # test.sh - build vblk and run every test suite; ends with "N passed, N failed".
 #
 #   scripts/test.sh            all suites
-#   scripts/test.sh unit       only the given suites (unit asan integration asan-integration
-#                              bench e2e fuzz)
+#   scripts/test.sh unit       only the given suites (unit asan tsan integration
+#                              asan-integration bench e2e fuzz)
 #
-# Suites: unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), integration (vblkd
+# Suites: unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), tsan (the unit tests
+# built with clang's ThreadSanitizer: the I/O thread, its control calls, queues served for real), integration (vblkd
 # driven over its socket by vblk-bench and a hostile front-end), asan-integration (the same with
 # vblkd and vblk-bench built with ASan+UBSan, stopping at the first report), bench (vblk-bench's own tests
 # against qemu-storage-daemon), e2e (a QEMU guest on vblkd), fuzz (each libFuzzer target for
@@ -14,7 +15,7 @@ set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(unit asan integration asan-integration bench e2e fuzz)
+[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration bench e2e fuzz)
 passed=0
 failed=0
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/vblk-test.XXXXXX")
@@ -94,6 +95,15 @@ for s in "${suites[@]}"; do
             count asan 0 1
         fi
         ;;
+    tsan)
+        if command -v clang >/dev/null && CC=clang scripts/build.sh build-tsan -Db_sanitize=thread \
+            -Db_lundef=false >"$logdir/build-tsan.log" 2>&1; then
+            TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 meson_suite tsan build-tsan --suite unit
+        else
+            tail -40 "$logdir/build-tsan.log"
+            count tsan 0 1
+        fi
+        ;;
     integration)
         script_suite integration bash tests/integration/run.sh build
         ;;
@@ -128,7 +138,7 @@ for s in "${suites[@]}"; do
         fi
         ;;
     *)
-        echo "unknown suite '$s' (unit asan bench e2e fuzz)"
+        echo "unknown suite '$s' (unit asan tsan integration asan-integration bench e2e fuzz)"
         count "$s" 0 1
         ;;
     esac

@@ -417,5 +417,5 @@ void fb_req_build(struct fake_blk *b, unsigned q, struct fb_req *r, uint32_t typ
 
 uint8_t fb_status(struct fake_blk *b, const struct fb_req *r)
 {
-    return *(volatile uint8_t *)fg_ptr(&b->g, r->status_gpa);
+    return __atomic_load_n((uint8_t *)fg_ptr(&b->g, r->status_gpa), __ATOMIC_ACQUIRE);
 }

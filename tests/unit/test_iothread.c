@@ -50,8 +50,9 @@ static int block_on_pipe(void *arg)
 
 static void test_call_to_stuck_thread_times_out(void **state)
 {
+    static int p[2]; /* the stuck thread reads it after this test returns: not on the stack */
     struct vblk_iothread *t;
-    int p[2], n = 0;
+    int n = 0;
     uint64_t t0, spent;
 
     assert_int_equal(pipe(p), 0);
@@ -83,8 +84,9 @@ static int never_done(void *arg)
 
 static void test_endless_drain_times_out_and_stops_retrying(void **state)
 {
+    static int n; /* the thread may still look at it after this test returns */
     struct vblk_iothread *t;
-    int n = 0, a, b;
+    int a, b;
 
     assert_int_equal(vblk_iothread_create(&t, "drain", &vblk_engine_null, 16, 0, 200), 0);
     assert_int_equal(vblk_iothread_call(t, never_done, &n), -ETIMEDOUT);

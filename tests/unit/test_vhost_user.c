@@ -861,7 +861,7 @@ static void test_memfd_shrunk_under_running_ring_survives(void **state)
     assert_int_equal(eventfd_write(kick, 1), 0);
     assert_int_equal(poll(&p, 1, 5000), 1);
     assert_int_equal(vblk_mem_sigbus_count(), before + 1);
-    assert_int_equal(vu.mem_owner.hits, 1);
+    assert_int_equal(__atomic_load_n(&vu.mem_owner.hits, __ATOMIC_RELAXED), 1);
 
     assert_true(vblk_vu_check_lost_memory(&vu));
     assert_int_equal(vu.conn_fd, -1);

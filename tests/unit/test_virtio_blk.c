@@ -744,6 +744,12 @@ static uint64_t cpu_ms(void)
  * vblk_blk_queue_process when vblk_vq_avail() is non-zero, as now, so a fresh breakage is still
  * reported once).
  */
+/* I/O thread: is the queue broken? (read by its own thread) */
+static int read_broken(void *arg)
+{
+    return ((struct blk_queue *)arg)->vq.broken;
+}
+
 static void test_polling_thread_sleeps_after_queue_broke(void **state)
 {
     struct vblk_iothread *iot = NULL;
@@ -785,7 +791,7 @@ static void test_polling_thread_sleeps_after_queue_broke(void **state)
     c0 = cpu_ms();
     usleep(300 * 1000);
     spent = cpu_ms() - c0;
-    broken = d.queues[0].vq.broken;
+    broken = vblk_iothread_call(iot, read_broken, &d.queues[0]) == 1;
     /* clean up before asserting, so a failure does not leave a spinning thread behind */
     assert_int_equal(vblk_blk_queue_stop(&d, 0, &last), 0);
     vblk_iothread_destroy(iot);
