@@ -46,6 +46,8 @@ static void connect_pair(void)
     assert_int_equal(vblk_vu_attach(&vu, sk[0]), 0);
 }
 
+static unsigned iot_timeout_ms = VBLK_IOT_CALL_TIMEOUT_MS;
+
 static int setup_common(bool with_iothread)
 {
     const struct vblk_bdev_conf c = {.name = "t",
@@ -62,8 +64,8 @@ static int setup_common(bool with_iothread)
     if (vblk_bdev_open_stack(&bdev, &c, err, sizeof(err)) < 0)
         return -1;
     iot = NULL;
-    if (with_iothread && vblk_iothread_create(&iot, "vu-test", &vblk_engine_null, NQ * QMAX, 0,
-                                              VBLK_IOT_CALL_TIMEOUT_MS) < 0)
+    if (with_iothread &&
+        vblk_iothread_create(&iot, "vu-test", &vblk_engine_null, NQ * QMAX, 0, iot_timeout_ms) < 0)
         return -1;
     if (vblk_blk_create(&blk, "t", bdev, iot, NQ, QMAX, "vu-serial") < 0)
         return -1;
@@ -77,6 +79,25 @@ static int setup(void **state)
     return setup_common(false);
 }
 
+/* After a wedge: the stuck thread keeps the device and driver; only the socket goes. */
+static int teardown_wedged(void **state)
+{
+    iot_timeout_ms = VBLK_IOT_CALL_TIMEOUT_MS;
+    if (sk[1] >= 0)
+        close(sk[1]);
+    sk[0] = sk[1] = -1;
+    vblk_iothread_destroy(iot); /* leaves a wedged thread running */
+    iot = NULL;
+    return 0;
+}
+
+/* An I/O thread that gives up on calls after 200 ms (the wedge tests). */
+static int setup_iot_short(void **state)
+{
+    iot_timeout_ms = 200;
+    return setup_common(true);
+}
+
 static int setup_iot(void **state)
 {
     return setup_common(true);
@@ -84,6 +105,7 @@ static int setup_iot(void **state)
 
 static int teardown(void **state)
 {
+    iot_timeout_ms = VBLK_IOT_CALL_TIMEOUT_MS;
     vblk_vu_disconnect(&vu);
     if (sk[1] >= 0)
         close(sk[1]);
@@ -1187,8 +1209,53 @@ static void test_one_kick_fd_for_two_queues(void **state)
     close(call);
 }
 
+/* ---- a stuck I/O thread tears its export down, and only that ---- */
+
+static int stuck_pipe[2] = {-1, -1}; /* static: the stuck thread reads it after the test */
+
+static int block_on_pipe(void *arg)
+{
+    char c;
+
+    return read(stuck_pipe[0], &c, 1) == 1 ? 0 : -EIO;
+}
+
+/* The I/O thread stops answering (storage that hangs, say): the next message that needs it
+ * closes the connection within the timeout, the export refuses new front-ends, and the memory
+ * and fds the thread may still touch are left mapped and open. */
+static void test_stuck_io_thread_tears_export_down(void **state)
+{
+    int memfd = make_memfd(RING_SIZE);
+    int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
+    struct vblk_mem *mem;
+    int fds_before;
+
+    send_ring_mem_table(memfd);
+    send_ring0_setup(call, kick);
+    assert_ok();
+    assert_true(blk.queues[0].started);
+    mem = vu.mem;
+    assert_int_equal(pipe(stuck_pipe), 0);
+    assert_int_equal(vblk_iothread_call(iot, block_on_pipe, NULL), -ETIMEDOUT);
+    fds_before = count_open_fds();
+
+    send_state(VHOST_USER_GET_VRING_BASE, 0, 0); /* needs the thread: times out */
+    assert_true(vblk_vu_readable(&vu) < 0);
+    assert_true(vu.wedged);
+    assert_int_equal(vu.conn_fd, -1);
+    assert_null(vu.mem); /* left to the thread, not unmapped */
+    assert_non_null(vblk_mem_gpa(mem, RING_GPA, &(uint64_t){8})); /* still mapped */
+    assert_int_equal(count_open_fds(), fds_before - 1);           /* only the connection closed */
+    assert_int_equal(vblk_vu_attach(&vu, 12345), -EIO);           /* refused from now on */
+
+    /* let the thread go; it must not be destroyed under anything: teardown leaves it */
+    assert_int_equal(write(stuck_pipe[1], "x", 1), 1);
+    close(memfd);
+}
+
 #define T(f)  cmocka_unit_test_setup_teardown(f, setup, teardown)
 #define TI(f) cmocka_unit_test_setup_teardown(f, setup_iot, teardown)
+#define TW(f) cmocka_unit_test_setup_teardown(f, setup_iot_short, teardown_wedged)
 
 int main(void)
 {
@@ -1261,6 +1328,7 @@ int main(void)
         T(test_add_mem_reg_flood_is_capped),
         TI(test_ring_misaligned_in_our_mapping_closes),
         TI(test_one_kick_fd_for_two_queues),
+        TW(test_stuck_io_thread_tears_export_down),
     };
 
     return cmocka_run_group_tests_name("vhost_user", tests, NULL, NULL);
