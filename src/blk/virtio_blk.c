@@ -394,7 +394,12 @@ static int queue_start_fn(void *arg)
     }
     if (vblk_iothread_polls(q->iot))
         vblk_iothread_add_poller(q->iot, &q->poller);
-    queue_process(q, true);
+    /* what a daemon before us had taken and not completed, in the order it was taken */
+    for (unsigned i = 0; i < q->nresubmit && !q->vq.broken; i++)
+        handle(q, q->resubmit[i]);
+    q->nresubmit = 0;
+    if (!q->vq.broken)
+        queue_process(q, true);
     return 0;
 }
 
@@ -481,8 +486,10 @@ static void queue_free(struct blk_queue *q)
 {
     free(q->reqs);
     free(q->iov_pool);
+    free(q->resubmit);
     q->reqs = NULL;
     q->iov_pool = NULL;
+    q->resubmit = NULL;
 }
 
 void vblk_blk_destroy(struct vblk_blk_dev *d)
@@ -521,9 +528,27 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
     q->iov_cap = VBLK_SEG_MAX + VBLK_IOV_SLACK;
     q->reqs = calloc(p->num, sizeof(*q->reqs));
     q->iov_pool = calloc((size_t)p->num * q->iov_cap, sizeof(*q->iov_pool));
-    if (!q->reqs || !q->iov_pool) {
+    q->resubmit = calloc(p->num, sizeof(*q->resubmit));
+    if (!q->reqs || !q->iov_pool || !q->resubmit) {
         queue_free(q);
         return -ENOMEM;
+    }
+    q->inflight = 0;
+    q->kick_fd = p->kick_fd;
+    q->call_fd = p->call_fd;
+    q->err_fd = p->err_fd;
+    q->nresubmit = 0;
+    q->vq.inflight = p->inflight;
+    if (p->inflight) {
+        r = vblk_vq_inflight_resume(&q->vq, q->resubmit, &q->nresubmit);
+        if (r == -EIO)
+            queue_broken(q, "corrupt in-flight record", 0);
+        else if (r < 0)
+            return r;
+        else if (q->nresubmit)
+            log_info(d->name,
+                     "queue %u: resubmitting %u in-flight request%s left by the last daemon", qidx,
+                     q->nresubmit, q->nresubmit > 1 ? "s" : "");
     }
     for (unsigned h = 0; h < p->num; h++) {
         struct blk_req *req = &q->reqs[h];
@@ -533,10 +558,6 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
         req->iov = q->iov_pool + (size_t)h * q->iov_cap;
         req->breq.done = bdev_done;
     }
-    q->inflight = 0;
-    q->kick_fd = p->kick_fd;
-    q->call_fd = p->call_fd;
-    q->err_fd = p->err_fd;
     return vblk_iothread_call(q->iot, queue_start_fn, q);
 }
 

@@ -54,6 +54,8 @@ struct blk_queue {
     struct vblk_blk_stats stats; /* this queue's I/O thread only */
     unsigned index;
     struct blk_req *reqs; /* one per head */
+    uint16_t *resubmit;   /* heads a previous daemon left in flight, taken first at start */
+    unsigned nresubmit;
     struct iovec *iov_pool;
     unsigned iov_cap;
     unsigned inflight;
@@ -75,6 +77,7 @@ struct vblk_queue_params {
     uint64_t desc_uva, avail_uva, used_uva;
     int kick_fd, call_fd, err_fd; /* owned by the caller; -1 if none */
     bool event_idx, indirect;
+    struct vblk_inflight_split *inflight; /* in-flight record to keep (and resume), or NULL */
 };
 
 struct vblk_blk_dev {

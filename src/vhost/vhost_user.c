@@ -6,6 +6,7 @@
 #include <linux/virtio_ring.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -57,7 +58,8 @@ static void wedge(struct vblk_vu_dev *v)
     log_err(v->name,
             "an I/O thread stopped answering: export torn down (its guest memory and fds are "
             "left to it); restart vblkd to serve it again");
-    v->mem = NULL; /* leaked on purpose */
+    v->mem = NULL;          /* leaked on purpose */
+    v->inflight.map = NULL; /* likewise */
     for (unsigned i = 0; i < VBLK_VU_MAX_QUEUES; i++) {
         v->vrings[i].started = false;
         v->vrings[i].kick_fd = v->vrings[i].call_fd = v->vrings[i].err_fd = -1;
@@ -87,6 +89,15 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
         .event_idx = !!(v->features & (1ull << VIRTIO_RING_F_EVENT_IDX)),
         .indirect = !!(v->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)),
     };
+    if (v->inflight.map && i < v->inflight_queues) {
+        if (vr->num != v->inflight_qsize) {
+            log_err(v->name, "queue %u has %u entries but its in-flight record %u", i, vr->num,
+                    v->inflight_qsize);
+            return -EPROTO;
+        }
+        p.inflight = (struct vblk_inflight_split *)(v->inflight.host +
+                                                    i * vblk_inflight_queue_size(vr->num));
+    }
     r = vblk_blk_queue_start(v->blk, i, &p);
     if (r == -ETIMEDOUT) {
         wedge(v);
@@ -145,7 +156,7 @@ static struct vblk_mem *mem_swap(struct vblk_vu_dev *v, struct vblk_mem *mem, in
 
 /* ---- replies ---- */
 
-static int send_reply(struct vblk_vu_dev *v, const void *payload, uint32_t size)
+static int send_reply_fd(struct vblk_vu_dev *v, const void *payload, uint32_t size, int fd)
 {
     struct vhost_user_msg m;
     ssize_t n;
@@ -154,13 +165,19 @@ static int send_reply(struct vblk_vu_dev *v, const void *payload, uint32_t size)
     m.hdr.flags = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK;
     m.hdr.size = size;
     memcpy(&m.payload, payload, size);
-    n = send(v->conn_fd, &m, VHOST_USER_HDR_SIZE + size, MSG_NOSIGNAL);
+    n = vblk_send_fds(v->conn_fd, &m, VHOST_USER_HDR_SIZE + size, &fd, fd >= 0 ? 1 : 0,
+                      MSG_DONTWAIT);
     if (n != (ssize_t)(VHOST_USER_HDR_SIZE + size)) {
         log_err(v->name, "cannot send %s reply: %s", vhost_user_request_name(m.hdr.request),
-                n < 0 ? strerror(errno) : "short write");
+                n < 0 ? strerror((int)-n) : "short write");
         return -EIO;
     }
     return 0;
+}
+
+static int send_reply(struct vblk_vu_dev *v, const void *payload, uint32_t size)
+{
+    return send_reply_fd(v, payload, size, -1);
 }
 
 static int reply_u64(struct vblk_vu_dev *v, uint64_t val)
@@ -261,6 +278,8 @@ static void reset_state(struct vblk_vu_dev *v)
         free(v->mem);
         v->mem = NULL;
     }
+    vblk_mem_region_unmap(&v->inflight);
+    v->inflight_queues = v->inflight_qsize = 0;
     v->features = 0;
     v->protocol_features = 0;
     vblk_blk_reset(v->blk);
@@ -401,6 +420,74 @@ static int h_rem_mem_reg(struct vblk_vu_dev *v)
     if (taken)
         vblk_mem_region_unmap(&gone);
     return r;
+}
+
+/* ---- in-flight record ---- */
+
+static int inflight_check(struct vblk_vu_dev *v, const struct vhost_user_inflight *f)
+{
+    unsigned qs = f->queue_size;
+
+    if (f->num_queues == 0 || f->num_queues > v->nvrings || qs == 0 ||
+        qs > v->blk->max_queue_size || (qs & (qs - 1)))
+        return PROTO_ERR(v, "%s: %u queues of %u entries (at most %u queues of %u)",
+                         vhost_user_request_name(v->msg.hdr.request), f->num_queues, qs, v->nvrings,
+                         v->blk->max_queue_size);
+    return 0;
+}
+
+/* The front-end asks for a buffer (a fresh memfd) to keep the in-flight record in. */
+static int h_get_inflight_fd(struct vblk_vu_dev *v)
+{
+    struct vhost_user_inflight f = v->msg.payload.inflight;
+    int fd, r;
+
+    if (need_size(v, sizeof(f)) < 0 || inflight_check(v, &f) < 0)
+        return -EPROTO;
+    f.mmap_size = f.num_queues * vblk_inflight_queue_size(f.queue_size);
+    f.mmap_offset = 0;
+    fd = memfd_create("vblk-inflight", MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)f.mmap_size) < 0) { /* zeroes: version 0, nothing in flight */
+        r = -errno;
+        close(fd);
+        return r;
+    }
+    r = send_reply_fd(v, &f, sizeof(f), fd);
+    close(fd);
+    return r;
+}
+
+/* The front-end hands the buffer (back) to us: on a reconnect it holds what a daemon before us
+ * left in flight; the rings resubmit it when they start. */
+static int h_set_inflight_fd(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_inflight *f = &v->msg.payload.inflight;
+    struct vblk_mem_desc d;
+    struct vblk_mem_region reg;
+    int r;
+
+    if (need_size(v, sizeof(*f)) < 0 || need_fds(v, 1) < 0 || inflight_check(v, f) < 0)
+        return -EPROTO;
+    for (unsigned i = 0; i < v->nvrings; i++) {
+        if (v->vrings[i].started)
+            return PROTO_ERR(v, "SET_INFLIGHT_FD: queue %u is running", i);
+    }
+    d = (struct vblk_mem_desc){.size = f->num_queues * vblk_inflight_queue_size(f->queue_size),
+                               .mmap_offset = f->mmap_offset};
+    if (f->mmap_size < d.size)
+        return PROTO_ERR(v, "SET_INFLIGHT_FD: %llu bytes for %u queues of %u entries (%llu needed)",
+                         (unsigned long long)f->mmap_size, f->num_queues, f->queue_size,
+                         (unsigned long long)d.size);
+    r = vblk_mem_region_map(&v->mem_owner, &reg, &d, v->fds[0]);
+    if (r < 0)
+        return PROTO_ERR(v, "SET_INFLIGHT_FD: cannot map the buffer: %s", vblk_mem_strerror(r));
+    vblk_mem_region_unmap(&v->inflight);
+    v->inflight = reg;
+    v->inflight_queues = f->num_queues;
+    v->inflight_qsize = f->queue_size;
+    return 0;
 }
 
 static int h_set_vring_num(struct vblk_vu_dev *v)
@@ -628,7 +715,8 @@ int vblk_vu_dispatch(struct vblk_vu_dev *v)
     /* only fd-carrying messages may carry fds (REM_MEM_REG: tolerated and closed) */
     if (v->nfds && req != VHOST_USER_SET_MEM_TABLE && req != VHOST_USER_ADD_MEM_REG &&
         req != VHOST_USER_REM_MEM_REG && req != VHOST_USER_SET_VRING_KICK &&
-        req != VHOST_USER_SET_VRING_CALL && req != VHOST_USER_SET_VRING_ERR)
+        req != VHOST_USER_SET_INFLIGHT_FD && req != VHOST_USER_SET_VRING_CALL &&
+        req != VHOST_USER_SET_VRING_ERR)
         return PROTO_ERR(v, "%s: unexpected file descriptors", vhost_user_request_name(req));
 
     switch (req) {
@@ -687,6 +775,11 @@ int vblk_vu_dispatch(struct vblk_vu_dev *v)
         break;
     case VHOST_USER_GET_CONFIG:
         return h_get_config(v);
+    case VHOST_USER_GET_INFLIGHT_FD:
+        return h_get_inflight_fd(v);
+    case VHOST_USER_SET_INFLIGHT_FD:
+        r = h_set_inflight_fd(v);
+        break;
     case VHOST_USER_SET_CONFIG:
         r = h_set_config(v);
         break;

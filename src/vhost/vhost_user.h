@@ -1,8 +1,10 @@
 /* vhost_user.h - vhost-user back-end for one export: one front-end connection at a time.
  *
  * Owns: receiving messages (header, payload, fds) without blocking, checking each against the
- * spec before use, and applying them: features, memory table, vring setup, config, and the
- * lifecycle of each ring (started on KICK, stopped on GET_VRING_BASE / disable / disconnect).
+ * spec before use, and applying them: features, memory table, vring setup, config, the
+ * in-flight record (GET/SET_INFLIGHT_FD: after a crash of the daemon the next one resubmits what
+ * was in flight), and the lifecycle of each ring (started on KICK, stopped on GET_VRING_BASE /
+ * disable / disconnect).
  * Any malformed message (bad size, unknown code, bad fd count, index out of range, a kick, call
  * or err fd that is not a plain eventfd, guest memory outside a memory file system or over the
  * caps of guest_mem.h, ...) closes the connection with a log line; the export then accepts a new
@@ -54,12 +56,17 @@ struct vblk_vu_dev {
     int fds[VHOST_USER_MAX_FDS];
     unsigned nfds;
     struct vblk_mem_owner mem_owner; /* this connection's mappings, caps, SIGBUS verdict */
-    bool wedged;                     /* an I/O thread stopped answering: torn down for good */
+    /* in-flight record shared with the front-end (SET_INFLIGHT_FD); map == NULL: none */
+    struct vblk_mem_region inflight;
+    unsigned inflight_queues, inflight_qsize;
+    bool wedged; /* an I/O thread stopped answering: torn down for good */
 };
 
 #define VBLK_VU_PROTOCOL_FEATURES                                                                  \
     ((1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |              \
-     (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS))
+     (1ull << VHOST_USER_PROTOCOL_F_CONFIG) |                                                      \
+     (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |                                         \
+     (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD))
 
 void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *blk);
 

@@ -137,6 +137,14 @@ struct vhost_user_config {
 
 #define VHOST_USER_CONFIG_HDR_SIZE 12u
 
+/* GET/SET_INFLIGHT_FD: the shared buffer that records in-flight requests (for reconnects). */
+struct vhost_user_inflight {
+    uint64_t mmap_size;
+    uint64_t mmap_offset;
+    uint16_t num_queues;
+    uint16_t queue_size;
+} __attribute__((packed));
+
 union vhost_user_payload {
     uint64_t u64;
     struct vhost_user_vring_state state;
@@ -144,6 +152,7 @@ union vhost_user_payload {
     struct vhost_user_memory memory;
     struct vhost_user_mem_reg_msg memreg;
     struct vhost_user_config config;
+    struct vhost_user_inflight inflight;
 };
 
 struct vhost_user_msg {

@@ -2,6 +2,7 @@
 #include "virtq/virtq.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util/compiler.h"
@@ -77,7 +78,112 @@ int vblk_vq_pop(struct vblk_vq *vq, uint16_t *head)
     }
     vq->last_avail++;
     *head = h;
+    if (vq->inflight) {
+        struct vblk_inflight_desc *d = &vq->inflight->desc[h];
+
+        WRITE_ONCE(d->counter, vq->inflight_counter++);
+        WRITE_ONCE(d->inflight, 1);
+    }
     return 0;
+}
+
+/*
+ * The batch of n entries is on the used ring (used->idx stored): clear their in-flight flags,
+ * then record used_idx.  A crash between the two leaves used_idx behind used->idx, which tells
+ * the next daemon to clear this batch itself (vblk_vq_inflight_resume).
+ */
+void vblk_vq_inflight_published(struct vblk_vq *vq, uint16_t n)
+{
+    struct vblk_inflight_split *f = vq->inflight;
+    uint16_t h = f->last_batch_head;
+
+    for (uint16_t i = 0; i < n && h < vq->num; i++) {
+        WRITE_ONCE(f->desc[h].inflight, 0);
+        h = READ_ONCE(f->desc[h].next);
+    }
+    __atomic_store_n(&f->used_idx, vq->used_idx, __ATOMIC_RELEASE);
+}
+
+struct inflight_head {
+    uint64_t counter;
+    uint16_t head;
+};
+
+static int by_counter(const void *a, const void *b)
+{
+    const struct inflight_head *x = a, *y = b;
+
+    return x->counter < y->counter ? -1 : x->counter > y->counter;
+}
+
+int vblk_vq_inflight_resume(struct vblk_vq *vq, uint16_t *heads, unsigned *n)
+{
+    struct vblk_inflight_split *f = vq->inflight;
+    struct inflight_head *list;
+    uint16_t used = __atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE);
+    uint64_t next_counter = 0;
+    unsigned cnt = 0;
+
+    *n = 0;
+    if (READ_ONCE(f->version) == 0) { /* a fresh record: nothing was in flight */
+        memset(f->desc, 0, 16ull * vq->num);
+        f->desc_num = vq->num;
+        f->last_batch_head = 0;
+        f->used_idx = used;
+        f->features = 0;
+        __atomic_store_n(&f->version, 1, __ATOMIC_RELEASE);
+        vq->inflight_counter = 0;
+        return 0;
+    }
+    if (READ_ONCE(f->version) != 1 || READ_ONCE(f->desc_num) != vq->num)
+        return -EINVAL;
+    if (READ_ONCE(f->used_idx) != used) {
+        /* the last batch reached the used ring but its flags were not cleared */
+        uint16_t batch = (uint16_t)(used - READ_ONCE(f->used_idx));
+        uint16_t h = READ_ONCE(f->last_batch_head);
+
+        if (batch > vq->num)
+            goto broken;
+        for (uint16_t i = 0; i < batch; i++) {
+            if (h >= vq->num)
+                goto broken;
+            WRITE_ONCE(f->desc[h].inflight, 0);
+            h = READ_ONCE(f->desc[h].next);
+        }
+        __atomic_store_n(&f->used_idx, used, __ATOMIC_RELEASE);
+    }
+    list = malloc(sizeof(*list) * vq->num);
+    if (!list)
+        return -ENOMEM;
+    for (uint16_t h = 0; h < vq->num; h++) {
+        uint8_t st = READ_ONCE(f->desc[h].inflight);
+
+        if (st > 1) {
+            free(list);
+            goto broken;
+        }
+        if (st) {
+            list[cnt].counter = READ_ONCE(f->desc[h].counter);
+            list[cnt].head = h;
+            if (list[cnt].counter >= next_counter)
+                next_counter = list[cnt].counter + 1;
+            cnt++;
+        }
+    }
+    qsort(list, cnt, sizeof(*list), by_counter);
+    for (unsigned i = 0; i < cnt; i++)
+        heads[i] = list[i].head;
+    free(list);
+    /* every head taken before the crash is either on the used ring or in this list */
+    vq->last_avail = (uint16_t)(used + cnt);
+    vq->shadow_avail = vq->last_avail;
+    vq->inflight_counter = next_counter;
+    *n = cnt;
+    return 0;
+
+broken:
+    vq->broken = true;
+    return -EIO;
 }
 
 struct desc_copy {

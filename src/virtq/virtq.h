@@ -28,6 +28,37 @@
 #define VBLK_VQ_MAX_SIZE     1024  /* largest ring we accept (QEMU's VIRTQUEUE_MAX_SIZE) */
 #define VBLK_VQ_MAX_INDIRECT 32768 /* larger indirect tables are a ring error */
 
+/*
+ * The in-flight record of one split ring (vhost-user.rst, "Inflight I/O tracking"), in memory
+ * shared with the front-end, which keeps it across a crash of the daemon: the next daemon
+ * resubmits what was in flight, in the order it was taken.  The front-end (and so whoever wrote
+ * it last) controls its contents: every index read back from it is bounded.
+ */
+struct vblk_inflight_desc {
+    uint8_t inflight; /* 1: this head was taken and is not on the used ring yet */
+    uint8_t padding[5];
+    uint16_t next;    /* the list of the last batch put on the used ring */
+    uint64_t counter; /* order in which heads were taken */
+};
+
+struct vblk_inflight_split {
+    uint64_t features;
+    uint16_t version; /* 0: never used (initialise), 1: this layout */
+    uint16_t desc_num;
+    uint16_t last_batch_head;
+    uint16_t used_idx; /* used->idx once the last batch's inflight flags were cleared */
+    struct vblk_inflight_desc desc[];
+};
+
+_Static_assert(sizeof(struct vblk_inflight_desc) == 16, "inflight descriptor state");
+_Static_assert(sizeof(struct vblk_inflight_split) == 16, "inflight queue region header");
+
+/* Bytes of one queue's region for a ring of num entries (64-byte aligned, as QEMU lays it). */
+static inline uint64_t vblk_inflight_queue_size(unsigned num)
+{
+    return (sizeof(struct vblk_inflight_split) + 16ull * num + 63) & ~63ull;
+}
+
 struct vblk_vq {
     /* layout, fixed while started */
     struct vring_desc *desc;
@@ -42,11 +73,13 @@ struct vblk_vq {
     /* data-plane state */
     bool broken;
     bool signalled_valid;
-    uint16_t last_avail;     /* next avail entry to consume */
-    uint16_t shadow_avail;   /* avail->idx as last read */
-    uint16_t used_idx;       /* next used entry to fill */
-    uint16_t published_used; /* used->idx as last written */
-    uint16_t signalled_used; /* used_idx at the last notification */
+    uint16_t last_avail;                  /* next avail entry to consume */
+    uint16_t shadow_avail;                /* avail->idx as last read */
+    uint16_t used_idx;                    /* next used entry to fill */
+    uint16_t published_used;              /* used->idx as last written */
+    uint16_t signalled_used;              /* used_idx at the last notification */
+    struct vblk_inflight_split *inflight; /* NULL: no in-flight tracking */
+    uint64_t inflight_counter;
 };
 
 struct vblk_chain {
@@ -83,6 +116,12 @@ int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, 
  * does), since every request before a stop was completed. */
 void vblk_vq_start(struct vblk_vq *vq, uint16_t last_avail);
 
+/* With an in-flight record (vq->inflight set, after vblk_vq_start): finish what a crashed daemon
+ * left half done, list the heads still in flight in the order they were taken (heads[], room for
+ * num), and continue taking from after them.  The caller resubmits them.  0 with *n set, -EINVAL
+ * if the record does not describe this ring, -EIO if it is corrupt (the queue is broken). */
+int vblk_vq_inflight_resume(struct vblk_vq *vq, uint16_t *heads, unsigned *n);
+
 /* Number of new avail entries (0..num), or -EIO (queue broken) if the index jumped too far. */
 int vblk_vq_avail(struct vblk_vq *vq);
 
@@ -100,15 +139,25 @@ static inline void vblk_vq_push(struct vblk_vq *vq, uint16_t head, uint32_t len)
     e->id = head;
     e->len = len;
     vq->used_idx++;
+    if (vq->inflight) { /* this batch, for a daemon that restarts before it is published */
+        vq->inflight->desc[head].next = vq->inflight->last_batch_head;
+        vq->inflight->last_batch_head = head;
+    }
 }
+
+void vblk_vq_inflight_published(struct vblk_vq *vq, uint16_t n);
 
 /* Make pushed entries visible (release store of used->idx).  Returns true if anything new. */
 static inline bool vblk_vq_publish(struct vblk_vq *vq)
 {
-    if (vq->used_idx == vq->published_used)
+    uint16_t n = (uint16_t)(vq->used_idx - vq->published_used);
+
+    if (n == 0)
         return false;
     __atomic_store_n(&vq->used->idx, vq->used_idx, __ATOMIC_RELEASE);
     vq->published_used = vq->used_idx;
+    if (vq->inflight)
+        vblk_vq_inflight_published(vq, n);
     return true;
 }
 

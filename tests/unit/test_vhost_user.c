@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <sys/vfs.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "bdev/bdev.h"
@@ -1253,6 +1254,138 @@ static void test_stuck_io_thread_tears_export_down(void **state)
     close(memfd);
 }
 
+/* ---- in-flight record messages ---- */
+
+static int get_inflight_fd(uint16_t nq, uint16_t qs, struct vhost_user_inflight *out)
+{
+    struct vhost_user_inflight f = {.num_queues = nq, .queue_size = qs};
+    struct vhost_user_msg m;
+    int fds[1], fd = -1;
+    unsigned nfds = 0;
+    bool overflow = false;
+    ssize_t n;
+
+    send_msg(VHOST_USER_GET_INFLIGHT_FD, &f, sizeof(f));
+    assert_ok();
+    n = vblk_recv_fds(sk[1], &m, sizeof(m), fds, &nfds, 1, &overflow, MSG_DONTWAIT);
+    assert_int_equal(n, VHOST_USER_HDR_SIZE + sizeof(f));
+    assert_int_equal(m.hdr.request, VHOST_USER_GET_INFLIGHT_FD);
+    assert_int_equal(nfds, 1);
+    fd = fds[0];
+    *out = m.payload.inflight;
+    return fd;
+}
+
+static void test_get_inflight_fd_gives_a_zeroed_buffer_of_the_right_size(void **state)
+{
+    struct vhost_user_inflight f;
+    struct stat st;
+    int fd = get_inflight_fd(NQ, 128, &f);
+
+    assert_int_equal(f.num_queues, NQ);
+    assert_int_equal(f.queue_size, 128);
+    assert_int_equal(f.mmap_offset, 0);
+    assert_int_equal(f.mmap_size, NQ * vblk_inflight_queue_size(128));
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, f.mmap_size);
+    send_msg_fds(VHOST_USER_SET_INFLIGHT_FD, VHOST_USER_VERSION, &f, sizeof(f), &fd, 1);
+    assert_ok();
+    assert_non_null(vu.inflight.map);
+    assert_int_equal(vu.inflight_queues, NQ);
+    close(fd);
+}
+
+static void test_inflight_bad_sizes_close(void **state)
+{
+    struct vhost_user_inflight f = {.num_queues = NQ + 1, .queue_size = 128};
+
+    send_msg(VHOST_USER_GET_INFLIGHT_FD, &f, sizeof(f));
+    assert_closed();
+    close(sk[1]);
+    connect_pair();
+    f = (struct vhost_user_inflight){.num_queues = 1, .queue_size = 100};
+    send_msg(VHOST_USER_GET_INFLIGHT_FD, &f, sizeof(f));
+    assert_closed();
+}
+
+/* A buffer smaller than the record it must hold, or not in memory, is refused. */
+static void test_set_inflight_fd_too_small_or_not_memory_closes(void **state)
+{
+    struct vhost_user_inflight f = {.num_queues = NQ, .queue_size = 128};
+    int fd = make_memfd(4096);
+
+    f.mmap_size = 4096; /* says it is small */
+    send_msg_fds(VHOST_USER_SET_INFLIGHT_FD, VHOST_USER_VERSION, &f, sizeof(f), &fd, 1);
+    assert_closed();
+    close(sk[1]);
+    connect_pair();
+    f.mmap_size = NQ * vblk_inflight_queue_size(128); /* lies: the file is 4096 bytes */
+    send_msg_fds(VHOST_USER_SET_INFLIGHT_FD, VHOST_USER_VERSION, &f, sizeof(f), &fd, 1);
+    assert_closed();
+    close(fd);
+    close(sk[1]);
+    connect_pair();
+    fd = open("/dev/zero", O_RDWR | O_CLOEXEC);
+    send_msg_fds(VHOST_USER_SET_INFLIGHT_FD, VHOST_USER_VERSION, &f, sizeof(f), &fd, 1);
+    assert_closed();
+    close(fd);
+}
+
+/* A ring started with a record resubmits what it lists as in flight: here a GET_ID request a
+ * "previous daemon" took and never completed. */
+static void test_ring_resubmits_what_the_record_lists(void **state)
+{
+    int memfd = make_memfd(RING_SIZE);
+    uint8_t *gm = mmap(NULL, RING_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    struct vring_desc *desc = (struct vring_desc *)gm;
+    struct vring_avail *avail = (struct vring_avail *)(gm + 0x1000);
+    struct vring_used *used = (struct vring_used *)(gm + 0x2000);
+    struct virtio_blk_outhdr *hdr = (struct virtio_blk_outhdr *)(gm + 0x10000);
+    uint8_t *status = gm + 0x10200;
+    int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
+    struct pollfd p = {.fd = call, .events = POLLIN};
+    struct vhost_user_inflight f;
+    struct vblk_inflight_split *rec;
+    int fd;
+
+    assert_true(gm != MAP_FAILED);
+    fd = get_inflight_fd(1, RING_NUM, &f);
+    rec = mmap(NULL, f.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(rec != MAP_FAILED);
+    /* what the previous daemon left: head 2 taken (avail idx 1), nothing used */
+    desc[2] = (struct vring_desc){RING_GPA + 0x10000, 16, VRING_DESC_F_NEXT, 3};
+    desc[3] =
+        (struct vring_desc){RING_GPA + 0x10100, 20, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 4};
+    desc[4] = (struct vring_desc){RING_GPA + 0x10200, 1, VRING_DESC_F_WRITE, 0};
+    hdr->type = VIRTIO_BLK_T_GET_ID;
+    *status = 0xee;
+    avail->ring[0] = 2;
+    avail->idx = 1;
+    rec->version = 1;
+    rec->desc_num = RING_NUM;
+    rec->desc[2].inflight = 1;
+    rec->desc[2].counter = 41;
+
+    send_msg_fds(VHOST_USER_SET_INFLIGHT_FD, VHOST_USER_VERSION, &f, sizeof(f), &fd, 1);
+    send_ring_mem_table(memfd);
+    send_ring0_setup(call, kick); /* base 0: the used index, as QEMU sends after a crash */
+    assert_ok();
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    assert_int_equal(__atomic_load_n(&used->idx, __ATOMIC_ACQUIRE), 1);
+    assert_int_equal(used->ring[0].id, 2);
+    assert_int_equal(*status, VIRTIO_BLK_S_OK);
+    assert_int_equal(rec->desc[2].inflight, 0);
+    assert_int_equal(rec->used_idx, 1);
+    assert_int_equal(blk.queues[0].vq.last_avail, 1); /* not taken a second time */
+    vblk_vu_disconnect(&vu);
+    munmap(rec, f.mmap_size);
+    munmap(gm, RING_SIZE);
+    close(fd);
+    close(memfd);
+    close(kick);
+    close(call);
+}
+
 #define T(f)  cmocka_unit_test_setup_teardown(f, setup, teardown)
 #define TI(f) cmocka_unit_test_setup_teardown(f, setup_iot, teardown)
 #define TW(f) cmocka_unit_test_setup_teardown(f, setup_iot_short, teardown_wedged)
@@ -1328,6 +1461,10 @@ int main(void)
         T(test_add_mem_reg_flood_is_capped),
         TI(test_ring_misaligned_in_our_mapping_closes),
         TI(test_one_kick_fd_for_two_queues),
+        T(test_get_inflight_fd_gives_a_zeroed_buffer_of_the_right_size),
+        T(test_inflight_bad_sizes_close),
+        T(test_set_inflight_fd_too_small_or_not_memory_closes),
+        TI(test_ring_resubmits_what_the_record_lists),
         TW(test_stuck_io_thread_tears_export_down),
     };
 

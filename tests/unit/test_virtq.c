@@ -797,9 +797,163 @@ static void test_iov_copy_helpers(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+/* ---- in-flight record (vhost-user "Inflight I/O tracking", split rings) ---- */
+
+static _Alignas(64) uint8_t rec_mem[4096];
+static struct vblk_inflight_split *const rec = (struct vblk_inflight_split *)rec_mem;
+
+/* Attach a fresh (zeroed) record and take one pass of resume on it. */
+static void attach_fresh_record(void)
+{
+    uint16_t heads[NUM];
+    unsigned n = 99;
+
+    memset(rec_mem, 0, sizeof(rec_mem));
+    vq.inflight = rec;
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(rec->version, 1);
+    assert_int_equal(rec->desc_num, NUM);
+}
+
+static void take(uint16_t head)
+{
+    uint16_t h;
+
+    fg_post(&g, 0, head);
+    assert_int_equal(vblk_vq_avail(&vq), 1);
+    assert_int_equal(vblk_vq_pop(&vq, &h), 0);
+    assert_int_equal(h, head);
+}
+
+/* Taking a head marks it in flight with a growing counter; completing a batch clears it once
+ * the used index is published. */
+static void test_inflight_record_follows_pop_push_publish(void **state)
+{
+    attach_fresh_record();
+    take(3);
+    take(7);
+    take(5);
+    assert_int_equal(rec->desc[3].inflight, 1);
+    assert_int_equal(rec->desc[7].inflight, 1);
+    assert_true(rec->desc[3].counter < rec->desc[7].counter);
+    assert_true(rec->desc[7].counter < rec->desc[5].counter);
+    vblk_vq_push(&vq, 7, 1);
+    vblk_vq_push(&vq, 3, 1);
+    assert_int_equal(rec->last_batch_head, 3);
+    assert_int_equal(rec->desc[3].next, 7);
+    assert_int_equal(rec->desc[7].inflight, 1); /* not published yet */
+    assert_true(vblk_vq_publish(&vq));
+    assert_int_equal(rec->desc[7].inflight, 0);
+    assert_int_equal(rec->desc[3].inflight, 0);
+    assert_int_equal(rec->desc[5].inflight, 1);
+    assert_int_equal(rec->used_idx, 2);
+}
+
+/* A daemon killed with heads in flight: the next one finds them in the order they were taken,
+ * and goes on taking after them. */
+static void test_inflight_resume_lists_heads_in_taken_order(void **state)
+{
+    uint16_t heads[NUM];
+    unsigned n = 0;
+
+    attach_fresh_record();
+    take(9);
+    take(2);
+    take(4);
+    vblk_vq_push(&vq, 2, 1);
+    vblk_vq_publish(&vq);
+    /* crash; the front-end sends the used index as the base (QEMU after a crash) */
+    vblk_vq_start(&vq, fg_used_idx(&g, 0));
+    assert_int_equal(vq.last_avail, 1);
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(heads[0], 9);
+    assert_int_equal(heads[1], 4);
+    assert_int_equal(vq.last_avail, 3); /* 1 completed + 2 in flight: all 3 were taken */
+    /* the next head taken sorts after the resubmitted ones */
+    take(11);
+    assert_true(rec->desc[11].counter > rec->desc[4].counter);
+}
+
+/* Killed between publishing used->idx and clearing the batch's flags: the batch is cleared by
+ * the next daemon, not resubmitted (which would complete it twice). */
+static void test_inflight_resume_finishes_a_half_published_batch(void **state)
+{
+    uint16_t heads[NUM];
+    unsigned n = 0;
+
+    attach_fresh_record();
+    take(1);
+    take(6);
+    take(8);
+    vblk_vq_push(&vq, 6, 1);
+    vblk_vq_push(&vq, 1, 1);
+    /* what vblk_vq_publish does, up to the crash: used->idx stored, flags not cleared */
+    __atomic_store_n(&vq.used->idx, vq.used_idx, __ATOMIC_RELEASE);
+    assert_int_equal(rec->used_idx, 0);
+    vblk_vq_start(&vq, fg_used_idx(&g, 0));
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(heads[0], 8);
+    assert_int_equal(rec->desc[6].inflight, 0);
+    assert_int_equal(rec->desc[1].inflight, 0);
+    assert_int_equal(rec->used_idx, 2);
+    assert_int_equal(vq.last_avail, 3);
+}
+
+/* A hostile record: wrong ring size, garbage flags, a batch larger than the ring, a batch list
+ * pointing outside the ring.  Refused or the queue broken; never an access outside it. */
+static void test_inflight_resume_refuses_corrupt_records(void **state)
+{
+    uint16_t heads[NUM];
+    unsigned n = 0;
+
+    attach_fresh_record();
+    rec->desc_num = NUM * 2;
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), -EINVAL);
+    rec->desc_num = NUM;
+    rec->version = 9;
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), -EINVAL);
+    rec->version = 1;
+
+    rec->desc[5].inflight = 0x80;
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), -EIO);
+    assert_true(vq.broken);
+    rec->desc[5].inflight = 0;
+    vblk_vq_start(&vq, 0);
+
+    rec->used_idx = (uint16_t)(fg_used_idx(&g, 0) - NUM - 1); /* a batch of NUM + 1 */
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), -EIO);
+    vblk_vq_start(&vq, 0);
+
+    __atomic_store_n(&vq.used->idx, 2, __ATOMIC_RELEASE);
+    rec->used_idx = 0;
+    rec->last_batch_head = 3;
+    rec->desc[3].next = 0xfff0; /* the second entry of the batch is out of range */
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), -EIO);
+    vblk_vq_start(&vq, 2);
+
+    /* a batch list that loops on itself is bounded by the batch size */
+    rec->used_idx = 0;
+    rec->last_batch_head = 4;
+    rec->desc[4].next = 4;
+    rec->desc[4].inflight = 1;
+    assert_int_equal(vblk_vq_inflight_resume(&vq, heads, &n), 0);
+    assert_int_equal(n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_inflight_record_follows_pop_push_publish, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_inflight_resume_lists_heads_in_taken_order, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_inflight_resume_finishes_a_half_published_batch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_inflight_resume_refuses_corrupt_records, setup,
+                                        teardown),
         T(test_walk_three_descriptors),
         T(test_walk_header_and_data_in_one_descriptor),
         T(test_walk_data_and_status_in_one_513_byte_descriptor),
