@@ -22,6 +22,21 @@
 #include "util/compiler.h"
 #include "util/log.h"
 
+/* The image lock.  A daemon that was just killed may hold its lock a moment longer: the kernel
+ * closes its files only once its in-flight io_uring requests are done.  So a conflict is retried
+ * for up to 3 s before it is an error. */
+static int take_lock(int fd, struct flock *fl)
+{
+    for (int i = 0; i < 60; i++) {
+        if (fcntl(fd, F_OFD_SETLK, fl) == 0 || errno == EINVAL || errno == ENOLCK)
+            return 0;
+        if (errno != EAGAIN && errno != EACCES)
+            return -1;
+        usleep(50 * 1000);
+    }
+    return -1;
+}
+
 static int file_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char *err, size_t errlen)
 {
     bool direct = c->cache == VBLK_CACHE_NONE || c->cache == VBLK_CACHE_DIRECTSYNC;
@@ -44,7 +59,7 @@ static int file_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char *
     }
     /* Like QEMU's image locking: one writer, or any number of readers, per image.  An OFD lock
      * over the whole file also conflicts with QEMU's own byte-range locks. */
-    if (fcntl(b->fd, F_OFD_SETLK, &fl) < 0 && errno != EINVAL && errno != ENOLCK) {
+    if (take_lock(b->fd, &fl) < 0) {
         r = -errno;
         snprintf(err, errlen,
                  "'%s' is in use by another process (cannot take the %s lock); "

@@ -143,6 +143,7 @@ struct vhost_user_inflight {
     uint64_t mmap_offset;
     uint16_t num_queues;
     uint16_t queue_size;
+    uint32_t padding; /* QEMU's struct is not packed: 24 bytes on the wire */
 } __attribute__((packed));
 
 union vhost_user_payload {

@@ -234,7 +234,9 @@ guest_info() {
 #
 # guest_start LOG SOCK "KERNEL-ARGS" [QEMU-ARGS...]
 #   Boots the test guest in the background against SOCK; serial console goes
-#   to LOG.  Environment: GUEST_SMP (default 1), GUEST_QUEUES (default 1).
+#   to LOG.  Environment: GUEST_SMP (default 1), GUEST_QUEUES (default 1),
+#   GUEST_RECONNECT (seconds between QEMU's attempts to reconnect to a back-end that went away;
+#   unset: no reconnect).
 #   Sets GUEST_PID (the QEMU process itself).
 guest_start() {
 	local log=$1 sock=$2 args=$3; shift 3
@@ -243,7 +245,7 @@ guest_start() {
 	"$QEMU" -accel tcg -machine q35 -smp "$smp" -m "$E2E_MEM" \
 		-object memory-backend-memfd,id=mem,size="$E2E_MEM",share=on \
 		-numa node,memdev=mem \
-		-chardev socket,id=c0,path="$sock" \
+		-chardev socket,id=c0,path="$sock"${GUEST_RECONNECT:+,reconnect=$GUEST_RECONNECT} \
 		-device vhost-user-blk-pci,chardev=c0,num-queues="$nq" "$@" \
 		-kernel "$E2E_KERNEL" -initrd "$E2E_INITRD" \
 		-append "console=ttyS0 panic=-1 quiet $args" \

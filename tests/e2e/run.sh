@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${E2E_OUT:=$REPO/build/e2e}"
@@ -272,6 +272,53 @@ t_kill() {
 	fi
 	backend_stop kill || return 1
 	host_verify_io "$img" 62 || return 1
+}
+
+# The back-end dies (kill -9) E2E_KILLS times (default 20) and is stopped (SIGTERM, an upgrade)
+# E2E_TERMS times (default 5), at random moments, under a guest that writes and verifies data;
+# QEMU reconnects (reconnect=1) and the guest must see no I/O error and no mismatch.
+t_restart() {
+	local img=$E2E_TMP/restart.img kills=${E2E_KILLS:-20} terms=${E2E_TERMS:-5} i secs resub
+	LOGS=("$E2E_TMP/restart.log" "$E2E_TMP/restart.log.qemu" "$E2E_TMP/restart.daemons.log")
+	mkimg "$img" $DISK_SIZE
+	: >"$E2E_TMP/restart.daemons.log"
+	backend_start restart "$img" || return 1
+	secs=$(((kills + terms) * 2 + 20))
+	GUEST_RECONNECT=1 guest_start "$E2E_TMP/restart.log" "${BACKEND_SOCK[restart]}" \
+		"vblk.test=loop vblk.seed=71 vblk.secs=$secs vblk.size=$DISK_SIZE"
+	if ! wait_for_line "$E2E_TMP/restart.log" '^VBLK-E2E: LOOP running' 60; then
+		guest_kill
+		FAIL_REASON="loop guest did not start"
+		return 1
+	fi
+	for ((i = 0; i < kills + terms; i++)); do
+		# let QEMU reconnect and the guest get going again, then strike at a random moment
+		local t=0
+		until grep -q 'front-end connected' "${BACKEND_LOG[restart]}"; do
+			sleep 0.1
+			t=$((t + 1))
+			[ $t -lt 200 ] || { FAIL_REASON="QEMU did not reconnect after restart $i"; guest_kill; return 1; }
+		done
+		sleep "0.$((2 + RANDOM % 8))"
+		kill -0 "$GUEST_PID" 2>/dev/null || break
+		local pid=${BACKEND_PID[restart]}
+		if [ $i -lt "$kills" ]; then
+			kill -KILL "$pid"
+			wait "$pid" 2>/dev/null
+			_untrack "$pid"
+			unset "BACKEND_PID[restart]"
+		else
+			backend_stop restart || return 1 # drains, exits 0: the planned path (an upgrade)
+		fi
+		cat "${BACKEND_LOG[restart]}" >>"$E2E_TMP/restart.daemons.log"
+		backend_start restart "$img" || return 1
+	done
+	E2E_GUEST_TIMEOUT=$((secs + 60)) guest_wait "$E2E_TMP/restart.log" loop || return 1
+	cat "${BACKEND_LOG[restart]}" >>"$E2E_TMP/restart.daemons.log"
+	resub=$(grep -c 'resubmitting' "$E2E_TMP/restart.daemons.log")
+	e2e_log "restart: $kills kills, $terms SIGTERM restarts, $(guest_info "$E2E_TMP/restart.log" 'rounds: ') rounds, $resub resubmissions"
+	[ "$i" -eq $((kills + terms)) ] || { FAIL_REASON="the guest stopped after $i restarts"; return 1; }
+	backend_stop restart || return 1
 }
 
 # ---------------------------------------------------------------------------

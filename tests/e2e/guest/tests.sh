@@ -269,3 +269,31 @@ t_hammer() {
 	wait
 	fail "hammer writers stopped: $(cat /tmp/h0 /tmp/h1 | tail -2)"
 }
+
+# Write and verify a region over and over for vblk.secs seconds, two writers at once (the host
+# kills and restarts the back-end meanwhile): every write must complete, every read back must
+# match, no I/O error.
+loop_writer() { # N: region N (4 MiB at N * 8 MiB)
+	end=$(($(cut -d. -f1 /proc/uptime) + ${VBLK_SECS:-60}))
+	i=0
+	while [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do
+		seed=$((VBLK_SEED + 1000 * $1 + i))
+		$GIO write $DEV $(($1 * 8))M 4M $seed || { echo "writer $1 round $i: write failed"; exit 1; }
+		$GIO verify $DEV $(($1 * 8))M 4M $seed || { echo "writer $1 round $i: verify failed"; exit 1; }
+		echo "round $i" >/tmp/w$1
+		i=$((i + 1))
+	done
+	echo "done $i" >/tmp/w$1
+}
+
+t_loop() {
+	check_size
+	loop_writer 0 >/tmp/e0 2>&1 &
+	p0=$!
+	loop_writer 1 >/tmp/e1 2>&1 &
+	p1=$!
+	echo "VBLK-E2E: LOOP running"
+	wait $p0 || fail "$(cat /tmp/e0 | tail -2)"
+	wait $p1 || fail "$(cat /tmp/e1 | tail -2)"
+	info "rounds: $(cut -d' ' -f2 /tmp/w0) + $(cut -d' ' -f2 /tmp/w1)"
+}
