@@ -88,6 +88,8 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     }
     for (unsigned q = 0; q < o->num_queues; q++)
         vblk_blk_queue_set_thread(&e->blk, q, e->iot[q % e->niot]);
+    e->blk.rerror = (enum vblk_error_policy)o->rerror;
+    e->blk.werror = (enum vblk_error_policy)o->werror;
     e->blk_created = true;
     vblk_vu_init(&e->vu, o->id, &e->blk);
     log_info(
@@ -112,6 +114,19 @@ err_close_bdev:
     return r;
 }
 
+void vblk_export_resume(struct vblk_export *e)
+{
+    int n;
+
+    if (!e->blk_created || e->vu.wedged)
+        return;
+    n = vblk_blk_resume(&e->blk);
+    if (n > 0)
+        log_info(e->opts.id, "resumed: %d held request%s retried", n, n > 1 ? "s" : "");
+    else if (n < 0)
+        log_err(e->opts.id, "cannot resume: %s", strerror(-n));
+}
+
 void vblk_export_log_stats(struct vblk_export *e)
 {
     struct vblk_blk_stats s;
@@ -121,11 +136,12 @@ void vblk_export_log_stats(struct vblk_export *e)
     vblk_blk_get_stats(&e->blk, &s);
     log_info(e->opts.id,
              "requests=%llu reads=%llu writes=%llu flushes=%llu discards=%llu "
-             "write_zeroes=%llu errors=%llu unsupported=%llu",
+             "write_zeroes=%llu errors=%llu unsupported=%llu held=%llu ignored=%llu",
              (unsigned long long)s.requests, (unsigned long long)s.reads,
              (unsigned long long)s.writes, (unsigned long long)s.flushes,
              (unsigned long long)s.discards, (unsigned long long)s.write_zeroes,
-             (unsigned long long)s.errors, (unsigned long long)s.unsupp);
+             (unsigned long long)s.errors, (unsigned long long)s.unsupp, (unsigned long long)s.held,
+             (unsigned long long)s.ignored);
 }
 
 void vblk_export_stop(struct vblk_export *e)

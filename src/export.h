@@ -31,6 +31,8 @@ struct vblk_export {
 int vblk_export_start(struct vblk_export *e, char *err, size_t errlen);
 /* Disconnect the front-end (draining I/O), flush, release everything. */
 void vblk_export_stop(struct vblk_export *e);
+/* Retry requests an error policy held, take requests again; logs what it did. */
+void vblk_export_resume(struct vblk_export *e);
 /* Log the export's request counters. */
 void vblk_export_log_stats(struct vblk_export *e);
 

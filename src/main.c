@@ -51,6 +51,14 @@ static void usage(FILE *f)
             "  read-zeroes=on|off        null://: zero-fill read buffers, or leave them (on)\n"
             "  iothreads=N               I/O threads for this export; queue q is served by\n"
             "                            thread q %% N (1)\n"
+            "  format=raw|qcow2|auto     image format; auto (probing) only with readonly=on (raw)\n"
+            "  rerror=, werror=report|ignore|stop|enospc  what a failed read / other request\n"
+            "                            does: IOERR, success, hold it and pause the queue until\n"
+            "                            SIGUSR2, stop on ENOSPC only (report, enospc)\n"
+            "  inject-ops=OP[+OP...]     fault injection (tests): read, write, flush, discard,\n"
+            "                            write-zeroes fail with inject-errno=EIO|ENOSPC|N, in\n"
+            "                            [inject-offset, +inject-length), inject-rate=%% of them,\n"
+            "                            at most inject-count\n"
             "  poll-us=N                 busy-poll rings and completions up to N microseconds\n"
             "                            after work before sleeping, adapted to the load;\n"
             "                            0 never polls (1000)\n"
@@ -60,7 +68,8 @@ static void usage(FILE *f)
             "  -h, --help                this text\n"
             "  -V, --version             print the version\n"
             "\n"
-            "Signals: SIGINT/SIGTERM drain, flush and exit 0; SIGUSR1 logs request counters.\n");
+            "Signals: SIGINT/SIGTERM drain, flush and exit 0; SIGUSR1 logs request counters;\n"
+            "SIGUSR2 resumes queues an error policy paused (retrying the held requests).\n");
 }
 
 static int parse_args(int argc, char **argv, struct vblk_export *exps, unsigned *nexp)
@@ -171,6 +180,7 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGUSR1);
+    sigaddset(&mask, SIGUSR2);
     /* blocked before any thread starts, so I/O threads inherit the mask */
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
     sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -213,6 +223,9 @@ int main(int argc, char **argv)
                     if (si.ssi_signo == SIGUSR1) {
                         for (unsigned k = 0; k < nexp; k++)
                             vblk_export_log_stats(&exps[k]);
+                    } else if (si.ssi_signo == SIGUSR2) {
+                        for (unsigned k = 0; k < nexp; k++)
+                            vblk_export_resume(&exps[k]);
                     } else {
                         log_info(NULL, "%s: draining and exiting", strsignal((int)si.ssi_signo));
                         running = false;

@@ -32,6 +32,8 @@ void vblk_opts_defaults(struct vblk_export_opts *o)
     o->read_zeroes = true;
     o->poll_us = VBLK_DEFAULT_POLL_US;
     o->iothreads = 1;
+    o->rerror = 0; /* report */
+    o->werror = 3; /* enospc */
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -187,6 +189,65 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
             o->l2_cache_size = sz;
         else
             o->refcount_cache_size = sz;
+    } else if (!strcmp(key, "rerror") || !strcmp(key, "werror")) {
+        static const char *const pol[] = {"report", "ignore", "stop", "enospc"};
+        unsigned i;
+
+        for (i = 0; i < 4 && strcmp(v, pol[i]); i++)
+            ;
+        if (i == 4)
+            return fail(err, errlen, "%s='%s': allowed values are report, ignore, stop, enospc",
+                        key, v);
+        if (key[0] == 'r')
+            o->rerror = i;
+        else
+            o->werror = i;
+    } else if (!strcmp(key, "inject-ops")) {
+        static const char *const ops[] = {"read", "write", "flush", "discard", "write-zeroes"};
+        char buf[128], *save = NULL, *t;
+
+        if (set_string(buf, sizeof(buf), v) < 0)
+            return fail(err, errlen, "inject-ops='%s': too long", v);
+        o->fault.ops = 0;
+        for (t = strtok_r(buf, "+", &save); t; t = strtok_r(NULL, "+", &save)) {
+            unsigned i;
+
+            for (i = 0; i < 5 && strcmp(t, ops[i]); i++)
+                ;
+            if (i == 5)
+                return fail(err, errlen,
+                            "inject-ops='%s': a '+' list of read, write, flush, discard, "
+                            "write-zeroes",
+                            v);
+            o->fault.ops |= 1u << i;
+        }
+    } else if (!strcmp(key, "inject-errno")) {
+        unsigned e;
+
+        if (!strcmp(v, "EIO"))
+            o->fault.err = EIO;
+        else if (!strcmp(v, "ENOSPC"))
+            o->fault.err = ENOSPC;
+        else if (parse_uint(v, 1, 4095, &e) == 0)
+            o->fault.err = (int)e;
+        else
+            return fail(err, errlen, "inject-errno='%s': EIO, ENOSPC or a number 1-4095", v);
+    } else if (!strcmp(key, "inject-offset") || !strcmp(key, "inject-length") ||
+               !strcmp(key, "inject-count")) {
+        uint64_t n;
+
+        if (vblk_parse_size(v, &n) < 0)
+            return fail(err, errlen, "%s='%s': must be a number (k/m/g/t suffixes allowed)", key,
+                        v);
+        if (key[7] == 'o')
+            o->fault.offset = n;
+        else if (key[7] == 'l')
+            o->fault.length = n;
+        else
+            o->fault.count = n;
+    } else if (!strcmp(key, "inject-rate")) {
+        if (parse_uint(v, 1, 100, &o->fault.rate) < 0)
+            return fail(err, errlen, "inject-rate='%s': a percentage from 1 to 100", v);
     } else if (!strcmp(key, "type")) {
         if (strcmp(v, "vhost-user-blk"))
             return fail(err, errlen, "type='%s': the only export type is vhost-user-blk", v);
@@ -195,7 +256,8 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
                     "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
                     "cache, num-queues, queue-size, discard, serial, "
                     "logical-block-size, read-zeroes, poll-us, iothreads, format, "
-                    "l2-cache-size, refcount-cache-size)",
+                    "l2-cache-size, refcount-cache-size, rerror, werror, inject-ops, "
+                    "inject-errno, inject-offset, inject-length, inject-rate, inject-count)",
                     key);
     }
     return 0;
@@ -258,6 +320,12 @@ int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *er
                  "can pose as any format); say format=raw or format=qcow2, or readonly=on");
     if (!r && o->null && o->format != VBLK_FORMAT_RAW)
         r = fail(err, errlen, "format=: null:// stores nothing and is always raw");
+    if (!r && o->fault.ops) {
+        if (!o->fault.err)
+            o->fault.err = EIO;
+        if (!o->fault.rate)
+            o->fault.rate = 100;
+    }
     if (!r && o->null)
         o->engine = &vblk_engine_null;
     if (!r && !o->has_serial) {
@@ -287,5 +355,6 @@ struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o)
         .iothreads = o->iothreads,
         .l2_cache_size = o->l2_cache_size,
         .refcount_cache_size = o->refcount_cache_size,
+        .fault = o->fault,
     };
 }

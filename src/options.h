@@ -42,13 +42,16 @@ struct vblk_export_opts {
     enum vblk_image_format format;
     uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
     uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
+    unsigned rerror, werror;      /* enum vblk_error_policy (blk/virtio_blk.h) */
+    struct vblk_fault_conf fault; /* inject-*: fault injection for tests */
 };
 
 /* The storage part of o, for the block-driver layer (pointers into o). */
 struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o);
 
 /* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,
- * logical-block-size=512, serial=<id>, read-zeroes=on, poll-us=1000, iothreads=1. */
+ * logical-block-size=512, serial=<id>, read-zeroes=on, poll-us=1000, iothreads=1,
+ * rerror=report, werror=enospc (as QEMU). */
 void vblk_opts_defaults(struct vblk_export_opts *o);
 
 /* Parse "key=value,..." (",," is a literal comma in a value).  0, or -EINVAL with err set. */

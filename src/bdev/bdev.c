@@ -18,7 +18,8 @@ static int open_one(struct vblk_bdev **out, const struct vblk_bdev_ops *ops,
         return -ENOMEM;
     }
     if (ops->single_thread && c->iothreads > 1) {
-        snprintf(err, errlen, "%s images are served by one I/O thread: use iothreads=1", ops->name);
+        snprintf(err, errlen, "the %s driver needs a single I/O thread: use iothreads=1",
+                 ops->name);
         free(b);
         return -EINVAL;
     }
@@ -49,8 +50,9 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
         return r;
     switch (c->format) {
     case VBLK_FORMAT_RAW:
-        *out = proto;
-        return 0;
+        top = proto;
+        r = 0;
+        break;
     case VBLK_FORMAT_QCOW2:
         r = open_one(&top, &vblk_bdev_qcow2, proto, c, err, errlen);
         break;
@@ -62,6 +64,16 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
     if (r < 0) {
         vblk_bdev_close_stack(proto);
         return r;
+    }
+    if (c->fault.ops) {
+        struct vblk_bdev *f;
+
+        r = open_one(&f, &vblk_bdev_faulty, top, c, err, errlen);
+        if (r < 0) {
+            vblk_bdev_close_stack(top);
+            return r;
+        }
+        top = f;
     }
     *out = top;
     return 0;

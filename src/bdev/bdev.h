@@ -5,8 +5,9 @@
  * virtio-blk (or a driver above) hands a driver.  Drivers: protocols "file" (regular file or
  * block device, I/O through the calling thread's engine) and "null" (null://SIZE: stores nothing,
  * completes at once, reads zeroes unless read-zeroes=off); formats ("qcow2") sit on a child
- * driver and reach storage only through it.  Filters (throttle, faulty) and network protocols
- * (nbd, rbd) are later drivers of the same table.
+ * driver and reach storage only through it; filters ("faulty": fault injection for tests) sit on
+ * top and pass requests down.  Throttling and network protocols (nbd, rbd) are later drivers of
+ * the same table.
  *
  * What belongs to a driver and not to virtio-blk: how a cache mode treats a durable write (FUA)
  * and a flush (`unsafe` ignores both), fallbacks (write-zeroes without ZERO_RANGE punches a hole
@@ -50,6 +51,17 @@ enum vblk_image_format {
     VBLK_FORMAT_AUTO, /* probe; read-only exports only */
 };
 
+/* Fault injection (the "faulty" filter, for tests): requests whose op is in ops and that touch
+ * [offset, offset + length) fail with -err, rate percent of them, at most count of them. */
+struct vblk_fault_conf {
+    unsigned ops;    /* bit (1 << enum vblk_bdev_op); 0: no filter */
+    int err;         /* positive errno */
+    uint64_t offset; /* bytes */
+    uint64_t length; /* bytes; 0: to the end of the disk */
+    unsigned rate;   /* percent, 1..100 */
+    uint64_t count;  /* 0: no limit */
+};
+
 /* What storage needs to know of an export's options (the command line lives above). */
 struct vblk_bdev_conf {
     const char *name; /* export id, for messages */
@@ -65,6 +77,7 @@ struct vblk_bdev_conf {
     unsigned iothreads;           /* the export's I/O threads (single_thread drivers need 1) */
     uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
     uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
+    struct vblk_fault_conf fault; /* ops != 0: a faulty filter on top of the stack */
 };
 
 enum vblk_bdev_op {
@@ -132,6 +145,7 @@ struct vblk_bdev {
 extern const struct vblk_bdev_ops vblk_bdev_file;
 extern const struct vblk_bdev_ops vblk_bdev_null;
 extern const struct vblk_bdev_ops vblk_bdev_qcow2;
+extern const struct vblk_bdev_ops vblk_bdev_faulty;
 
 /* Open the driver stack c asks for into *out (the protocol driver, and a format driver on it):
  * the top driver is returned, its children hang below.  0, or -errno with err set; nothing is

@@ -116,14 +116,51 @@ static void flush_hook(struct vblk_iot_hook *h)
     queue_flush(container_of(h, struct blk_queue, flush_hook));
 }
 
+static const char *const op_names[] = {"read", "write", "flush", "discard", "write-zeroes"};
+
+/* A request failed: report, ignore, or hold it and pause the queue, as the policy says. */
+static void request_failed(struct blk_req *req, int ret)
+{
+    struct blk_queue *q = req->q;
+    struct vblk_bdev_req *r = &req->breq;
+    enum vblk_error_policy p = r->op == VBLK_BDEV_READ ? q->dev->rerror : q->dev->werror;
+
+    if (p == VBLK_ERR_ENOSPC)
+        p = ret == -ENOSPC ? VBLK_ERR_STOP : VBLK_ERR_REPORT;
+    switch (p) {
+    case VBLK_ERR_IGNORE:
+        q->stats.ignored++;
+        req_finish(req, VIRTIO_BLK_S_OK);
+        return;
+    case VBLK_ERR_STOP:
+        if (!q->paused)
+            log_err(q->dev->name,
+                    "queue %u paused: %s of %llu bytes at %llu failed: %s; the request is held "
+                    "until the export is resumed (SIGUSR2)",
+                    q->index, op_names[r->op], (unsigned long long)r->len,
+                    (unsigned long long)r->offset, strerror(-ret));
+        q->paused = true;
+        q->stats.held++;
+        req->next_held = q->held;
+        q->held = req;
+        return;
+    default:
+        log_dbg(q->dev->name, "%s of %llu bytes at %llu: %s", op_names[r->op],
+                (unsigned long long)r->len, (unsigned long long)r->offset, strerror(-ret));
+        req_finish(req, VIRTIO_BLK_S_IOERR);
+        return;
+    }
+}
+
 static void bdev_done(struct vblk_bdev_req *r, int ret)
 {
     struct blk_req *req = container_of(r, struct blk_req, breq);
 
-    if (unlikely(ret < 0))
-        log_dbg(req->q->dev->name, "request type %u at %llu of %llu bytes: %s", req->type,
-                (unsigned long long)r->offset, (unsigned long long)r->len, strerror(-ret));
-    req_finish(req, ret < 0 ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK);
+    if (unlikely(ret < 0)) {
+        request_failed(req, ret);
+        return;
+    }
+    req_finish(req, VIRTIO_BLK_S_OK);
 }
 
 static void submit(struct blk_req *req, uint8_t op, uint8_t flags, const struct iovec *iov,
@@ -302,6 +339,8 @@ static void queue_process(struct blk_queue *q, bool rearm)
     struct vblk_vq *vq = &q->vq;
     unsigned budget = VBLK_QUEUE_BUDGET;
 
+    if (unlikely(q->paused))
+        return; /* an error policy holds it: vblk_blk_resume() takes up again */
     vblk_vq_disable_notify(vq);
     for (;;) {
         int n = vblk_vq_avail(vq);
@@ -362,7 +401,7 @@ static bool queue_poll(struct vblk_iot_poller *p)
 {
     struct blk_queue *q = container_of(p, struct blk_queue, poller);
 
-    if (q->stopping || q->vq.broken || vblk_vq_avail(&q->vq) == 0)
+    if (q->stopping || q->paused || q->vq.broken || vblk_vq_avail(&q->vq) == 0)
         return false;
     queue_process(q, false);
     return true;
@@ -372,7 +411,7 @@ static bool queue_arm(struct vblk_iot_poller *p)
 {
     struct blk_queue *q = container_of(p, struct blk_queue, poller);
 
-    if (q->stopping || q->vq.broken || !vblk_vq_enable_notify(&q->vq))
+    if (q->stopping || q->paused || q->vq.broken || !vblk_vq_enable_notify(&q->vq))
         return false;
     queue_process(q, false);
     return true;
@@ -412,6 +451,19 @@ static int queue_stop_fn(void *arg)
         if (q->kick_fd >= 0)
             vblk_iothread_del_fd(q->iot, q->kick_fd);
         vblk_iothread_del_poller(q->iot, &q->poller);
+        /* the front-end is going away: requests held by an error policy fail now */
+        if (q->held)
+            log_err(q->dev->name,
+                    "queue %u stops with requests held by an error policy: "
+                    "they fail with IOERR",
+                    q->index);
+        while (q->held) {
+            struct blk_req *req = q->held;
+
+            q->held = req->next_held;
+            req_finish(req, VIRTIO_BLK_S_IOERR);
+        }
+        q->paused = false;
     }
     /* wait for in-flight requests, for their used entries to be published and for a pass
      * that was put off to the next iteration */
@@ -420,6 +472,40 @@ static int queue_stop_fn(void *arg)
     q->started = false;
     q->stopping = false;
     return 0;
+}
+
+static int resume_fn(void *arg)
+{
+    struct blk_queue *q = arg;
+    struct blk_req *list = q->held;
+    int n = 0;
+
+    q->held = NULL;
+    q->paused = false;
+    while (list) { /* retried as they were submitted; one may fail and be held again */
+        struct blk_req *req = list;
+
+        list = req->next_held;
+        vblk_bdev_submit(q->dev->bdev, q->eng, &req->breq);
+        n++;
+    }
+    if (q->started && !q->stopping && !q->vq.broken)
+        vblk_iothread_again(q->iot, &q->again_hook); /* take what arrived meanwhile */
+    return n;
+}
+
+int vblk_blk_resume(struct vblk_blk_dev *d)
+{
+    int total = 0;
+
+    for (unsigned i = 0; i < d->num_queues; i++) {
+        int r = vblk_iothread_call(d->queues[i].iot, resume_fn, &d->queues[i]);
+
+        if (r < 0)
+            return r;
+        total += r;
+    }
+    return total;
 }
 
 struct set_call_arg {
@@ -605,6 +691,8 @@ static void stats_add(struct vblk_blk_stats *sum, const struct vblk_blk_stats *s
     sum->write_zeroes += s->write_zeroes;
     sum->errors += s->errors;
     sum->unsupp += s->unsupp;
+    sum->held += s->held;
+    sum->ignored += s->ignored;
 }
 
 void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out)

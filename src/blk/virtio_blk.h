@@ -31,8 +31,18 @@
 struct vblk_blk_dev;
 struct blk_queue;
 
+/* What a failed request does (QEMU's rerror=/werror=): reads follow rerror, everything else
+ * werror. */
+enum vblk_error_policy {
+    VBLK_ERR_REPORT, /* the guest gets IOERR */
+    VBLK_ERR_IGNORE, /* the guest is told it worked */
+    VBLK_ERR_STOP,   /* the request is held and its queue paused until vblk_blk_resume() */
+    VBLK_ERR_ENOSPC, /* stop on ENOSPC, report anything else */
+};
+
 struct vblk_blk_stats {
     uint64_t requests, reads, writes, flushes, discards, write_zeroes, errors, unsupp;
+    uint64_t held, ignored; /* failures held by a stop policy / hidden by ignore */
 };
 
 struct blk_req {
@@ -43,7 +53,8 @@ struct blk_req {
     uint16_t head;
     uint8_t type; /* VIRTIO_BLK_T_* (low byte) */
     bool busy;
-    struct iovec *iov; /* this head's slice of the queue's iovec pool */
+    struct blk_req *next_held; /* on its queue's held list (error policy stop) */
+    struct iovec *iov;         /* this head's slice of the queue's iovec pool */
 };
 
 struct blk_queue {
@@ -62,6 +73,8 @@ struct blk_queue {
     int kick_fd, call_fd, err_fd;
     bool started;
     bool stopping;
+    bool paused;          /* an error policy stopped it: no new requests until resumed */
+    struct blk_req *held; /* requests that failed under a stop policy, to retry on resume */
     bool broken_reported;
     struct vblk_iot_source kick_src;
     struct vblk_iot_hook flush_hook;
@@ -88,6 +101,7 @@ struct vblk_blk_dev {
     unsigned max_queue_size;
     struct blk_queue *queues;
     bool wce; /* guest-visible write cache; written by control, read by I/O (atomic) */
+    enum vblk_error_policy rerror, werror; /* set before queues start */
     char serial[VIRTIO_BLK_ID_BYTES];      /* not NUL-terminated */
     struct vblk_blk_stats *stats_snapshot; /* per queue, filled by vblk_blk_get_stats */
 };
@@ -110,6 +124,9 @@ int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_av
 int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd);
 /* Serve queue qidx on iot instead of the device's thread (before the queue starts). */
 void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vblk_iothread *iot);
+/* Retry the requests an error policy held and take requests again, on every queue.  Returns
+ * how many requests were retried, or -errno. */
+int vblk_blk_resume(struct vblk_blk_dev *d);
 /* Copy the I/O thread's counters (waits for the I/O thread). */
 void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out);
 

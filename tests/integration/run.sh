@@ -167,6 +167,45 @@ wait $readers
 check cli-help "$VBLKD" --help
 check cli-version "$VBLKD" --version
 
+# error policies (rerror=/werror=) over the faulty filter (inject-*): report, ignore, stop +
+# SIGUSR2 resume, enospc
+for f in p1 p2 p3 p4; do truncate -s 16M "$tmp/$f.img"; done
+"$VBLKD" --export "id=rep,file=$tmp/p1.img,socket=$S/rep.sock,werror=report,inject-ops=write" \
+    --export "id=ign,file=$tmp/p2.img,socket=$S/ign.sock,rerror=ignore,inject-ops=read" \
+    --export "id=enospc,file=$tmp/p3.img,socket=$S/enospc.sock,inject-ops=write,inject-errno=ENOSPC,inject-count=3" \
+    --export "id=stop,file=$tmp/p4.img,socket=$S/stop.sock,werror=stop,inject-ops=flush,inject-count=1" \
+    >"$tmp/policy.log" 2>&1 &
+pol=$!
+for _ in $(seq 100); do [ -S "$S/stop.sock" ] && break; sleep 0.05; done
+if grep -q '"errors": *64' <($BENCH --socket "$S/rep.sock" --rw=randwrite --ios=64 --json 2>/dev/null); then
+    pass policy-report-gives-ioerr
+else
+    fail policy-report-gives-ioerr "expected 64 errors"
+fi
+if grep -q '"errors": *0' <($BENCH --socket "$S/ign.sock" --rw=randread --ios=64 --json 2>/dev/null); then
+    pass policy-ignore-hides-errors
+else
+    fail policy-ignore-hides-errors "expected 0 errors"
+fi
+# werror=enospc (the default) and werror=stop: the guest's writes wait, nothing fails; a resume
+# (SIGUSR2) retries them and the verify passes
+for e in enospc stop; do
+    $BENCH --socket "$S/$e.sock" --verify --size=4M --json >"$tmp/$e.json" 2>&1 &
+    b=$!
+    paused=0
+    for _ in $(seq 100); do grep -q "$e: queue 0 paused" "$tmp/policy.log" && { paused=1; break; }; sleep 0.05; done
+    sleep 0.3
+    kill -0 $b 2>/dev/null && still=1 || still=0
+    kill -USR2 $pol
+    if wait $b && [ $paused = 1 ] && [ $still = 1 ] && grep -q '"errors": *0' "$tmp/$e.json" &&
+        grep -q "$e: resumed" "$tmp/policy.log"; then
+        pass "policy-$e-holds-then-resumes"
+    else
+        fail "policy-$e-holds-then-resumes" "paused=$paused waiting=$still $(tail -c 300 "$tmp/$e.json")"
+    fi
+done
+kill -TERM $pol && wait $pol && pass policy-daemon-exit-0 || fail policy-daemon-exit-0 "$(tail -3 "$tmp/policy.log")"
+
 # isolation: a hostile front-end attacks export A while B runs I/O and C takes new front-ends
 # (isolation.py prints one PASS/FAIL line per attack, each counted as a test, and under a failed
 # case the daemon log lines written during it)

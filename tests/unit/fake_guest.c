@@ -343,6 +343,8 @@ static int quiet_fn(void *arg)
 
     for (unsigned i = 0; i < p->b->nheld; i++)
         held += container_of(p->b->held[i], struct blk_req, breq)->q == q;
+    for (struct blk_req *r = q->held; r; r = r->next_held)
+        held++; /* held by an error policy until a resume */
     if (q->flush_hook.queued || q->again_hook.queued || q->inflight != held)
         return 0;
     return q->vq.broken || !q->started ||

@@ -379,6 +379,35 @@ static void test_format_key(void **state)
     assert_int_equal(parse("id=d,file=/x.img,socket=/s,l2-cache-size=lots"), -EINVAL);
 }
 
+/* rerror=/werror= (QEMU's defaults: report / enospc) and the inject-* fault rule */
+static void test_error_policy_and_injection_keys(void **state)
+{
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s"), 0);
+    assert_int_equal(o.rerror, 0);
+    assert_int_equal(o.werror, 3);
+    assert_int_equal(o.fault.ops, 0);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,rerror=ignore,werror=stop"), 0);
+    assert_int_equal(o.rerror, 1);
+    assert_int_equal(o.werror, 2);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,werror=pause"), -EINVAL);
+    assert_non_null(strstr(err, "werror='pause'"));
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,inject-ops=write+flush,inject-errno=ENOSPC,"
+                           "inject-offset=1M,inject-length=4k,inject-count=3"),
+                     0);
+    assert_int_equal(o.fault.ops, (1u << VBLK_BDEV_WRITE) | (1u << VBLK_BDEV_FLUSH));
+    assert_int_equal(o.fault.err, ENOSPC);
+    assert_int_equal(o.fault.offset, 1u << 20);
+    assert_int_equal(o.fault.length, 4096);
+    assert_int_equal(o.fault.count, 3);
+    assert_int_equal(o.fault.rate, 100);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,inject-ops=write"), 0);
+    assert_int_equal(o.fault.err, EIO);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,inject-ops=write+nap"), -EINVAL);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,inject-ops=read,inject-rate=0"), -EINVAL);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,inject-ops=read,inject-errno=EWHAT"),
+                     -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -400,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_bdev_open_null_and_file),
         cmocka_unit_test(test_null_device_smaller_than_a_block_rejected),
         cmocka_unit_test(test_format_key),
+        cmocka_unit_test(test_error_policy_and_injection_keys),
     };
 
     return cmocka_run_group_tests_name("options", tests, NULL, NULL);

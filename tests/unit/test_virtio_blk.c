@@ -946,6 +946,92 @@ static void test_full_ring_does_not_starve_control_calls(void **state)
     assert_int_equal(st.errors, 0);
 }
 
+/* ---- error policies (rerror= / werror=) ---- */
+
+static int read_nheld(void *arg)
+{
+    return (int)((struct fake_blk *)arg)->nheld;
+}
+
+static void test_werror_report_gives_ioerr(void **state)
+{
+    struct fb_req r;
+
+    fb.d.werror = VBLK_ERR_REPORT;
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_OUT, 0, 512, false);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    fb_release(&fb, 0, -ENOSPC);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_IOERR);
+}
+
+static void test_rerror_ignore_hides_the_error(void **state)
+{
+    struct fb_req r;
+
+    fb.d.rerror = VBLK_ERR_IGNORE;
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 0, 512, true);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    fb_release(&fb, 0, -EIO);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
+    assert_int_equal(dev_stats(&fb.d).ignored, 1);
+    assert_int_equal(dev_stats(&fb.d).errors, 0);
+}
+
+/* stop: the failed request is held, its queue takes nothing new, the other queue goes on; a
+ * resume retries it (here it then works) and the queue takes what waited meanwhile. */
+static void test_werror_stop_holds_and_resume_retries(void **state)
+{
+    struct fb_req w, later, other;
+
+    fb.d.werror = VBLK_ERR_STOP;
+    fb_req_build(&fb, 0, &w, VIRTIO_BLK_T_OUT, 8, 512, false);
+    fg_post(&fb.g, 0, w.head);
+    fb_run(&fb, 0);
+    fb_release(&fb, 0, -EIO);
+    assert_int_equal(fb_status(&fb, &w), FB_STATUS_UNSET); /* held, not failed */
+    assert_int_equal(dev_stats(&fb.d).held, 1);
+    fb_req_build(&fb, 0, &later, VIRTIO_BLK_T_IN, 0, 512, true);
+    fg_post(&fb.g, 0, later.head);
+    assert_int_equal(eventfd_write(fb.kick[0], 1), 0);
+    usleep(20 * 1000);
+    assert_int_equal(fb_call(&fb, read_nheld, &fb), 0); /* paused: not taken */
+    fb_req_build(&fb, 1, &other, VIRTIO_BLK_T_IN, 0, 512, true);
+    fg_post(&fb.g, 1, other.head);
+    fb_run(&fb, 1);
+    fb_release(&fb, 1, 0);
+    assert_int_equal(fb_status(&fb, &other), VIRTIO_BLK_S_OK);
+
+    assert_int_equal(vblk_blk_resume(&fb.d), 1);
+    fb_run(&fb, 0); /* the retried write and the waiting read reach the driver */
+    assert_int_equal(fb_call(&fb, read_nheld, &fb), 2);
+    fb_release(&fb, 0, 0);
+    assert_int_equal(fb_status(&fb, &w), VIRTIO_BLK_S_OK);
+    assert_int_equal(fb_status(&fb, &later), VIRTIO_BLK_S_OK);
+}
+
+/* enospc: out of space stops, anything else is reported. */
+static void test_werror_enospc_stops_only_on_enospc(void **state)
+{
+    struct fb_req a, b;
+
+    fb.d.werror = VBLK_ERR_ENOSPC;
+    fb_req_build(&fb, 0, &a, VIRTIO_BLK_T_OUT, 0, 512, false);
+    fg_post(&fb.g, 0, a.head);
+    fb_run(&fb, 0);
+    fb_release(&fb, 0, -EIO);
+    assert_int_equal(fb_status(&fb, &a), VIRTIO_BLK_S_IOERR);
+    fb_req_build(&fb, 0, &b, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    fg_post(&fb.g, 0, b.head);
+    fb_run(&fb, 0);
+    fb_release(&fb, 0, -ENOSPC);
+    assert_int_equal(fb_status(&fb, &b), FB_STATUS_UNSET);
+    /* the front-end leaves while it is held: it fails then (nothing waits forever) */
+    fb_queue_stop(&fb, 0);
+    assert_int_equal(fb_status(&fb, &b), VIRTIO_BLK_S_IOERR);
+}
+
 /* ---- features and config ---- */
 
 static void test_features_and_config(void **state)
@@ -1031,6 +1117,10 @@ int main(void)
         TN(test_discard_on_read_only_export_is_unsupp),
         TH(test_head_in_flight_made_available_again_breaks),
         TH(test_driver_error_is_ioerr),
+        TH(test_werror_report_gives_ioerr),
+        TH(test_rerror_ignore_hides_the_error),
+        TH(test_werror_stop_holds_and_resume_retries),
+        TH(test_werror_enospc_stops_only_on_enospc),
         TF(test_same_head_twice_in_one_batch_breaks),
         TN(test_broken_queue_does_not_process_further_requests),
         TN(test_requests_before_the_bad_one_complete),
