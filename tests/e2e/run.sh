@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${E2E_OUT:=$REPO/build/e2e}"
@@ -319,6 +319,37 @@ t_restart() {
 	e2e_log "restart: $kills kills, $terms SIGTERM restarts, $(guest_info "$E2E_TMP/restart.log" 'rounds: ') rounds, $resub resubmissions"
 	[ "$i" -eq $((kills + terms)) ] || { FAIL_REASON="the guest stopped after $i restarts"; return 1; }
 	backend_stop restart || return 1
+}
+
+# A long outage: vblkd is killed under a writing guest and stays down E2E_OUTAGE seconds (default
+# 15 in CI; 120 for the 2-minute case: E2E_OUTAGE=120 tests/e2e/run.sh outage).  QEMU keeps
+# trying to reconnect, the guest's I/O waits (Linux virtio-blk has no request timeout that fails
+# I/O), and when vblkd comes back everything goes on: no error, no mismatch.
+t_outage() {
+	local img=$E2E_TMP/outage.img down=${E2E_OUTAGE:-15} secs pid
+	LOGS=("$E2E_TMP/outage.log" "$E2E_TMP/outage.log.qemu" "$E2E_TMP/outage.daemon.log")
+	mkimg "$img" $DISK_SIZE
+	backend_start outage "$img" || return 1
+	secs=$((down + 25))
+	GUEST_RECONNECT=1 guest_start "$E2E_TMP/outage.log" "${BACKEND_SOCK[outage]}" \
+		"vblk.test=loop vblk.seed=81 vblk.secs=$secs vblk.size=$DISK_SIZE"
+	if ! wait_for_line "$E2E_TMP/outage.log" '^VBLK-E2E: LOOP running' 60; then
+		guest_kill
+		FAIL_REASON="loop guest did not start"
+		return 1
+	fi
+	sleep 2
+	pid=${BACKEND_PID[outage]}
+	kill -KILL "$pid"
+	wait "$pid" 2>/dev/null
+	_untrack "$pid"
+	unset "BACKEND_PID[outage]"
+	sleep "$down"
+	kill -0 "$GUEST_PID" 2>/dev/null || { FAIL_REASON="QEMU exited during the outage"; return 1; }
+	backend_start outage "$img" || return 1
+	E2E_GUEST_TIMEOUT=$((secs + 60)) guest_wait "$E2E_TMP/outage.log" loop || return 1
+	e2e_log "outage: ${down}s down, $(guest_info "$E2E_TMP/outage.log" 'rounds: ') rounds"
+	backend_stop outage || return 1
 }
 
 # ---------------------------------------------------------------------------
