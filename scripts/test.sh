@@ -10,12 +10,13 @@
 # driven over its socket by vblk-bench and a hostile front-end), asan-integration (the same with
 # vblkd and vblk-bench built with ASan+UBSan, stopping at the first report), bench (vblk-bench's own tests
 # against qemu-storage-daemon), e2e (a QEMU guest on vblkd), fuzz (each libFuzzer target for
-# FUZZ_SECONDS, default 20; needs clang).
+# FUZZ_SECONDS, default 20; needs clang), soak (tests/soak/run.sh with ASan binaries for
+# SOAK_SECONDS, default 120).
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration bench e2e fuzz)
+[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration bench e2e soak fuzz)
 passed=0
 failed=0
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/vblk-test.XXXXXX")
@@ -119,6 +120,17 @@ for s in "${suites[@]}"; do
             count asan-integration 0 1
         fi
         ;;
+    soak)
+        # ASan binaries; 120 s here, SOAK_SECONDS=600 (or more) for the full soak
+        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+            >"$logdir/build-asan.log" 2>&1; then
+            VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
+                script_suite soak bash tests/soak/run.sh "${SOAK_SECONDS:-120}"
+        else
+            tail -40 "$logdir/build-asan.log"
+            count soak 0 1
+        fi
+        ;;
     bench)
         script_suite bench bash tools/vblk-bench/tests/test-bench.sh build/tools/vblk-bench/vblk-bench
         ;;
@@ -138,7 +150,7 @@ for s in "${suites[@]}"; do
         fi
         ;;
     *)
-        echo "unknown suite '$s' (unit asan tsan integration asan-integration bench e2e fuzz)"
+        echo "unknown suite '$s' (unit asan tsan integration asan-integration bench e2e soak fuzz)"
         count "$s" 0 1
         ;;
     esac
