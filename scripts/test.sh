@@ -5,7 +5,7 @@
 #   scripts/test.sh unit       only the given suites (unit asan tsan integration
 #                              asan-integration bench e2e fuzz)
 #
-# Suites: unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), tsan (the unit tests
+# Suites (qcow2: tests/integration/qcow2.sh, normal and ASan builds): unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), tsan (the unit tests
 # built with clang's ThreadSanitizer: the I/O thread, its control calls, queues served for real), integration (vblkd
 # driven over its socket by vblk-bench and a hostile front-end), asan-integration (the same with
 # vblkd and vblk-bench built with ASan+UBSan, stopping at the first report), bench (vblk-bench's own tests
@@ -16,7 +16,7 @@ set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration bench e2e soak fuzz)
+[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration qcow2 bench e2e soak fuzz)
 passed=0
 failed=0
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/vblk-test.XXXXXX")
@@ -120,6 +120,20 @@ for s in "${suites[@]}"; do
             count asan-integration 0 1
         fi
         ;;
+    qcow2)
+        # qcow2 images served by vblkd, checked with qemu-img; then the same with ASan+UBSan
+        script_suite qcow2 bash tests/integration/qcow2.sh build
+        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+            >"$logdir/build-asan.log" 2>&1; then
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
+                script_suite asan-qcow2 bash tests/integration/qcow2.sh build-asan
+        else
+            tail -40 "$logdir/build-asan.log"
+            count asan-qcow2 0 1
+        fi
+        ;;
     soak)
         # ASan binaries; 120 s here, SOAK_SECONDS=600 (or more) for the full soak
         if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
@@ -150,7 +164,7 @@ for s in "${suites[@]}"; do
         fi
         ;;
     *)
-        echo "unknown suite '$s' (unit asan tsan integration asan-integration bench e2e soak fuzz)"
+        echo "unknown suite '$s' (unit asan tsan integration asan-integration qcow2 bench e2e soak fuzz)"
         count "$s" 0 1
         ;;
     esac

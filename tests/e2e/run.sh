@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${E2E_OUT:=$REPO/build/e2e}"
@@ -350,6 +350,39 @@ t_outage() {
 	E2E_GUEST_TIMEOUT=$((secs + 60)) guest_wait "$E2E_TMP/outage.log" loop || return 1
 	e2e_log "outage: ${down}s down, $(guest_info "$E2E_TMP/outage.log" 'rounds: ') rounds"
 	backend_stop outage || return 1
+}
+
+# ext4 made and checked by the guest on a qcow2 image, then on a qcow2 overlay whose backing file
+# is that image; qemu-img check must find both clean, and the base must be untouched by the
+# overlay's writes.
+t_qcow2() {
+	vblkd_only format=qcow2 || return
+	local base=$E2E_TMP/base.qcow2 top=$E2E_TMP/top.qcow2 sum
+	LOGS=("$E2E_TMP/qcow2.log" "$E2E_TMP/qcow2.log.qemu" "$E2E_TMP/qcow2.daemon.log" "$E2E_TMP/qcow2.check")
+	qemu-img create -q -f qcow2 "$base" $DISK_SIZE || { FAIL_REASON="qemu-img create failed"; return 1; }
+	backend_start qcow2 "$base" format=qcow2 || return 1
+	guest_run "$E2E_TMP/qcow2.log" "${BACKEND_SOCK[qcow2]}" fs "vblk.size=$DISK_SIZE" || return 1
+	expect_counters qcow2 'errors -eq 0' || return 1
+	backend_stop qcow2 || return 1
+	if ! qemu-img check "$base" >"$E2E_TMP/qcow2.check" 2>&1; then
+		FAIL_REASON="qemu-img check of the qcow2 image failed"
+		return 1
+	fi
+	sum=$(qemu-img convert -O raw "$base" /dev/stdout 2>/dev/null | md5sum)
+	qemu-img create -q -f qcow2 -b "$base" -F qcow2 "$top" || { FAIL_REASON="qemu-img create -b failed"; return 1; }
+	LOGS=("$E2E_TMP/qcow2.2.log" "$E2E_TMP/qcow2.2.log.qemu" "$E2E_TMP/qcow2.daemon.log" "$E2E_TMP/qcow2.check")
+	backend_start qcow2 "$top" format=qcow2 || return 1
+	guest_run "$E2E_TMP/qcow2.2.log" "${BACKEND_SOCK[qcow2]}" fs "vblk.size=$DISK_SIZE" || return 1
+	expect_counters qcow2 'errors -eq 0' || return 1
+	backend_stop qcow2 || return 1
+	if ! qemu-img check "$top" >"$E2E_TMP/qcow2.check" 2>&1; then
+		FAIL_REASON="qemu-img check of the overlay failed"
+		return 1
+	fi
+	if [ "$(qemu-img convert -O raw "$base" /dev/stdout 2>/dev/null | md5sum)" != "$sum" ]; then
+		FAIL_REASON="the backing file changed under the overlay"
+		return 1
+	fi
 }
 
 # ---------------------------------------------------------------------------
