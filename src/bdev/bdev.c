@@ -1,10 +1,12 @@
 /* bdev.c - see bdev.h: the driver stack of an export. */
 #include "bdev/bdev.h"
+#include "util/log.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int open_one(struct vblk_bdev **out, const struct vblk_bdev_ops *ops,
                     struct vblk_bdev *child, const struct vblk_bdev_conf *c, char *err,
@@ -42,13 +44,29 @@ static int open_one(struct vblk_bdev **out, const struct vblk_bdev_ops *ops,
 int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c, char *err,
                          size_t errlen)
 {
+    enum vblk_image_format format;
     struct vblk_bdev *proto, *top;
     int r;
 
     r = open_one(&proto, c->null ? &vblk_bdev_null : &vblk_bdev_file, NULL, c, err, errlen);
     if (r < 0)
         return r;
-    switch (c->format) {
+    format = c->format;
+    if (format == VBLK_FORMAT_AUTO) {
+        /* read-only exports only (the option parser refuses it otherwise): a raw image a guest
+         * wrote may carry any magic, so a writable one is never probed */
+        void *buf = NULL; /* aligned: the file may be open with O_DIRECT */
+
+        format = VBLK_FORMAT_RAW;
+        if (proto->fd >= 0 && posix_memalign(&buf, 4096, 4096) == 0) {
+            if (pread(proto->fd, buf, 4096, 0) >= 4 && !memcmp(buf, "QFI\xfb", 4))
+                format = VBLK_FORMAT_QCOW2;
+            free(buf);
+        }
+        log_info(c->name, "format=auto: '%s' is %s", c->file,
+                 format == VBLK_FORMAT_QCOW2 ? "qcow2" : "raw");
+    }
+    switch (format) {
     case VBLK_FORMAT_RAW:
         top = proto;
         r = 0;
@@ -57,7 +75,7 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
         r = open_one(&top, &vblk_bdev_qcow2, proto, c, err, errlen);
         break;
     default:
-        snprintf(err, errlen, "format=auto is not supported yet: say format=raw or format=qcow2");
+        snprintf(err, errlen, "unknown format");
         r = -EINVAL;
         break;
     }

@@ -705,7 +705,8 @@ static int h_set_config(struct vblk_vu_dev *v)
     return 0;
 }
 
-int vblk_vu_dispatch(struct vblk_vu_dev *v)
+/* Handle the message in v->msg with v->fds.  0 or -errno (the caller closes the connection). */
+static int dispatch(struct vblk_vu_dev *v)
 {
     uint32_t req = v->msg.hdr.request;
     int r;
@@ -883,7 +884,7 @@ int vblk_vu_readable(struct vblk_vu_dev *v)
             }
         }
         if (v->have >= VHOST_USER_HDR_SIZE && v->have == VHOST_USER_HDR_SIZE + v->msg.hdr.size) {
-            r = vblk_vu_dispatch(v);
+            r = dispatch(v);
             close_msg_fds(v);
             v->have = 0;
             budget--;

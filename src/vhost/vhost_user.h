@@ -87,8 +87,4 @@ bool vblk_vu_check_lost_memory(struct vblk_vu_dev *v);
 /* Stop every ring (waiting for in-flight I/O), unmap guest memory, close the connection. */
 void vblk_vu_disconnect(struct vblk_vu_dev *v);
 
-/* Handle the message in v->msg with v->fds; exposed for tests and fuzzing.  0 or -errno (the
- * caller closes the connection). */
-int vblk_vu_dispatch(struct vblk_vu_dev *v);
-
 #endif

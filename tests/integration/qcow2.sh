@@ -219,5 +219,20 @@ for mode in writeback none; do
     fi
 done
 
+# format=auto: probes (qcow2 by its magic, else raw) for read-only exports only
+qemu-img create -q -f qcow2 "$S/auto.qcow2" 16M
+qemu-io -f qcow2 -c 'write -P 0x5a 0 1M' "$S/auto.qcow2" >/dev/null
+truncate -s 16M "$S/auto.raw"
+check_fails format-auto-writable-refused "$VBLKD" --export "id=a,file=$S/auto.qcow2,format=auto,socket=$S/a.sock"
+if start_daemon "id=aq,file=$S/auto.qcow2,format=auto,readonly=on,socket=$S/aq.sock" \
+    "id=ar,file=$S/auto.raw,format=auto,readonly=on,socket=$S/ar.sock"; then
+    grep -q "aq: format=auto: .* is qcow2" "$tmp/daemon.log" && grep -q "ar: format=auto: .* is raw" "$tmp/daemon.log" &&
+        pass format-auto-probes || fail format-auto-probes "$(grep format=auto "$tmp/daemon.log" | tr '\n' ' ')"
+    check format-auto-qcow2-readable "$BENCH" --socket "$S/aq.sock" --rw=randread --ios=256
+    stop_daemon || true
+else
+    fail format-auto-probes "$(tail -3 "$tmp/daemon.log" | tr '\n' ' ')"
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
