@@ -23,6 +23,7 @@ struct threads_engine {
     pthread_cond_t cond;
     struct vblk_io_list todo; /* under lock */
     struct vblk_io_list done; /* under lock */
+    unsigned ndone;           /* entries on done: written under lock, peeked without it */
     bool stop;                /* under lock */
     unsigned nworkers;
     pthread_t workers[THREADS_WORKERS];
@@ -52,6 +53,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&t->lock);
         wake = t->done.head == NULL;
         vblk_io_list_add(&t->done, io);
+        __atomic_store_n(&t->ndone, t->ndone + 1, __ATOMIC_RELEASE);
         if (wake)
             (void)eventfd_write(t->e.efd, 1);
     }
@@ -140,6 +142,7 @@ static unsigned threads_reap(struct vblk_engine *e, vblk_io_done_fn done, void *
     if (!l.head)
         l.tail = &l.head;
     vblk_io_list_init(&t->done);
+    __atomic_store_n(&t->ndone, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&t->lock);
     return vblk_io_list_drain(&l, done, arg);
 }
@@ -147,7 +150,7 @@ static unsigned threads_reap(struct vblk_engine *e, vblk_io_done_fn done, void *
 static bool threads_ready(struct vblk_engine *e)
 {
     /* an unlocked peek; a stale answer only costs one more poll */
-    return __atomic_load_n(&((struct threads_engine *)e)->done.head, __ATOMIC_RELAXED) != NULL;
+    return __atomic_load_n(&((struct threads_engine *)e)->ndone, __ATOMIC_ACQUIRE) != 0;
 }
 
 const struct vblk_engine_ops vblk_engine_threads = {
