@@ -87,12 +87,56 @@ static void queue_broken(struct blk_queue *q, const char *why, unsigned head)
         (void)eventfd_write(q->err_fd, 1);
 }
 
+/* ---- I/O thread: dirty logging (live migration) ---- */
+
+#define LOG_PAGE 4096 /* one bit of the dirty log per guest page (vhost-user.rst, "Migration") */
+
+/* Mark the guest pages of [gpa, gpa + len) dirty. */
+static void log_gpa(struct blk_queue *q, uint64_t gpa, uint64_t len)
+{
+    uint64_t first = gpa / LOG_PAGE, last = (gpa + len - 1) / LOG_PAGE;
+
+    if (len == 0 || gpa + len < gpa)
+        return;
+    for (uint64_t p = first; p <= last && p / 8 < q->log_size; p++)
+        __atomic_fetch_or(&q->log[p / 8], (uint8_t)(1u << (p % 8)), __ATOMIC_RELAXED);
+}
+
+/* The same for a buffer we hold as a host pointer into guest memory. */
+static void log_host(struct blk_queue *q, const void *host, uint64_t len)
+{
+    const struct vblk_mem *m = q->vq.mem;
+
+    for (unsigned i = 0; i < m->nregions; i++) {
+        const struct vblk_mem_region *r = &m->r[i];
+        uintptr_t off = (uintptr_t)host - (uintptr_t)r->host;
+
+        if ((uintptr_t)host >= (uintptr_t)r->host && off < r->size) {
+            log_gpa(q, r->gpa + off, len);
+            return;
+        }
+    }
+}
+
+/* Everything a request wrote into guest memory: its writable buffers and the status byte. */
+static void log_request(struct blk_req *req)
+{
+    struct blk_queue *q = req->q;
+
+    for (unsigned i = 0; i < req->in_cnt; i++)
+        log_host(q, req->iov[req->in_first + i].iov_base, req->iov[req->in_first + i].iov_len);
+    if (req->status)
+        log_host(q, req->status, 1);
+}
+
 static void req_finish(struct blk_req *req, uint8_t status)
 {
     struct blk_queue *q = req->q;
 
     if (req->status)
         WRITE_ONCE(*req->status, status);
+    if (unlikely(q->log))
+        log_request(req); /* after the writes, before the guest can see the completion */
     if (unlikely(status != VIRTIO_BLK_S_OK)) {
         if (status == VIRTIO_BLK_S_UNSUPP)
             q->stats.unsupp++;
@@ -107,7 +151,11 @@ static void req_finish(struct blk_req *req, uint8_t status)
 
 static void queue_flush(struct blk_queue *q)
 {
-    if (vblk_vq_publish(&q->vq) && vblk_vq_should_notify(&q->vq) && q->call_fd >= 0)
+    if (!vblk_vq_publish(&q->vq))
+        return;
+    if (unlikely(q->log && q->log_used))
+        log_gpa(q, q->log_used_gpa, vblk_vq_used_size(q->vq.num) + 2);
+    if (vblk_vq_should_notify(&q->vq) && q->call_fd >= 0)
         (void)eventfd_write(q->call_fd, 1);
 }
 
@@ -252,6 +300,8 @@ static void handle(struct blk_queue *q, uint16_t head)
     req->busy = true;
     q->inflight++;
     req->status = c.status;
+    req->in_first = (uint16_t)c.out_cnt;
+    req->in_cnt = (uint16_t)c.in_cnt;
     req->used_len = 1;
     req->type = 0xff;
     q->stats.requests++;
@@ -624,6 +674,10 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
     q->call_fd = p->call_fd;
     q->err_fd = p->err_fd;
     q->nresubmit = 0;
+    q->log = p->log;
+    q->log_size = p->log_size;
+    q->log_used = p->log_used;
+    q->log_used_gpa = p->log_used_gpa;
     q->vq.inflight = p->inflight;
     if (p->inflight) {
         r = vblk_vq_inflight_resume(&q->vq, q->resubmit, &q->nresubmit);

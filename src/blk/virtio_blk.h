@@ -54,6 +54,7 @@ struct blk_req {
     uint8_t type; /* VIRTIO_BLK_T_* (low byte) */
     bool busy;
     struct blk_req *next_held; /* on its queue's held list (error policy stop) */
+    uint16_t in_first, in_cnt; /* the writable part of iov (dirty logging) */
     struct iovec *iov;         /* this head's slice of the queue's iovec pool */
 };
 
@@ -75,6 +76,10 @@ struct blk_queue {
     bool stopping;
     bool paused;          /* an error policy stopped it: no new requests until resumed */
     struct blk_req *held; /* requests that failed under a stop policy, to retry on resume */
+    uint8_t *log;         /* dirty log while the front-end migrates, else NULL */
+    uint64_t log_size;
+    bool log_used;
+    uint64_t log_used_gpa;
     bool broken_reported;
     struct vblk_iot_source kick_src;
     struct vblk_iot_hook flush_hook;
@@ -91,6 +96,10 @@ struct vblk_queue_params {
     int kick_fd, call_fd, err_fd; /* owned by the caller; -1 if none */
     bool event_idx, indirect;
     struct vblk_inflight_split *inflight; /* in-flight record to keep (and resume), or NULL */
+    uint8_t *log;      /* dirty log to mark what the device writes (migration), or NULL */
+    uint64_t log_size; /* bytes of log */
+    bool log_used;     /* also log the used ring, at log_used_gpa */
+    uint64_t log_used_gpa;
 };
 
 struct vblk_blk_dev {

@@ -60,6 +60,7 @@ static void wedge(struct vblk_vu_dev *v)
             "left to it); restart vblkd to serve it again");
     v->mem = NULL;          /* leaked on purpose */
     v->inflight.map = NULL; /* likewise */
+    v->log.map = NULL;
     for (unsigned i = 0; i < VBLK_VU_MAX_QUEUES; i++) {
         v->vrings[i].started = false;
         v->vrings[i].kick_fd = v->vrings[i].call_fd = v->vrings[i].err_fd = -1;
@@ -89,6 +90,12 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
         .event_idx = !!(v->features & (1ull << VIRTIO_RING_F_EVENT_IDX)),
         .indirect = !!(v->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)),
     };
+    if ((v->features & (1ull << VHOST_F_LOG_ALL)) && v->log.map) {
+        p.log = v->log.host;
+        p.log_size = v->log.size;
+        p.log_used = vr->log_used;
+        p.log_used_gpa = vr->log_guest_addr;
+    }
     if (v->inflight.map && i < v->inflight_queues) {
         if (vr->num != v->inflight_qsize) {
             log_err(v->name, "queue %u has %u entries but its in-flight record %u", i, vr->num,
@@ -164,7 +171,8 @@ static int send_reply_fd(struct vblk_vu_dev *v, const void *payload, uint32_t si
     m.hdr.request = v->msg.hdr.request;
     m.hdr.flags = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK;
     m.hdr.size = size;
-    memcpy(&m.payload, payload, size);
+    if (size)
+        memcpy(&m.payload, payload, size);
     n = vblk_send_fds(v->conn_fd, &m, VHOST_USER_HDR_SIZE + size, &fd, fd >= 0 ? 1 : 0,
                       MSG_DONTWAIT);
     if (n != (ssize_t)(VHOST_USER_HDR_SIZE + size)) {
@@ -219,7 +227,24 @@ static int vring_index(struct vblk_vu_dev *v, uint32_t idx)
 
 static uint64_t offered_features(struct vblk_vu_dev *v)
 {
-    return vblk_blk_features(v->blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES);
+    return vblk_blk_features(v->blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
+           (1ull << VHOST_F_LOG_ALL);
+}
+
+/* Stop every running ring and start it again (it picks up the log and features now in v). */
+static int rings_restart(struct vblk_vu_dev *v)
+{
+    bool was[VBLK_VU_MAX_QUEUES];
+    int r = 0;
+
+    for (unsigned i = 0; i < v->nvrings; i++) {
+        was[i] = v->vrings[i].started;
+        if (ring_stop(v, i) < 0)
+            return -ETIMEDOUT;
+    }
+    for (unsigned i = 0; i < v->nvrings && !r; i++)
+        r = was[i] ? ring_try_start(v, i) : 0;
+    return r;
 }
 
 static int h_set_features(struct vblk_vu_dev *v)
@@ -232,8 +257,38 @@ static int h_set_features(struct vblk_vu_dev *v)
     if (f & ~offered_features(v))
         return PROTO_ERR(v, "SET_FEATURES: 0x%llx has bits we did not offer (0x%llx)",
                          (unsigned long long)f, (unsigned long long)offered_features(v));
+    if ((f ^ v->features) & (1ull << VHOST_F_LOG_ALL)) {
+        log_info(v->name, "dirty logging %s (live migration)",
+                 (f & (1ull << VHOST_F_LOG_ALL)) ? "on" : "off");
+        v->features = f;
+        return rings_restart(v); /* the rings log from now on, or stop logging */
+    }
     v->features = f;
     return 0;
+}
+
+/* The dirty log: one bit per 4 KiB guest-physical page, in memory the front-end shares. */
+static int h_set_log_base(struct vblk_vu_dev *v)
+{
+    const struct vhost_user_log *l = &v->msg.payload.log;
+    struct vblk_mem_desc d = {.size = l->mmap_size, .mmap_offset = l->mmap_offset};
+    struct vblk_mem_region reg, old;
+    int r;
+
+    if (need_size(v, sizeof(*l)) < 0 || need_fds(v, 1) < 0)
+        return -EPROTO;
+    r = vblk_mem_region_map(&v->mem_owner, &reg, &d, v->fds[0]);
+    if (r < 0)
+        return PROTO_ERR(v, "SET_LOG_BASE: cannot map the log: %s", vblk_mem_strerror(r));
+    old = v->log;
+    v->log = reg;
+    r = rings_restart(v); /* no ring writes into the old log from here on */
+    if (r == -ETIMEDOUT)
+        return r; /* wedged: the thread keeps both */
+    vblk_mem_region_unmap(&old);
+    if (r < 0)
+        return r;
+    return send_reply(v, NULL, 0); /* QEMU waits for this (LOG_SHMFD) */
 }
 
 static int h_set_protocol_features(struct vblk_vu_dev *v)
@@ -280,6 +335,7 @@ static void reset_state(struct vblk_vu_dev *v)
     }
     vblk_mem_region_unmap(&v->inflight);
     v->inflight_queues = v->inflight_qsize = 0;
+    vblk_mem_region_unmap(&v->log);
     v->features = 0;
     v->protocol_features = 0;
     vblk_blk_reset(v->blk);
@@ -522,6 +578,8 @@ static int h_set_vring_addr(struct vblk_vu_dev *v)
     vr->desc_uva = a->desc_user_addr;
     vr->avail_uva = a->avail_user_addr;
     vr->used_uva = a->used_user_addr;
+    vr->log_used = a->flags & 1; /* VHOST_VRING_F_LOG */
+    vr->log_guest_addr = a->log_guest_addr;
     vr->addr_set = true;
     return was ? ring_try_start(v, a->index) : 0;
 }
@@ -716,7 +774,8 @@ static int dispatch(struct vblk_vu_dev *v)
     /* only fd-carrying messages may carry fds (REM_MEM_REG: tolerated and closed) */
     if (v->nfds && req != VHOST_USER_SET_MEM_TABLE && req != VHOST_USER_ADD_MEM_REG &&
         req != VHOST_USER_REM_MEM_REG && req != VHOST_USER_SET_VRING_KICK &&
-        req != VHOST_USER_SET_INFLIGHT_FD && req != VHOST_USER_SET_VRING_CALL &&
+        req != VHOST_USER_SET_INFLIGHT_FD && req != VHOST_USER_SET_LOG_BASE &&
+        req != VHOST_USER_SET_LOG_FD && req != VHOST_USER_SET_VRING_CALL &&
         req != VHOST_USER_SET_VRING_ERR)
         return PROTO_ERR(v, "%s: unexpected file descriptors", vhost_user_request_name(req));
 
@@ -780,6 +839,11 @@ static int dispatch(struct vblk_vu_dev *v)
         return h_get_inflight_fd(v);
     case VHOST_USER_SET_INFLIGHT_FD:
         r = h_set_inflight_fd(v);
+        break;
+    case VHOST_USER_SET_LOG_BASE:
+        return h_set_log_base(v);
+    case VHOST_USER_SET_LOG_FD:
+        r = need_fds(v, 1); /* an eventfd to signal log changes with: not needed, closed */
         break;
     case VHOST_USER_SET_CONFIG:
         r = h_set_config(v);

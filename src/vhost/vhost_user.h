@@ -39,6 +39,8 @@ struct vu_vring {
     bool enabled;
     bool started;
     int kick_fd, call_fd, err_fd;
+    bool log_used;           /* SET_VRING_ADDR asked for used-ring logging */
+    uint64_t log_guest_addr; /* where the used ring's writes are logged */
 };
 
 struct vblk_vu_dev {
@@ -59,6 +61,8 @@ struct vblk_vu_dev {
     /* in-flight record shared with the front-end (SET_INFLIGHT_FD); map == NULL: none */
     struct vblk_mem_region inflight;
     unsigned inflight_queues, inflight_qsize;
+    /* dirty log for live migration (SET_LOG_BASE), used while VHOST_F_LOG_ALL is on */
+    struct vblk_mem_region log;
     bool wedged; /* an I/O thread stopped answering: torn down for good */
 };
 
@@ -66,7 +70,7 @@ struct vblk_vu_dev {
     ((1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |              \
      (1ull << VHOST_USER_PROTOCOL_F_CONFIG) |                                                      \
      (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |                                         \
-     (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD))
+     (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) | (1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD))
 
 void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *blk);
 

@@ -62,7 +62,9 @@ enum vhost_user_request {
 #define VHOST_USER_NEED_REPLY   (1u << 3)
 
 /* Virtio / vhost feature bits used on the wire. */
+#define VHOST_F_LOG_ALL                26 /* the front-end migrates: log what the device writes */
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
+#define VHOST_LOG_PAGE                 4096 /* one dirty-log bit covers this many bytes */
 
 /* Protocol feature bits. */
 #define VHOST_USER_PROTOCOL_F_MQ                   0
@@ -137,6 +139,12 @@ struct vhost_user_config {
 
 #define VHOST_USER_CONFIG_HDR_SIZE 12u
 
+/* SET_LOG_BASE: the dirty log (a bitmap over guest-physical pages), with its fd. */
+struct vhost_user_log {
+    uint64_t mmap_size;
+    uint64_t mmap_offset;
+} __attribute__((packed));
+
 /* GET/SET_INFLIGHT_FD: the shared buffer that records in-flight requests (for reconnects). */
 struct vhost_user_inflight {
     uint64_t mmap_size;
@@ -154,6 +162,7 @@ union vhost_user_payload {
     struct vhost_user_mem_reg_msg memreg;
     struct vhost_user_config config;
     struct vhost_user_inflight inflight;
+    struct vhost_user_log log;
 };
 
 struct vhost_user_msg {
@@ -169,6 +178,8 @@ _Static_assert(sizeof(struct vhost_user_mem_region) == 32, "memory region");
 _Static_assert(sizeof(struct vhost_user_memory) == 8 + 32 * VHOST_USER_MEM_REGIONS_MAX,
                "memory table");
 _Static_assert(sizeof(struct vhost_user_mem_reg_msg) == 40, "single memory region");
+_Static_assert(sizeof(struct vhost_user_inflight) == 24, "inflight description");
+_Static_assert(sizeof(struct vhost_user_log) == 16, "dirty log description");
 _Static_assert(sizeof(struct vhost_user_config) ==
                    VHOST_USER_CONFIG_HDR_SIZE + VHOST_USER_MAX_CONFIG_SIZE,
                "device config");

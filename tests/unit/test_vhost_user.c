@@ -231,7 +231,8 @@ static void test_get_features_reply(void **state)
     send_msg(VHOST_USER_GET_FEATURES, NULL, 0);
     assert_ok();
     assert_int_equal(recv_u64(VHOST_USER_GET_FEATURES),
-                     vblk_blk_features(&blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
+                     vblk_blk_features(&blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
+                         (1ull << VHOST_F_LOG_ALL));
 }
 
 static void test_get_protocol_features_queue_num_and_slots(void **state)
@@ -290,7 +291,7 @@ static void test_set_features_wrong_size_closes(void **state)
 
 static void test_set_protocol_features_unoffered_bit_closes(void **state)
 {
-    send_u64(VHOST_USER_SET_PROTOCOL_FEATURES, 1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD);
+    send_u64(VHOST_USER_SET_PROTOCOL_FEATURES, 1ull << VHOST_USER_PROTOCOL_F_PAGEFAULT);
     assert_closed();
 }
 
@@ -1386,6 +1387,111 @@ static void test_ring_resubmits_what_the_record_lists(void **state)
     close(call);
 }
 
+/* ---- dirty logging (live migration) ---- */
+
+static bool log_bit(const uint8_t *log, uint64_t gpa)
+{
+    uint64_t page = gpa / 4096;
+
+    return log[page / 8] & (1u << (page % 8));
+}
+
+/* With VHOST_F_LOG_ALL and a log from SET_LOG_BASE, every guest page the device writes (the
+ * data read, the status byte, the used ring) is marked before the guest sees the completion. */
+static void test_dirty_log_marks_what_the_device_writes(void **state)
+{
+    int memfd = make_memfd(RING_SIZE);
+    uint8_t *gm = mmap(NULL, RING_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    struct vring_desc *desc = (struct vring_desc *)gm;
+    struct vring_avail *avail = (struct vring_avail *)(gm + 0x1000);
+    struct vring_used *used = (struct vring_used *)(gm + 0x2000);
+    struct virtio_blk_outhdr *hdr = (struct virtio_blk_outhdr *)(gm + 0x10000);
+    int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC);
+    struct pollfd p = {.fd = call, .events = POLLIN};
+    uint64_t log_bytes = (RING_GPA + RING_SIZE) / 4096 / 8;
+    int logfd = make_memfd(log_bytes);
+    uint8_t *log = mmap(NULL, log_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, logfd, 0);
+    struct vhost_user_log l = {.mmap_size = log_bytes, .mmap_offset = 0};
+    struct vhost_user_vring_addr a = {.index = 0,
+                                      .flags = 1, /* log the used ring */
+                                      .desc_user_addr = RING_UVA,
+                                      .avail_user_addr = RING_UVA + 0x1000,
+                                      .used_user_addr = RING_UVA + 0x2000,
+                                      .log_guest_addr = RING_GPA + 0x2000};
+    struct vhost_user_msg m;
+    uint64_t u = 0;
+
+    assert_true(gm != MAP_FAILED && log != MAP_FAILED);
+    send_u64(VHOST_USER_SET_PROTOCOL_FEATURES, 1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD);
+    send_u64(VHOST_USER_SET_FEATURES, (1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_F_LOG_ALL) |
+                                          (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
+    send_msg_fds(VHOST_USER_SET_LOG_BASE, VHOST_USER_VERSION, &l, sizeof(l), &logfd, 1);
+    send_ring_mem_table(memfd);
+    send_state(VHOST_USER_SET_VRING_NUM, 0, RING_NUM);
+    send_state(VHOST_USER_SET_VRING_BASE, 0, 0);
+    send_msg(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a));
+    send_msg_fds(VHOST_USER_SET_VRING_CALL, VHOST_USER_VERSION, &u, sizeof(u), &call, 1);
+    send_msg_fds(VHOST_USER_SET_VRING_KICK, VHOST_USER_VERSION, &u, sizeof(u), &kick, 1);
+    assert_ok();
+    assert_int_equal(recv(sk[1], &m, sizeof(m), MSG_DONTWAIT), VHOST_USER_HDR_SIZE);
+    assert_int_equal(m.hdr.request, VHOST_USER_SET_LOG_BASE);
+    assert_true(blk.queues[0].started);
+
+    /* a GET_ID: 20 bytes written at +0x13000, status at +0x14000 */
+    desc[0] = (struct vring_desc){RING_GPA + 0x10000, 16, VRING_DESC_F_NEXT, 1};
+    desc[1] =
+        (struct vring_desc){RING_GPA + 0x13000, 20, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2};
+    desc[2] = (struct vring_desc){RING_GPA + 0x14000, 1, VRING_DESC_F_WRITE, 0};
+    hdr->type = VIRTIO_BLK_T_GET_ID;
+    avail->ring[0] = 0;
+    __atomic_store_n(&avail->idx, 1, __ATOMIC_RELEASE);
+    assert_int_equal(eventfd_write(kick, 1), 0);
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    assert_int_equal(__atomic_load_n(&used->idx, __ATOMIC_ACQUIRE), 1);
+    assert_true(log_bit(log, RING_GPA + 0x13000));  /* the data */
+    assert_true(log_bit(log, RING_GPA + 0x14000));  /* the status byte */
+    assert_true(log_bit(log, RING_GPA + 0x2000));   /* the used ring */
+    assert_false(log_bit(log, RING_GPA + 0x10000)); /* the header was only read */
+    assert_false(log_bit(log, RING_GPA + 0x20000));
+
+    /* logging off: nothing more is marked */
+    memset(log, 0, log_bytes);
+    send_u64(VHOST_USER_SET_FEATURES,
+             (1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
+    assert_ok();
+    avail->ring[1] = 0;
+    __atomic_store_n(&avail->idx, 2, __ATOMIC_RELEASE);
+    assert_int_equal(eventfd_write(kick, 1), 0);
+    for (int i = 0; i < 500 && __atomic_load_n(&used->idx, __ATOMIC_ACQUIRE) != 2; i++)
+        usleep(1000);
+    assert_int_equal(__atomic_load_n(&used->idx, __ATOMIC_ACQUIRE), 2);
+    assert_false(log_bit(log, RING_GPA + 0x13000));
+    vblk_vu_disconnect(&vu);
+    munmap(log, log_bytes);
+    munmap(gm, RING_SIZE);
+    close(logfd);
+    close(memfd);
+    close(kick);
+    close(call);
+}
+
+/* A log that is not memory, or smaller than it says, is refused. */
+static void test_bad_log_base_closes(void **state)
+{
+    struct vhost_user_log l = {.mmap_size = 1 << 20};
+    int fd = make_memfd(4096), z = open("/dev/zero", O_RDWR | O_CLOEXEC);
+
+    send_msg_fds(VHOST_USER_SET_LOG_BASE, VHOST_USER_VERSION, &l, sizeof(l), &fd, 1);
+    assert_closed();
+    close(sk[1]);
+    connect_pair();
+    l.mmap_size = 4096;
+    send_msg_fds(VHOST_USER_SET_LOG_BASE, VHOST_USER_VERSION, &l, sizeof(l), &z, 1);
+    assert_closed();
+    close(fd);
+    close(z);
+}
+
 #define T(f)  cmocka_unit_test_setup_teardown(f, setup, teardown)
 #define TI(f) cmocka_unit_test_setup_teardown(f, setup_iot, teardown)
 #define TW(f) cmocka_unit_test_setup_teardown(f, setup_iot_short, teardown_wedged)
@@ -1465,6 +1571,8 @@ int main(void)
         T(test_inflight_bad_sizes_close),
         T(test_set_inflight_fd_too_small_or_not_memory_closes),
         TI(test_ring_resubmits_what_the_record_lists),
+        TI(test_dirty_log_marks_what_the_device_writes),
+        T(test_bad_log_base_closes),
         TW(test_stuck_io_thread_tears_export_down),
     };
 
