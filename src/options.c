@@ -189,6 +189,12 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
             o->l2_cache_size = sz;
         else
             o->refcount_cache_size = sz;
+    } else if (!strcmp(key, "locking")) {
+        bool on;
+
+        if (parse_bool(v, &on) < 0)
+            return fail(err, errlen, "locking='%s': allowed values are on, off", v);
+        o->no_lock = !on;
     } else if (!strcmp(key, "rerror") || !strcmp(key, "werror")) {
         static const char *const pol[] = {"report", "ignore", "stop", "enospc"};
         unsigned i;
@@ -256,7 +262,7 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
                     "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
                     "cache, num-queues, queue-size, discard, serial, "
                     "logical-block-size, read-zeroes, poll-us, iothreads, format, "
-                    "l2-cache-size, refcount-cache-size, rerror, werror, inject-ops, "
+                    "l2-cache-size, refcount-cache-size, locking, rerror, werror, inject-ops, "
                     "inject-errno, inject-offset, inject-length, inject-rate, inject-count)",
                     key);
     }
@@ -356,5 +362,6 @@ struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o)
         .l2_cache_size = o->l2_cache_size,
         .refcount_cache_size = o->refcount_cache_size,
         .fault = o->fault,
+        .no_lock = o->no_lock,
     };
 }

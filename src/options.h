@@ -44,6 +44,7 @@ struct vblk_export_opts {
     uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
     unsigned rerror, werror;      /* enum vblk_error_policy (blk/virtio_blk.h) */
     struct vblk_fault_conf fault; /* inject-*: fault injection for tests */
+    bool no_lock;                 /* locking=off */
 };
 
 /* The storage part of o, for the block-driver layer (pointers into o). */

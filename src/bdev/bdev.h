@@ -74,6 +74,7 @@ struct vblk_bdev_conf {
     unsigned lbs;                 /* logical block size advertised */
     bool discard_unmap;           /* discard=unmap */
     bool read_zeroes;             /* null: zero-fill reads */
+    bool no_lock;                 /* locking=off: take no image lock (a migration's target) */
     unsigned iothreads;           /* the export's I/O threads (single_thread drivers need 1) */
     uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
     uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */

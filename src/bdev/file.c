@@ -59,7 +59,7 @@ static int file_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char *
     }
     /* Like QEMU's image locking: one writer, or any number of readers, per image.  An OFD lock
      * over the whole file also conflicts with QEMU's own byte-range locks. */
-    if (take_lock(b->fd, &fl) < 0) {
+    if (!c->no_lock && take_lock(b->fd, &fl) < 0) {
         r = -errno;
         snprintf(err, errlen,
                  "'%s' is in use by another process (cannot take the %s lock); "

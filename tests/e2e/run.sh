@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 migrate (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${E2E_OUT:=$REPO/build/e2e}"
@@ -383,6 +383,75 @@ t_qcow2() {
 		FAIL_REASON="the backing file changed under the overlay"
 		return 1
 	fi
+}
+
+# hmp SOCK CMD: one command to a QEMU human monitor on a unix socket; prints the answer
+hmp() {
+	python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+def until_prompt():
+    b = b""
+    while not b.endswith(b"(qemu) "):
+        b += s.recv(4096)
+    return b
+until_prompt()
+s.sendall(sys.argv[2].encode() + b"\n")
+print(until_prompt().decode(errors="replace"))
+PY
+}
+
+# Live migration with shared storage: a guest writing and verifying data moves from one QEMU to
+# another on the same host, each with its own export of the same image (the destination's with
+# locking=off: the source's rings are stopped before the destination's start).  vblkd logs
+# every page it writes while the source migrates; after the switch the guest goes on on the
+# destination and its data verifies.
+t_migrate() {
+	vblkd_only migration || return
+	local img=$E2E_TMP/mig.img src dst i st
+	LOGS=("$E2E_TMP/mig.src.log" "$E2E_TMP/mig.src.log.qemu" "$E2E_TMP/mig.dst.log"
+		"$E2E_TMP/mig.dst.log.qemu" "$E2E_TMP/migsrc.daemon.log" "$E2E_TMP/migdst.daemon.log")
+	mkimg "$img" $DISK_SIZE
+	backend_start migsrc "$img" || return 1
+	backend_start migdst "$img" locking=off || return 1
+	GUEST_RECONNECT= guest_start "$E2E_TMP/mig.src.log" "${BACKEND_SOCK[migsrc]}" \
+		"vblk.test=loop vblk.seed=91 vblk.secs=40 vblk.size=$DISK_SIZE" \
+		-monitor unix:"$E2E_TMP/mon.src",server=on,wait=off
+	src=$GUEST_PID
+	if ! wait_for_line "$E2E_TMP/mig.src.log" '^VBLK-E2E: LOOP running' 60; then
+		guest_kill
+		FAIL_REASON="loop guest did not start"
+		return 1
+	fi
+	guest_start "$E2E_TMP/mig.dst.log" "${BACKEND_SOCK[migdst]}" \
+		"vblk.test=loop vblk.seed=91 vblk.secs=40 vblk.size=$DISK_SIZE" \
+		-incoming unix:"$E2E_TMP/mig.sock" -monitor unix:"$E2E_TMP/mon.dst",server=on,wait=off
+	dst=$GUEST_PID
+	sleep 2
+	hmp "$E2E_TMP/mon.src" "migrate -d unix:$E2E_TMP/mig.sock" >/dev/null
+	for i in $(seq 120); do
+		st=$(hmp "$E2E_TMP/mon.src" "info migrate" | sed -n 's/^Migration status: *//p' | tr -d '\r')
+		case "$st" in completed | failed | cancelled) break ;; esac
+		sleep 0.5
+	done
+	e2e_log "migrate: status $st; $(hmp "$E2E_TMP/mon.src" "info migrate" | grep -a 'downtime' | tr -d '\r' | head -1)"
+	kill -KILL "$src" 2>/dev/null
+	wait "$src" 2>/dev/null
+	_untrack "$src"
+	if [ "$st" != completed ]; then
+		GUEST_PID=$dst guest_kill
+		FAIL_REASON="migration $st"
+		return 1
+	fi
+	grep -q "dirty logging on" "$E2E_TMP/migsrc.daemon.log" ||
+		{ GUEST_PID=$dst guest_kill; FAIL_REASON="vblkd never logged for the source"; return 1; }
+	GUEST_PID=$dst
+	# the guest finishes on the destination: its serial output continues there
+	E2E_GUEST_TIMEOUT=120 guest_wait "$E2E_TMP/mig.dst.log" loop || return 1
+	backend_stop migsrc || return 1
+	backend_stop migdst || return 1
 }
 
 # ---------------------------------------------------------------------------
