@@ -391,6 +391,11 @@ static void test_error_policy_and_injection_keys(void **state)
     assert_int_equal(o.werror, 2);
     assert_int_equal(parse("id=d,file=/x.img,socket=/s,werror=pause"), -EINVAL);
     assert_non_null(strstr(err, "werror='pause'"));
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s"), 0);
+    assert_false(o.no_lock);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,locking=off"), 0);
+    assert_true(o.no_lock);
+    assert_int_equal(parse("id=d,file=/x.img,socket=/s,locking=maybe"), -EINVAL);
     assert_int_equal(parse("id=d,file=/x.img,socket=/s,inject-ops=write+flush,inject-errno=ENOSPC,"
                            "inject-offset=1M,inject-length=4k,inject-count=3"),
                      0);
