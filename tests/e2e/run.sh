@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 migrate (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 migrate policy (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate policy"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${E2E_OUT:=$REPO/build/e2e}"
@@ -275,10 +275,10 @@ t_kill() {
 }
 
 # The back-end dies (kill -9) E2E_KILLS times (default 20) and is stopped (SIGTERM, an upgrade)
-# E2E_TERMS times (default 5), at random moments, under a guest that writes and verifies data;
+# E2E_TERMS times (default 20), at random moments, under a guest that writes and verifies data;
 # QEMU reconnects (reconnect=1) and the guest must see no I/O error and no mismatch.
 t_restart() {
-	local img=$E2E_TMP/restart.img kills=${E2E_KILLS:-20} terms=${E2E_TERMS:-5} i secs resub
+	local img=$E2E_TMP/restart.img kills=${E2E_KILLS:-20} terms=${E2E_TERMS:-20} i secs resub
 	LOGS=("$E2E_TMP/restart.log" "$E2E_TMP/restart.log.qemu" "$E2E_TMP/restart.daemons.log")
 	mkimg "$img" $DISK_SIZE
 	: >"$E2E_TMP/restart.daemons.log"
@@ -452,6 +452,33 @@ t_migrate() {
 	E2E_GUEST_TIMEOUT=120 guest_wait "$E2E_TMP/mig.dst.log" loop || return 1
 	backend_stop migsrc || return 1
 	backend_stop migdst || return 1
+}
+
+# werror=enospc under a guest: the disk "runs out of space" (the faulty filter fails two writes
+# with ENOSPC), the guest's writes wait instead of failing, SIGUSR2 (the operator made room)
+# retries them and the guest's test passes with no I/O error.
+t_policy() {
+	vblkd_only werror=enospc || return
+	local img=$E2E_TMP/policy.img i
+	LOGS=("$E2E_TMP/policy.log" "$E2E_TMP/policy.log.qemu" "$E2E_TMP/policy.daemon.log")
+	mkimg "$img" $DISK_SIZE
+	backend_start policy "$img" werror=enospc inject-ops=write inject-errno=ENOSPC \
+		inject-count=2 || return 1
+	guest_start "$E2E_TMP/policy.log" "${BACKEND_SOCK[policy]}" "vblk.test=io vblk.seed=95 vblk.size=$DISK_SIZE"
+	for i in $(seq 600); do
+		grep -q "queue 0 paused" "${BACKEND_LOG[policy]}" && break
+		sleep 0.1
+	done
+	grep -q "queue 0 paused" "${BACKEND_LOG[policy]}" || { guest_kill; FAIL_REASON="the queue never paused"; return 1; }
+	sleep 2 # the guest waits meanwhile: nothing fails
+	for i in 1 2 3; do # each resume may meet the next injected failure
+		kill -USR2 "${BACKEND_PID[policy]}"
+		sleep 1
+	done
+	guest_wait "$E2E_TMP/policy.log" io || return 1
+	expect_counters policy 'errors -eq 0' 'held -ge 1' || return 1
+	backend_stop policy || return 1
+	host_verify_io "$img" 95 || return 1
 }
 
 # ---------------------------------------------------------------------------

@@ -1475,7 +1475,7 @@ static void test_dirty_log_marks_what_the_device_writes(void **state)
     close(call);
 }
 
-/* A log that is not memory, or smaller than it says, is refused. */
+/* A log that is not memory, smaller than it says, or read-only is refused. */
 static void test_bad_log_base_closes(void **state)
 {
     struct vhost_user_log l = {.mmap_size = 1 << 20};
@@ -1486,6 +1486,19 @@ static void test_bad_log_base_closes(void **state)
     close(sk[1]);
     connect_pair();
     l.mmap_size = 4096;
+    send_msg_fds(VHOST_USER_SET_LOG_BASE, VHOST_USER_VERSION, &l, sizeof(l), &z, 1);
+    assert_closed();
+    close(z);
+    /* a read-only fd of a memfd: the log cannot be written, so it is refused */
+    close(sk[1]);
+    connect_pair();
+    {
+        char path[64];
+
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        z = open(path, O_RDONLY | O_CLOEXEC);
+        assert_true(z >= 0);
+    }
     send_msg_fds(VHOST_USER_SET_LOG_BASE, VHOST_USER_VERSION, &l, sizeof(l), &z, 1);
     assert_closed();
     close(fd);
