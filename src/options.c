@@ -251,6 +251,9 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
             o->fault.length = n;
         else
             o->fault.count = n;
+    } else if (!strcmp(key, "inject-delay-ms")) {
+        if (parse_uint(v, 1, 600000, &o->fault.delay_ms) < 0)
+            return fail(err, errlen, "inject-delay-ms='%s': 1 to 600000", v);
     } else if (!strcmp(key, "inject-rate")) {
         if (parse_uint(v, 1, 100, &o->fault.rate) < 0)
             return fail(err, errlen, "inject-rate='%s': a percentage from 1 to 100", v);
@@ -263,7 +266,8 @@ static int apply(struct vblk_export_opts *o, const char *key, const char *v, uns
                     "cache, num-queues, queue-size, discard, serial, "
                     "logical-block-size, read-zeroes, poll-us, iothreads, format, "
                     "l2-cache-size, refcount-cache-size, locking, rerror, werror, inject-ops, "
-                    "inject-errno, inject-offset, inject-length, inject-rate, inject-count)",
+                    "inject-errno, inject-offset, inject-length, inject-rate, inject-count, "
+                    "inject-delay-ms)",
                     key);
     }
     return 0;
@@ -327,8 +331,8 @@ int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *er
     if (!r && o->null && o->format != VBLK_FORMAT_RAW)
         r = fail(err, errlen, "format=: null:// stores nothing and is always raw");
     if (!r && o->fault.ops) {
-        if (!o->fault.err)
-            o->fault.err = EIO;
+        if (!o->fault.err && !o->fault.delay_ms)
+            o->fault.err = EIO; /* a delay alone passes the requests on afterwards */
         if (!o->fault.rate)
             o->fault.rate = 100;
     }

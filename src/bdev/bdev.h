@@ -52,14 +52,16 @@ enum vblk_image_format {
 };
 
 /* Fault injection (the "faulty" filter, for tests): requests whose op is in ops and that touch
- * [offset, offset + length) fail with -err, rate percent of them, at most count of them. */
+ * [offset, offset + length), rate percent of them, at most count of them, are delayed by
+ * delay_ms and then fail with -err (err 0: go on to storage). */
 struct vblk_fault_conf {
-    unsigned ops;    /* bit (1 << enum vblk_bdev_op); 0: no filter */
-    int err;         /* positive errno */
-    uint64_t offset; /* bytes */
-    uint64_t length; /* bytes; 0: to the end of the disk */
-    unsigned rate;   /* percent, 1..100 */
-    uint64_t count;  /* 0: no limit */
+    unsigned ops;      /* bit (1 << enum vblk_bdev_op); 0: no filter */
+    int err;           /* positive errno */
+    uint64_t offset;   /* bytes */
+    uint64_t length;   /* bytes; 0: to the end of the disk */
+    unsigned rate;     /* percent, 1..100 */
+    uint64_t count;    /* 0: no limit */
+    unsigned delay_ms; /* delay them this long first (then fail with err, or pass them down) */
 };
 
 /* What storage needs to know of an export's options (the command line lives above). */

@@ -12,11 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/compiler.h"
 #include "util/log.h"
 
 struct faulty {
     struct vblk_fault_conf rule;
-    uint64_t seen, failed;
+    uint64_t seen, failed; /* matched, acted on */
+    bool warned;
     uint64_t rng;
 };
 
@@ -41,8 +43,9 @@ static int faulty_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char
     b->discard = child->discard;
     b->write_zeroes = child->write_zeroes;
     b->zeroes_unmap = child->zeroes_unmap;
-    log_warn(c->name, "fault injection on: ops 0x%x fail with %s (%u%%, at most %llu)", f->rule.ops,
-             strerror(f->rule.err), f->rule.rate, (unsigned long long)f->rule.count);
+    log_warn(c->name, "fault injection on: ops 0x%x delayed %u ms, then %s (%u%%, at most %llu)",
+             f->rule.ops, f->rule.delay_ms, f->rule.err ? strerror(f->rule.err) : "served",
+             f->rule.rate, (unsigned long long)f->rule.count);
     return 0;
 }
 
@@ -73,16 +76,48 @@ static bool matches(struct faulty *f, const struct vblk_bdev_req *r)
     return true;
 }
 
+/* A matched request's delay is over: fail it, or pass it down. */
+static void delayed(struct vblk_io *io)
+{
+    struct vblk_bdev_req *r = container_of(io, struct vblk_bdev_req, io);
+    struct vblk_bdev *b = io->ctx;
+    struct faulty *f = b->priv;
+
+    if (f->rule.err)
+        r->done(r, -f->rule.err);
+    else
+        vblk_bdev_submit(b->child, io->engine, r);
+}
+
 static void faulty_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_bdev_req *r)
 {
     struct faulty *f = b->priv;
 
-    if (matches(f, r)) {
-        f->failed++;
-        r->done(r, -f->rule.err);
+    if (!matches(f, r)) {
+        vblk_bdev_submit(b->child, eng, r); /* the child completes it */
         return;
     }
-    vblk_bdev_submit(b->child, eng, r); /* the child completes it */
+    f->failed++;
+    if (f->rule.delay_ms) {
+        /* the engine keeps time: r->io is free until the child gets the request */
+        memset(&r->io, 0, sizeof(r->io));
+        r->io.op = VBLK_IO_DELAY;
+        r->io.len = (uint64_t)f->rule.delay_ms * 1000000;
+        r->io.cb = delayed;
+        r->io.engine = eng;
+        r->io.ctx = b;
+        if (eng->ops->queue(eng, &r->io) == 0)
+            return;
+        if (!f->warned) {
+            log_warn(b->name, "fault injection: the %s engine cannot delay; not delaying",
+                     eng->ops->name);
+            f->warned = true;
+        }
+    }
+    if (f->rule.err)
+        r->done(r, -f->rule.err);
+    else
+        vblk_bdev_submit(b->child, eng, r);
 }
 
 static int faulty_flush_sync(struct vblk_bdev *b)

@@ -74,6 +74,8 @@ static int aio_queue(struct vblk_engine *e, struct vblk_io *io)
     struct aio_engine *a = (struct aio_engine *)e;
     struct iocb *cb = &io->iocb;
 
+    if (io->op == VBLK_IO_DELAY)
+        return -EOPNOTSUPP; /* no timers in Linux AIO, and sleeping here would stall the thread */
     if (io->op == VBLK_IO_FALLOCATE) {
         io->res = vblk_io_run_sync(io);
         vblk_io_list_add(&a->local, io);

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 const struct vblk_engine_ops *vblk_engine_find(const char *name)
@@ -41,6 +42,14 @@ int64_t vblk_io_run_sync(const struct vblk_io *io)
     case VBLK_IO_FALLOCATE:
         r = fallocate(io->fd, io->mode, (off_t)io->offset, (off_t)io->len);
         break;
+    case VBLK_IO_DELAY: { /* the thread pool's workers sleep; never called on an I/O thread */
+        struct timespec ts = {(time_t)(io->len / 1000000000), (long)(io->len % 1000000000)};
+
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+        r = 0;
+        break;
+    }
     default:
         return -EINVAL;
     }
@@ -92,6 +101,8 @@ static int null_queue(struct vblk_engine *e, struct vblk_io *io)
 {
     struct null_engine *n = (struct null_engine *)e;
 
+    if (io->op == VBLK_IO_DELAY)
+        return -EOPNOTSUPP; /* completes in-process: it cannot wait */
     if (io->op == VBLK_IO_READ)
         vblk_iov_zero(io->iov, io->iovcnt);
     io->res = (io->op == VBLK_IO_READ || io->op == VBLK_IO_WRITE) ? (int64_t)io->len : 0;

@@ -22,6 +22,8 @@ enum vblk_io_op {
     VBLK_IO_WRITE,
     VBLK_IO_FLUSH,     /* fdatasync */
     VBLK_IO_FALLOCATE, /* discard / write-zeroes: fallocate(fd, mode, offset, len) */
+    VBLK_IO_DELAY,     /* complete after len nanoseconds, res 0 (fault injection); io_uring
+                        * and threads only: the others refuse it with -EOPNOTSUPP */
 };
 
 struct vblk_engine;
@@ -37,9 +39,16 @@ struct vblk_io {
     uint64_t len; /* bytes expected (rw) or range length (fallocate) */
     int64_t res;
     void (*cb)(struct vblk_io *io); /* the submitter's completion (see vblk_io_complete) */
+    void *ctx;                      /* the submitter's, for cb */
     struct vblk_engine *engine;     /* the engine it was queued on (for a resubmission) */
     struct vblk_io *next;           /* engine-private list link */
-    struct iocb iocb;               /* Linux AIO only */
+    union {
+        struct iocb iocb; /* Linux AIO only */
+        struct {
+            int64_t tv_sec;
+            long long tv_nsec;
+        } ts; /* io_uring VBLK_IO_DELAY: a struct __kernel_timespec */
+    };
 };
 
 typedef void (*vblk_io_done_fn)(struct vblk_io *io, void *arg);

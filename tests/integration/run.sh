@@ -206,6 +206,22 @@ for e in enospc stop; do
 done
 kill -TERM $pol && wait $pol && pass policy-daemon-exit-0 || fail policy-daemon-exit-0 "$(tail -3 "$tmp/policy.log")"
 
+# inject-delay-ms: delayed requests (the faulty filter) complete late but fine
+truncate -s 16M "$tmp/p5.img"
+"$VBLKD" --export "id=slow,file=$tmp/p5.img,socket=$S/slow.sock,inject-ops=read,inject-delay-ms=300,inject-count=2" \
+    >"$tmp/slow.log" 2>&1 &
+slow=$!
+for _ in $(seq 100); do [ -S "$S/slow.sock" ] && break; sleep 0.05; done
+$BENCH --socket "$S/slow.sock" --rw=randread --ios=64 --json >"$tmp/slow.json" 2>&1
+if grep -q '"errors": *0' "$tmp/slow.json" &&
+    python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["lat_ns"]["max"] >= 3e8 else 1)' "$tmp/slow.json"; then
+    pass inject-delay-slows-without-errors
+else
+    fail inject-delay-slows-without-errors "$(tail -c 300 "$tmp/slow.json")"
+fi
+kill -TERM $slow
+wait $slow
+
 # isolation: a hostile front-end attacks export A while B runs I/O and C takes new front-ends
 # (isolation.py prints one PASS/FAIL line per attack, each counted as a test, and under a failed
 # case the daemon log lines written during it)

@@ -292,6 +292,36 @@ static void test_ready_reports_waiting_completions(void **state)
     }
 }
 
+/* A delay (fault injection) completes after its time with res 0 where the engine keeps time,
+ * and is refused where it cannot without stalling its thread (Linux AIO, null). */
+static void test_delay(void **state)
+{
+    const struct vblk_engine_ops *all[] = {&vblk_engine_uring, &vblk_engine_aio,
+                                           &vblk_engine_threads, &vblk_engine_null};
+
+    for (unsigned k = 0; k < 4; k++) {
+        struct vblk_engine *e = make(all[k], 8);
+        struct vblk_io io;
+        struct timespec t0, t1;
+        int r;
+
+        init_io(&io, e, VBLK_IO_DELAY, -1, NULL, 0, 0, 50 * 1000000ull);
+        completions = 0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        r = e->ops->queue(e, &io);
+        if (all[k] == &vblk_engine_aio || all[k] == &vblk_engine_null) {
+            assert_int_equal(r, -EOPNOTSUPP);
+        } else {
+            assert_int_equal(r, 0);
+            run_until(e, 1);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            assert_int_equal(io.res, 0);
+            assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 49);
+        }
+        e->ops->destroy(e);
+    }
+}
+
 /* The null engine: reads are zero-filled, everything completes in-process. */
 static void test_null_engine(void **state)
 {
@@ -318,6 +348,7 @@ int main(void)
         cmocka_unit_test(test_bad_fd_gives_negative_errno),
         cmocka_unit_test(test_more_than_depth_completes_each_once),
         cmocka_unit_test(test_ready_reports_waiting_completions),
+        cmocka_unit_test(test_delay),
         cmocka_unit_test(test_null_engine),
     };
 
