@@ -72,6 +72,12 @@ script_suite() {
     fi
 }
 
+# the ASan+UBSan build, shared by the asan, asan-integration, qcow2 and soak suites
+asan_build() {
+    scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+        >"$logdir/build-asan.log" 2>&1
+}
+
 build_ok=1
 if ! scripts/build.sh build >"$logdir/build.log" 2>&1; then
     tail -40 "$logdir/build.log"
@@ -87,8 +93,7 @@ for s in "${suites[@]}"; do
         meson_suite unit build --suite unit
         ;;
     asan)
-        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
-            >"$logdir/build-asan.log" 2>&1; then
+        if asan_build; then
             ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
                 meson_suite asan build-asan --suite unit
         else
@@ -109,8 +114,7 @@ for s in "${suites[@]}"; do
         script_suite integration bash tests/integration/run.sh build
         ;;
     asan-integration)
-        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
-            >"$logdir/build-asan.log" 2>&1; then
+        if asan_build; then
             ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
                 UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
                 VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
@@ -123,8 +127,7 @@ for s in "${suites[@]}"; do
     qcow2)
         # qcow2 images served by vblkd, checked with qemu-img; then the same with ASan+UBSan
         script_suite qcow2 bash tests/integration/qcow2.sh build
-        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
-            >"$logdir/build-asan.log" 2>&1; then
+        if asan_build; then
             ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
                 UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
                 VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
@@ -136,8 +139,7 @@ for s in "${suites[@]}"; do
         ;;
     soak)
         # ASan binaries; 120 s here, SOAK_SECONDS=600 (or more) for the full soak
-        if scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
-            >"$logdir/build-asan.log" 2>&1; then
+        if asan_build; then
             VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
                 script_suite soak bash tests/soak/run.sh "${SOAK_SECONDS:-120}"
         else

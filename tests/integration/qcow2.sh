@@ -8,41 +8,8 @@
 # usage: tests/integration/qcow2.sh [BUILD_DIR]
 # Prints PASS/FAIL lines and "N passed, N failed"; exit 1 on failure.
 set -u
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${1:-$repo/build}
-VBLKD=${VBLKD:-$build/src/vblkd}
-BENCH=${VBLK_BENCH:-$build/tools/vblk-bench/vblk-bench}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/vblk-qcow2.XXXXXX")
-passed=0
-failed=0
-daemon=
-
-cleanup() {
-    if [ -n "$daemon" ] && kill -0 "$daemon" 2>/dev/null; then
-        kill -KILL "$daemon" 2>/dev/null
-        wait "$daemon" 2>/dev/null
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-pass() { echo "PASS $1"; passed=$((passed + 1)); }
-fail() {
-    echo "FAIL $1: $2"
-    failed=$((failed + 1))
-    [ -f "$tmp/daemon.log" ] && tail -15 "$tmp/daemon.log" | sed 's/^/    /'
-}
-check() { # name, command...
-    local name=$1
-    shift
-    if "$@" >"$tmp/out" 2>&1; then pass "$name"; else fail "$name" "$(tail -3 "$tmp/out" | tr '\n' ' ')"; fi
-}
-check_fails() { # name, command... (must exit non-zero)
-    local name=$1
-    shift
-    if "$@" >"$tmp/out" 2>&1; then fail "$name" "succeeded but should not"; else pass "$name"; fi
-}
+name=qcow2
+. "$(dirname "$0")/lib.sh"
 # qemu-img check: 0 clean; with "leaks-ok", 3 (leaked clusters only) passes too
 img_check() { # name, image, [leaks-ok]
     qemu-img check "$2" >"$tmp/check.out" 2>&1
