@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <json-c/json.h>
 
 static const char *const cache_names[] = {
     [VBLK_CACHE_NONE] = "none",
@@ -82,203 +83,518 @@ static int set_string(char *dst, size_t cap, const char *v)
     return 0;
 }
 
-/* Apply one key=value.  Returns 0 or -EINVAL with err set. */
-static int apply(struct vblk_export_opts *o, const char *key, const char *v, unsigned *seen,
-                 char *err, size_t errlen)
+/* ---- the schema: one setter and one getter per key ---- */
+
+#define SETTER(fn)                                                                                 \
+    static int fn(struct vblk_export_opts *o, const char *key, const char *v, char *err,           \
+                  size_t errlen)
+#define GETTER(fn)                                                                                 \
+    static void fn(const struct vblk_export_opts *o, const char *key, char *buf, size_t cap)
+
+static bool id_char_ok(char c)
 {
-    if (!strcmp(key, "id")) {
-        if (!*v || set_string(o->id, sizeof(o->id), v) < 0)
-            return fail(err, errlen, "id='%s': must be 1 to %d characters", v, VBLK_ID_MAX);
-        for (const char *p = v; *p; p++) {
-            if (!(*p == '-' || *p == '_' || *p == '.' || (*p >= '0' && *p <= '9') ||
-                  (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
-                return fail(err, errlen, "id='%s': allowed characters are A-Z a-z 0-9 - _ .", v);
-        }
-        *seen |= 1;
-    } else if (!strcmp(key, "file")) {
-        if (!*v || set_string(o->file, sizeof(o->file), v) < 0)
-            return fail(err, errlen, "file='%s': must be a path (or null://SIZE)", v);
-        o->null = false;
-        if (!strncmp(v, "null://", 7)) {
-            if (vblk_parse_size(v + 7, &o->null_size) < 0 || o->null_size < 512)
-                return fail(err, errlen,
-                            "file='%s': null://SIZE needs a size of at least 512 "
-                            "bytes, e.g. null://1G",
-                            v);
-            o->null = true;
-        }
-        *seen |= 2;
-    } else if (!strcmp(key, "socket")) {
-        if (!*v || set_string(o->socket, sizeof(o->socket), v) < 0)
-            return fail(err, errlen, "socket='%s': must be a path of 1 to %d bytes", v,
-                        VBLK_SOCK_MAX);
-        *seen |= 4;
-    } else if (!strcmp(key, "readonly")) {
-        if (parse_bool(v, &o->readonly) < 0)
-            return fail(err, errlen, "readonly='%s': allowed values are on, off", v);
-    } else if (!strcmp(key, "aio")) {
-        const struct vblk_engine_ops *e = vblk_engine_find(v);
+    return c == '-' || c == '_' || c == '.' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+           (c >= 'A' && c <= 'Z');
+}
 
-        if (!e || e == &vblk_engine_null)
-            return fail(err, errlen, "aio='%s': allowed values are io_uring, native, threads", v);
-        o->engine = e;
-    } else if (!strcmp(key, "cache")) {
-        unsigned i;
+SETTER(set_id)
+{
+    if (!*v || set_string(o->id, sizeof(o->id), v) < 0)
+        return fail(err, errlen, "id='%s': must be 1 to %d characters", v, VBLK_ID_MAX);
+    for (const char *p = v; *p; p++) {
+        if (!id_char_ok(*p))
+            return fail(err, errlen, "id='%s': allowed characters are A-Z a-z 0-9 - _ .", v);
+    }
+    return 0;
+}
+GETTER(get_id)
+{
+    snprintf(buf, cap, "%s", o->id);
+}
 
-        for (i = 0; i < sizeof(cache_names) / sizeof(cache_names[0]); i++) {
-            if (!strcmp(v, cache_names[i]))
-                break;
-        }
-        if (i == sizeof(cache_names) / sizeof(cache_names[0]))
+SETTER(set_file)
+{
+    if (!*v || set_string(o->file, sizeof(o->file), v) < 0)
+        return fail(err, errlen, "file='%s': must be a path (or null://SIZE)", v);
+    o->null = false;
+    if (!strncmp(v, "null://", 7)) {
+        if (vblk_parse_size(v + 7, &o->null_size) < 0 || o->null_size < 512)
             return fail(err, errlen,
-                        "cache='%s': allowed values are none, writeback, "
-                        "writethrough, directsync, unsafe",
+                        "file='%s': null://SIZE needs a size of at least 512 bytes, e.g. null://1G",
                         v);
-        o->cache = (enum vblk_cache)i;
-    } else if (!strcmp(key, "num-queues")) {
-        if (parse_uint(v, 1, 64, &o->num_queues) < 0)
-            return fail(err, errlen, "num-queues='%s': must be an integer from 1 to 64", v);
-    } else if (!strcmp(key, "queue-size")) {
-        if (parse_uint(v, 2, 1024, &o->queue_size) < 0 || (o->queue_size & (o->queue_size - 1)))
-            return fail(err, errlen, "queue-size='%s': must be a power of two from 2 to 1024", v);
-    } else if (!strcmp(key, "discard")) {
-        if (!strcmp(v, "unmap") || !strcmp(v, "on"))
-            o->discard_unmap = true;
-        else if (!strcmp(v, "ignore") || !strcmp(v, "off"))
-            o->discard_unmap = false;
-        else
-            return fail(err, errlen, "discard='%s': allowed values are unmap, ignore", v);
-    } else if (!strcmp(key, "serial")) {
-        if (set_string(o->serial, sizeof(o->serial), v) < 0)
-            return fail(err, errlen, "serial='%s': at most %d characters", v, VBLK_SERIAL_MAX);
-        o->has_serial = true;
-    } else if (!strcmp(key, "logical-block-size")) {
-        uint64_t sz;
+        o->null = true;
+    }
+    return 0;
+}
+GETTER(get_file)
+{
+    snprintf(buf, cap, "%s", o->file);
+}
 
-        if (vblk_parse_size(v, &sz) < 0 || sz < 512 || sz > 65536 || (sz & (sz - 1)))
-            return fail(err, errlen,
-                        "logical-block-size='%s': must be a power of two from 512 "
-                        "to 64k",
-                        v);
-        o->logical_block_size = (unsigned)sz;
-    } else if (!strcmp(key, "poll-us")) {
-        if (parse_uint(v, 0, 1000000, &o->poll_us) < 0)
-            return fail(err, errlen, "poll-us='%s': must be an integer from 0 to 1000000", v);
-    } else if (!strcmp(key, "iothreads")) {
-        if (parse_uint(v, 1, VBLK_MAX_IOTHREADS, &o->iothreads) < 0)
-            return fail(err, errlen, "iothreads='%s': must be an integer from 1 to %d", v,
-                        VBLK_MAX_IOTHREADS);
-    } else if (!strcmp(key, "read-zeroes")) {
-        if (parse_bool(v, &o->read_zeroes) < 0)
-            return fail(err, errlen, "read-zeroes='%s': allowed values are on, off", v);
-    } else if (!strcmp(key, "format")) {
-        if (!strcmp(v, "raw"))
-            o->format = VBLK_FORMAT_RAW;
-        else if (!strcmp(v, "qcow2"))
-            o->format = VBLK_FORMAT_QCOW2;
-        else if (!strcmp(v, "auto"))
-            o->format = VBLK_FORMAT_AUTO;
-        else
-            return fail(err, errlen, "format='%s': allowed values are raw, qcow2, auto", v);
-    } else if (!strcmp(key, "l2-cache-size") || !strcmp(key, "refcount-cache-size")) {
-        uint64_t sz;
+SETTER(set_socket)
+{
+    if (!*v || set_string(o->socket, sizeof(o->socket), v) < 0)
+        return fail(err, errlen, "socket='%s': must be a path of 1 to %d bytes", v, VBLK_SOCK_MAX);
+    return 0;
+}
+GETTER(get_socket)
+{
+    snprintf(buf, cap, "%s", o->socket);
+}
 
-        if (vblk_parse_size(v, &sz) < 0 || sz > (1ull << 32))
-            return fail(err, errlen, "%s='%s': must be a size up to 4G, e.g. 1M", key, v);
-        if (key[0] == 'l')
-            o->l2_cache_size = sz;
-        else
-            o->refcount_cache_size = sz;
-    } else if (!strcmp(key, "locking")) {
-        bool on;
+SETTER(set_readonly)
+{
+    if (parse_bool(v, &o->readonly) < 0)
+        return fail(err, errlen, "readonly='%s': allowed values are on, off", v);
+    return 0;
+}
+GETTER(get_readonly)
+{
+    snprintf(buf, cap, "%s", o->readonly ? "on" : "off");
+}
 
-        if (parse_bool(v, &on) < 0)
-            return fail(err, errlen, "locking='%s': allowed values are on, off", v);
-        o->no_lock = !on;
-    } else if (!strcmp(key, "rerror") || !strcmp(key, "werror")) {
-        static const char *const pol[] = {"report", "ignore", "stop", "enospc"};
-        unsigned i;
+SETTER(set_aio)
+{
+    const struct vblk_engine_ops *e = vblk_engine_find(v);
 
-        for (i = 0; i < 4 && strcmp(v, pol[i]); i++)
-            ;
-        if (i == 4)
-            return fail(err, errlen, "%s='%s': allowed values are report, ignore, stop, enospc",
-                        key, v);
-        if (key[0] == 'r')
-            o->rerror = i;
-        else
-            o->werror = i;
-    } else if (!strcmp(key, "inject-ops")) {
-        static const char *const ops[] = {"read", "write", "flush", "discard", "write-zeroes"};
-        char buf[128], *save = NULL, *t;
+    if (!e || e == &vblk_engine_null)
+        return fail(err, errlen, "aio='%s': allowed values are io_uring, native, threads", v);
+    o->engine = e;
+    return 0;
+}
+GETTER(get_aio)
+{
+    snprintf(buf, cap, "%s", o->null ? "none" : o->engine->name);
+}
 
-        if (set_string(buf, sizeof(buf), v) < 0)
-            return fail(err, errlen, "inject-ops='%s': too long", v);
-        o->fault.ops = 0;
-        for (t = strtok_r(buf, "+", &save); t; t = strtok_r(NULL, "+", &save)) {
-            unsigned i;
+SETTER(set_cache)
+{
+    unsigned i;
 
-            for (i = 0; i < 5 && strcmp(t, ops[i]); i++)
-                ;
-            if (i == 5)
-                return fail(err, errlen,
-                            "inject-ops='%s': a '+' list of read, write, flush, discard, "
-                            "write-zeroes",
-                            v);
-            o->fault.ops |= 1u << i;
-        }
-    } else if (!strcmp(key, "inject-errno")) {
-        unsigned e;
-
-        if (!strcmp(v, "EIO"))
-            o->fault.err = EIO;
-        else if (!strcmp(v, "ENOSPC"))
-            o->fault.err = ENOSPC;
-        else if (parse_uint(v, 1, 4095, &e) == 0)
-            o->fault.err = (int)e;
-        else
-            return fail(err, errlen, "inject-errno='%s': EIO, ENOSPC or a number 1-4095", v);
-    } else if (!strcmp(key, "inject-offset") || !strcmp(key, "inject-length") ||
-               !strcmp(key, "inject-count")) {
-        uint64_t n;
-
-        if (vblk_parse_size(v, &n) < 0)
-            return fail(err, errlen, "%s='%s': must be a number (k/m/g/t suffixes allowed)", key,
-                        v);
-        if (key[7] == 'o')
-            o->fault.offset = n;
-        else if (key[7] == 'l')
-            o->fault.length = n;
-        else
-            o->fault.count = n;
-    } else if (!strcmp(key, "inject-delay-ms")) {
-        if (parse_uint(v, 1, 600000, &o->fault.delay_ms) < 0)
-            return fail(err, errlen, "inject-delay-ms='%s': 1 to 600000", v);
-    } else if (!strcmp(key, "inject-rate")) {
-        if (parse_uint(v, 1, 100, &o->fault.rate) < 0)
-            return fail(err, errlen, "inject-rate='%s': a percentage from 1 to 100", v);
-    } else if (!strcmp(key, "type")) {
-        if (strcmp(v, "vhost-user-blk"))
-            return fail(err, errlen, "type='%s': the only export type is vhost-user-blk", v);
-    } else {
+    for (i = 0; i < sizeof(cache_names) / sizeof(cache_names[0]); i++) {
+        if (!strcmp(v, cache_names[i]))
+            break;
+    }
+    if (i == sizeof(cache_names) / sizeof(cache_names[0]))
         return fail(err, errlen,
-                    "unknown key '%s' (allowed: id, file, socket, readonly, aio, "
-                    "cache, num-queues, queue-size, discard, serial, "
-                    "logical-block-size, read-zeroes, poll-us, iothreads, format, "
-                    "l2-cache-size, refcount-cache-size, locking, rerror, werror, inject-ops, "
-                    "inject-errno, inject-offset, inject-length, inject-rate, inject-count, "
-                    "inject-delay-ms)",
-                    key);
+                    "cache='%s': allowed values are none, writeback, writethrough, directsync, "
+                    "unsafe",
+                    v);
+    o->cache = (enum vblk_cache)i;
+    return 0;
+}
+GETTER(get_cache)
+{
+    snprintf(buf, cap, "%s", cache_names[o->cache]);
+}
+
+SETTER(set_num_queues)
+{
+    if (parse_uint(v, 1, 64, &o->num_queues) < 0)
+        return fail(err, errlen, "num-queues='%s': must be an integer from 1 to 64", v);
+    return 0;
+}
+GETTER(get_num_queues)
+{
+    snprintf(buf, cap, "%u", o->num_queues);
+}
+
+SETTER(set_queue_size)
+{
+    if (parse_uint(v, 2, 1024, &o->queue_size) < 0 || (o->queue_size & (o->queue_size - 1)))
+        return fail(err, errlen, "queue-size='%s': must be a power of two from 2 to 1024", v);
+    return 0;
+}
+GETTER(get_queue_size)
+{
+    snprintf(buf, cap, "%u", o->queue_size);
+}
+
+SETTER(set_discard)
+{
+    if (!strcmp(v, "unmap") || !strcmp(v, "on"))
+        o->discard_unmap = true;
+    else if (!strcmp(v, "ignore") || !strcmp(v, "off"))
+        o->discard_unmap = false;
+    else
+        return fail(err, errlen, "discard='%s': allowed values are unmap, ignore", v);
+    return 0;
+}
+GETTER(get_discard)
+{
+    snprintf(buf, cap, "%s", o->discard_unmap ? "unmap" : "ignore");
+}
+
+SETTER(set_serial)
+{
+    if (set_string(o->serial, sizeof(o->serial), v) < 0)
+        return fail(err, errlen, "serial='%s': at most %d characters", v, VBLK_SERIAL_MAX);
+    o->has_serial = true;
+    return 0;
+}
+GETTER(get_serial)
+{
+    snprintf(buf, cap, "%s", o->serial);
+}
+
+SETTER(set_lbs)
+{
+    uint64_t sz;
+
+    if (vblk_parse_size(v, &sz) < 0 || sz < 512 || sz > 65536 || (sz & (sz - 1)))
+        return fail(err, errlen, "logical-block-size='%s': must be a power of two from 512 to 64k",
+                    v);
+    o->logical_block_size = (unsigned)sz;
+    return 0;
+}
+GETTER(get_lbs)
+{
+    snprintf(buf, cap, "%u", o->logical_block_size);
+}
+
+SETTER(set_poll_us)
+{
+    if (parse_uint(v, 0, 1000000, &o->poll_us) < 0)
+        return fail(err, errlen, "poll-us='%s': must be an integer from 0 to 1000000", v);
+    return 0;
+}
+GETTER(get_poll_us)
+{
+    snprintf(buf, cap, "%u", o->poll_us);
+}
+
+SETTER(set_iothreads)
+{
+    if (parse_uint(v, 1, VBLK_MAX_IOTHREADS, &o->iothreads) < 0)
+        return fail(err, errlen, "iothreads='%s': must be an integer from 1 to %d", v,
+                    VBLK_MAX_IOTHREADS);
+    return 0;
+}
+GETTER(get_iothreads)
+{
+    snprintf(buf, cap, "%u", o->iothreads);
+}
+
+SETTER(set_read_zeroes)
+{
+    if (parse_bool(v, &o->read_zeroes) < 0)
+        return fail(err, errlen, "read-zeroes='%s': allowed values are on, off", v);
+    return 0;
+}
+GETTER(get_read_zeroes)
+{
+    snprintf(buf, cap, "%s", o->read_zeroes ? "on" : "off");
+}
+
+static const char *const format_names[] = {
+    [VBLK_FORMAT_RAW] = "raw",
+    [VBLK_FORMAT_QCOW2] = "qcow2",
+    [VBLK_FORMAT_AUTO] = "auto",
+};
+
+SETTER(set_format)
+{
+    for (unsigned i = 0; i < 3; i++) {
+        if (!strcmp(v, format_names[i])) {
+            o->format = (enum vblk_image_format)i;
+            return 0;
+        }
+    }
+    return fail(err, errlen, "format='%s': allowed values are raw, qcow2, auto", v);
+}
+GETTER(get_format)
+{
+    snprintf(buf, cap, "%s", format_names[o->format]);
+}
+
+SETTER(set_cache_size)
+{
+    uint64_t sz;
+
+    if (vblk_parse_size(v, &sz) < 0 || sz > (1ull << 32))
+        return fail(err, errlen, "%s='%s': must be a size up to 4G, e.g. 1M", key, v);
+    if (key[0] == 'l')
+        o->l2_cache_size = sz;
+    else
+        o->refcount_cache_size = sz;
+    return 0;
+}
+GETTER(get_cache_size)
+{
+    snprintf(buf, cap, "%llu",
+             (unsigned long long)(key[0] == 'l' ? o->l2_cache_size : o->refcount_cache_size));
+}
+
+SETTER(set_locking)
+{
+    bool on;
+
+    if (parse_bool(v, &on) < 0)
+        return fail(err, errlen, "locking='%s': allowed values are on, off", v);
+    o->no_lock = !on;
+    return 0;
+}
+GETTER(get_locking)
+{
+    snprintf(buf, cap, "%s", o->no_lock ? "off" : "on");
+}
+
+static const char *const policy_names[] = {"report", "ignore", "stop", "enospc"};
+
+SETTER(set_policy)
+{
+    unsigned i;
+
+    for (i = 0; i < 4 && strcmp(v, policy_names[i]); i++)
+        ;
+    if (i == 4)
+        return fail(err, errlen, "%s='%s': allowed values are report, ignore, stop, enospc", key,
+                    v);
+    if (key[0] == 'r')
+        o->rerror = i;
+    else
+        o->werror = i;
+    return 0;
+}
+GETTER(get_policy)
+{
+    snprintf(buf, cap, "%s", policy_names[key[0] == 'r' ? o->rerror : o->werror]);
+}
+
+static const char *const op_names[] = {"read", "write", "flush", "discard", "write-zeroes"};
+
+SETTER(set_inject_ops)
+{
+    char tmp[128], *save = NULL, *t;
+
+    if (set_string(tmp, sizeof(tmp), v) < 0)
+        return fail(err, errlen, "inject-ops='%s': too long", v);
+    o->fault.ops = 0;
+    for (t = strtok_r(tmp, "+", &save); t; t = strtok_r(NULL, "+", &save)) {
+        unsigned i;
+
+        for (i = 0; i < 5 && strcmp(t, op_names[i]); i++)
+            ;
+        if (i == 5)
+            return fail(err, errlen,
+                        "inject-ops='%s': a '+' list of read, write, flush, discard, write-zeroes",
+                        v);
+        o->fault.ops |= 1u << i;
+    }
+    return 0;
+}
+GETTER(get_inject_ops)
+{
+    size_t n = 0;
+
+    buf[0] = '\0';
+    for (unsigned i = 0; i < 5; i++) {
+        if (o->fault.ops & (1u << i))
+            n +=
+                (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%s%s", n ? "+" : "", op_names[i]);
+    }
+}
+
+SETTER(set_inject_errno)
+{
+    unsigned e;
+
+    if (!strcmp(v, "EIO"))
+        o->fault.err = EIO;
+    else if (!strcmp(v, "ENOSPC"))
+        o->fault.err = ENOSPC;
+    else if (parse_uint(v, 1, 4095, &e) == 0)
+        o->fault.err = (int)e;
+    else
+        return fail(err, errlen, "inject-errno='%s': EIO, ENOSPC or a number 1-4095", v);
+    return 0;
+}
+GETTER(get_inject_errno)
+{
+    snprintf(buf, cap, "%d", o->fault.err);
+}
+
+SETTER(set_inject_range)
+{
+    uint64_t n;
+
+    if (vblk_parse_size(v, &n) < 0)
+        return fail(err, errlen, "%s='%s': must be a number (k/m/g/t suffixes allowed)", key, v);
+    if (key[7] == 'o')
+        o->fault.offset = n;
+    else if (key[7] == 'l')
+        o->fault.length = n;
+    else
+        o->fault.count = n;
+    return 0;
+}
+GETTER(get_inject_range)
+{
+    snprintf(buf, cap, "%llu",
+             (unsigned long long)(key[7] == 'o'   ? o->fault.offset
+                                  : key[7] == 'l' ? o->fault.length
+                                                  : o->fault.count));
+}
+
+SETTER(set_inject_delay)
+{
+    if (parse_uint(v, 1, 600000, &o->fault.delay_ms) < 0)
+        return fail(err, errlen, "inject-delay-ms='%s': 1 to 600000", v);
+    return 0;
+}
+GETTER(get_inject_delay)
+{
+    snprintf(buf, cap, "%u", o->fault.delay_ms);
+}
+
+SETTER(set_inject_rate)
+{
+    if (parse_uint(v, 1, 100, &o->fault.rate) < 0)
+        return fail(err, errlen, "inject-rate='%s': a percentage from 1 to 100", v);
+    return 0;
+}
+GETTER(get_inject_rate)
+{
+    snprintf(buf, cap, "%u", o->fault.rate);
+}
+
+SETTER(set_type)
+{
+    if (strcmp(v, "vhost-user-blk"))
+        return fail(err, errlen, "type='%s': the only export type is vhost-user-blk", v);
+    return 0;
+}
+GETTER(get_type)
+{
+    snprintf(buf, cap, "vhost-user-blk");
+}
+
+#define KEY(n, f, s, g)                                                                            \
+    {                                                                                              \
+        .name = n, .flags = f, .set = s, .get = g                                                  \
+    }
+
+const struct vblk_opt_key vblk_opt_keys[] = {
+    KEY("type", VBLK_OPT_HIDDEN, set_type, get_type),
+    KEY("id", VBLK_OPT_REQUIRED, set_id, get_id),
+    KEY("file", VBLK_OPT_REQUIRED, set_file, get_file),
+    KEY("socket", VBLK_OPT_REQUIRED, set_socket, get_socket),
+    KEY("readonly", VBLK_OPT_LIVE, set_readonly, get_readonly),
+    KEY("aio", 0, set_aio, get_aio),
+    KEY("cache", 0, set_cache, get_cache),
+    KEY("num-queues", 0, set_num_queues, get_num_queues),
+    KEY("queue-size", 0, set_queue_size, get_queue_size),
+    KEY("discard", 0, set_discard, get_discard),
+    KEY("serial", 0, set_serial, get_serial),
+    KEY("logical-block-size", 0, set_lbs, get_lbs),
+    KEY("read-zeroes", 0, set_read_zeroes, get_read_zeroes),
+    KEY("poll-us", VBLK_OPT_LIVE, set_poll_us, get_poll_us),
+    KEY("iothreads", 0, set_iothreads, get_iothreads),
+    KEY("format", 0, set_format, get_format),
+    KEY("l2-cache-size", 0, set_cache_size, get_cache_size),
+    KEY("refcount-cache-size", 0, set_cache_size, get_cache_size),
+    KEY("locking", 0, set_locking, get_locking),
+    KEY("rerror", 0, set_policy, get_policy),
+    KEY("werror", 0, set_policy, get_policy),
+    KEY("inject-ops", VBLK_OPT_FAULT, set_inject_ops, get_inject_ops),
+    KEY("inject-errno", VBLK_OPT_FAULT, set_inject_errno, get_inject_errno),
+    KEY("inject-offset", VBLK_OPT_FAULT, set_inject_range, get_inject_range),
+    KEY("inject-length", VBLK_OPT_FAULT, set_inject_range, get_inject_range),
+    KEY("inject-rate", VBLK_OPT_FAULT, set_inject_rate, get_inject_rate),
+    KEY("inject-count", VBLK_OPT_FAULT, set_inject_range, get_inject_range),
+    KEY("inject-delay-ms", VBLK_OPT_FAULT, set_inject_delay, get_inject_delay),
+    {.name = NULL},
+};
+
+const struct vblk_opt_key *vblk_opt_find(const char *key)
+{
+    for (const struct vblk_opt_key *k = vblk_opt_keys; k->name; k++) {
+        if (!strcmp(k->name, key))
+            return k;
+    }
+    return NULL;
+}
+
+static int unknown_key(const char *key, char *err, size_t errlen)
+{
+    size_t n = (size_t)snprintf(err, errlen, "unknown key '%s' (allowed:", key);
+
+    for (const struct vblk_opt_key *k = vblk_opt_keys; k->name && n < errlen; k++) {
+        if (!(k->flags & VBLK_OPT_HIDDEN))
+            n += (size_t)snprintf(err + n, errlen - n, "%s %s", k == vblk_opt_keys + 1 ? "" : ",",
+                                  k->name);
+    }
+    if (n < errlen)
+        snprintf(err + n, errlen - n, ")");
+    return -EINVAL;
+}
+
+int vblk_opts_set(struct vblk_export_opts *o, const char *key, const char *v, char *err,
+                  size_t errlen)
+{
+    const struct vblk_opt_key *k = vblk_opt_find(key);
+
+    if (!k)
+        return unknown_key(key, err, errlen);
+    return k->set(o, key, v, err, errlen);
+}
+
+void vblk_opts_get(const struct vblk_export_opts *o, const struct vblk_opt_key *k, char *buf,
+                   size_t cap)
+{
+    k->get(o, k->name, buf, cap);
+}
+
+int vblk_opts_finish(struct vblk_export_opts *o, const bool *given, char *err, size_t errlen)
+{
+    for (const struct vblk_opt_key *k = vblk_opt_keys; k->name; k++) {
+        if ((k->flags & VBLK_OPT_REQUIRED) && !given[k - vblk_opt_keys])
+            return fail(err, errlen, "missing %s=%s", k->name,
+                        !strcmp(k->name, "id") ? "NAME" : "PATH");
+    }
+    if (o->iothreads > o->num_queues)
+        return fail(err, errlen, "iothreads=%u: more I/O threads than queues (num-queues=%u)",
+                    o->iothreads, o->num_queues);
+    if (o->format == VBLK_FORMAT_AUTO && !o->readonly)
+        return fail(err, errlen,
+                    "format=auto: probing the format of a writable image is unsafe (a raw image "
+                    "can pose as any format); say format=raw or format=qcow2, or readonly=on");
+    if (o->null && o->format != VBLK_FORMAT_RAW)
+        return fail(err, errlen, "format=: null:// stores nothing and is always raw");
+    if (o->fault.ops) {
+        if (!o->fault.err && !o->fault.delay_ms)
+            o->fault.err = EIO; /* a delay alone passes the requests on afterwards */
+        if (!o->fault.rate)
+            o->fault.rate = 100;
+    }
+    if (o->null)
+        o->engine = &vblk_engine_null;
+    if (!o->has_serial) {
+        size_t l = strlen(o->id) < VBLK_SERIAL_MAX ? strlen(o->id) : VBLK_SERIAL_MAX;
+
+        memcpy(o->serial, o->id, l);
+        o->serial[l] = '\0';
     }
     return 0;
 }
 
+static int set_given(struct vblk_export_opts *o, bool *given, const char *key, const char *v,
+                     char *err, size_t errlen)
+{
+    const struct vblk_opt_key *k = vblk_opt_find(key);
+
+    if (!k)
+        return unknown_key(key, err, errlen);
+    given[k - vblk_opt_keys] = true;
+    return k->set(o, key, v, err, errlen);
+}
+
 int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *err, size_t errlen)
 {
+    bool given[VBLK_OPT_KEYS_MAX] = {false};
     size_t n = strlen(arg);
     char *buf = malloc(n + 1);
     const char *p = arg;
-    unsigned seen = 0;
     int r = 0;
 
     if (!buf)
@@ -311,42 +627,88 @@ int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *er
             r = fail(err, errlen, "empty key in '%s'", arg);
             goto out;
         }
-        r = apply(o, key, val, &seen, err, errlen);
+        r = set_given(o, given, key, val, err, errlen);
         if (r < 0)
             goto out;
     }
-    if (!(seen & 1))
-        r = fail(err, errlen, "missing id=NAME");
-    else if (!(seen & 2))
-        r = fail(err, errlen, "missing file=PATH");
-    else if (!(seen & 4))
-        r = fail(err, errlen, "missing socket=PATH");
-    if (!r && o->iothreads > o->num_queues)
-        r = fail(err, errlen, "iothreads=%u: more I/O threads than queues (num-queues=%u)",
-                 o->iothreads, o->num_queues);
-    if (!r && o->format == VBLK_FORMAT_AUTO && !o->readonly)
-        r = fail(err, errlen,
-                 "format=auto: probing the format of a writable image is unsafe (a raw image "
-                 "can pose as any format); say format=raw or format=qcow2, or readonly=on");
-    if (!r && o->null && o->format != VBLK_FORMAT_RAW)
-        r = fail(err, errlen, "format=: null:// stores nothing and is always raw");
-    if (!r && o->fault.ops) {
-        if (!o->fault.err && !o->fault.delay_ms)
-            o->fault.err = EIO; /* a delay alone passes the requests on afterwards */
-        if (!o->fault.rate)
-            o->fault.rate = 100;
-    }
-    if (!r && o->null)
-        o->engine = &vblk_engine_null;
-    if (!r && !o->has_serial) {
-        size_t l = strlen(o->id) < VBLK_SERIAL_MAX ? strlen(o->id) : VBLK_SERIAL_MAX;
-
-        memcpy(o->serial, o->id, l);
-        o->serial[l] = '\0';
-    }
+    r = vblk_opts_finish(o, given, err, errlen);
 out:
     free(buf);
     return r;
+}
+
+int vblk_opts_json_value(struct json_object *v, char *buf, size_t cap)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_string:
+        if ((size_t)json_object_get_string_len(v) >= cap ||
+            memchr(json_object_get_string(v), '\0', (size_t)json_object_get_string_len(v)))
+            return -EINVAL;
+        memcpy(buf, json_object_get_string(v), (size_t)json_object_get_string_len(v) + 1);
+        return 0;
+    case json_type_boolean:
+        snprintf(buf, cap, "%s", json_object_get_boolean(v) ? "on" : "off");
+        return 0;
+    case json_type_int:
+        /* int64 or uint64 (json-c keeps which) */
+        if (json_object_get_int64(v) < 0)
+            snprintf(buf, cap, "%lld", (long long)json_object_get_int64(v));
+        else
+            snprintf(buf, cap, "%llu", (unsigned long long)json_object_get_uint64(v));
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
+int vblk_opts_from_json(struct json_object *obj, struct vblk_export_opts *o, const char *skip,
+                        char *err, size_t errlen)
+{
+    bool given[VBLK_OPT_KEYS_MAX] = {false};
+    char *val;
+    int r = 0;
+
+    if (!json_object_is_type(obj, json_type_object))
+        return fail(err, errlen, "an export must be a JSON object of key: value");
+    val = malloc(PATH_MAX + 1);
+    if (!val)
+        return fail(err, errlen, "out of memory");
+    json_object_object_foreach(obj, key, jv)
+    {
+        if (skip && !strcmp(key, skip))
+            continue;
+        if (vblk_opts_json_value(jv, val, PATH_MAX + 1) < 0) {
+            r = fail(err, errlen, "%s: the value must be a string, an integer or a boolean", key);
+            goto out;
+        }
+        r = set_given(o, given, key, val, err, errlen);
+        if (r < 0)
+            goto out;
+    }
+    r = vblk_opts_finish(o, given, err, errlen);
+out:
+    free(val);
+    return r;
+}
+
+struct json_object *vblk_opts_to_json(const struct vblk_export_opts *o)
+{
+    struct json_object *obj = json_object_new_object();
+    char *buf = malloc(PATH_MAX + 1);
+
+    if (!obj || !buf) {
+        json_object_put(obj);
+        free(buf);
+        return NULL;
+    }
+    for (const struct vblk_opt_key *k = vblk_opt_keys; k->name; k++) {
+        if ((k->flags & VBLK_OPT_HIDDEN) || ((k->flags & VBLK_OPT_FAULT) && !o->fault.ops))
+            continue;
+        k->get(o, k->name, buf, PATH_MAX + 1);
+        json_object_object_add(obj, k->name, json_object_new_string(buf));
+    }
+    free(buf);
+    return obj;
 }
 
 struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o)

@@ -55,8 +55,49 @@ struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o);
  * rerror=report, werror=enospc (as QEMU). */
 void vblk_opts_defaults(struct vblk_export_opts *o);
 
+/* The schema: every export key, once, for the command line (--export), the config file
+ * (--config) and the RPC (export-add, export-set). */
+#define VBLK_OPT_REQUIRED 1u /* must be given */
+#define VBLK_OPT_LIVE     2u /* export-set may change it on a running export */
+#define VBLK_OPT_HIDDEN   4u /* accepted, not listed (type=vhost-user-blk) */
+#define VBLK_OPT_FAULT    8u /* fault injection: listed only when used */
+#define VBLK_OPT_KEYS_MAX 96
+
+struct vblk_opt_key {
+    const char *name;
+    unsigned flags;
+    /* parse v into o; 0 or -EINVAL with err naming the key, the value and what is allowed */
+    int (*set)(struct vblk_export_opts *o, const char *key, const char *v, char *err,
+               size_t errlen);
+    /* the current value of key in o, as set() reads it */
+    void (*get)(const struct vblk_export_opts *o, const char *key, char *buf, size_t cap);
+};
+
+extern const struct vblk_opt_key vblk_opt_keys[]; /* ends with a NULL name */
+const struct vblk_opt_key *vblk_opt_find(const char *key);
+
+/* Set one key (unknown keys are refused, naming the allowed ones).  0 or -EINVAL. */
+int vblk_opts_set(struct vblk_export_opts *o, const char *key, const char *v, char *err,
+                  size_t errlen);
+/* The value of k in o, as a string. */
+void vblk_opts_get(const struct vblk_export_opts *o, const struct vblk_opt_key *k, char *buf,
+                   size_t cap);
+/* After the keys: required keys (given[i]: vblk_opt_keys[i] was given), cross-key checks and
+ * derived values (serial, null engine).  0 or -EINVAL with err set. */
+int vblk_opts_finish(struct vblk_export_opts *o, const bool *given, char *err, size_t errlen);
+
 /* Parse "key=value,..." (",," is a literal comma in a value).  0, or -EINVAL with err set. */
 int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *err, size_t errlen);
+
+struct json_object;
+/* A JSON object of the same keys (values: strings, integers, or booleans meaning on/off); the
+ * member named skip (may be NULL) is ignored.  0, or -EINVAL with err set. */
+int vblk_opts_from_json(struct json_object *obj, struct vblk_export_opts *o, const char *skip,
+                        char *err, size_t errlen);
+/* A JSON value as an option string (string, integer, boolean -> on/off).  0 or -EINVAL. */
+int vblk_opts_json_value(struct json_object *v, char *buf, size_t cap);
+/* Every listed key of o with its value (strings), a new object; NULL if out of memory. */
+struct json_object *vblk_opts_to_json(const struct vblk_export_opts *o);
 
 const char *vblk_cache_name(enum vblk_cache c);
 

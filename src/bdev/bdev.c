@@ -108,6 +108,33 @@ void vblk_bdev_close_stack(struct vblk_bdev *b)
     }
 }
 
+int vblk_bdev_resize(struct vblk_bdev *top, uint64_t size, bool truncate, char *err,
+                     size_t errlen)
+{
+    int r;
+
+    if (size == 0 || size % top->lbs) {
+        snprintf(err, errlen, "size %llu is not a positive multiple of the %u-byte block size",
+                 (unsigned long long)size, top->lbs);
+        return -EINVAL;
+    }
+    if (top->readonly && truncate) {
+        snprintf(err, errlen, "the export is read-only: its file cannot be truncated");
+        return -EROFS;
+    }
+    if (top->ops->filter) {
+        r = vblk_bdev_resize(top->child, size, truncate, err, errlen);
+        if (r == 0)
+            __atomic_store_n(&top->size, size, __ATOMIC_RELAXED);
+        return r;
+    }
+    if (!top->ops->resize) {
+        snprintf(err, errlen, "the %s driver cannot be resized live", top->ops->name);
+        return -ENOTSUP;
+    }
+    return top->ops->resize(top, size, truncate, err, errlen);
+}
+
 int vblk_bdev_flush_sync(struct vblk_bdev *b)
 {
     int r = 0;

@@ -124,6 +124,11 @@ struct vblk_bdev_ops {
     int (*flush_sync)(struct vblk_bdev *b);
     /* I/O thread: start r; completion through eng (the calling thread's) or inline. */
     void (*submit)(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_bdev_req *r);
+    /* Control thread: serve size bytes from now on (a multiple of lbs); truncate: also grow or
+     * shrink the storage, else it must hold size bytes already.  NULL: not resizable.  0, or
+     * -errno with err set.  The driver stores the new b->size itself (atomically). */
+    int (*resize)(struct vblk_bdev *b, uint64_t size, bool truncate, char *err, size_t errlen);
+    bool filter; /* passes requests to its child over the same range (faulty, throttle) */
 };
 
 struct vblk_bdev {
@@ -157,6 +162,18 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
                          size_t errlen);
 /* Close the stack (top first) and free it. */
 void vblk_bdev_close_stack(struct vblk_bdev *b);
+/* Control thread: resize the stack (see ops->resize; filters follow their child).  I/O
+ * threads see the new size from their next request on (vblk_bdev_size).  0 or -errno with err
+ * set. */
+int vblk_bdev_resize(struct vblk_bdev *top, uint64_t size, bool truncate, char *err,
+                     size_t errlen);
+
+/* The size served now (any thread: it changes on resize). */
+static inline uint64_t vblk_bdev_size(const struct vblk_bdev *b)
+{
+    return __atomic_load_n(&b->size, __ATOMIC_RELAXED);
+}
+
 /* Control thread, no I/O in flight: flush the stack.  0 or -errno. */
 int vblk_bdev_flush_sync(struct vblk_bdev *b);
 

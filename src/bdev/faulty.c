@@ -127,6 +127,7 @@ static int faulty_flush_sync(struct vblk_bdev *b)
 
 const struct vblk_bdev_ops vblk_bdev_faulty = {
     .name = "faulty",
+    .filter = true,
     .single_thread = true,
     .open = faulty_open,
     .close = faulty_close,

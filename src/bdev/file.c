@@ -220,8 +220,58 @@ static void file_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vbl
     file_queue(eng, r);
 }
 
+static int file_resize(struct vblk_bdev *b, uint64_t size, bool truncate, char *err,
+                       size_t errlen)
+{
+    uint64_t have;
+    struct stat st;
+
+    if (b->blockdev) {
+        if (truncate) {
+            snprintf(err, errlen, "a block device cannot be truncated: grow it (e.g. lvextend), "
+                                  "then resize without truncate");
+            return -EINVAL;
+        }
+        if (ioctl(b->fd, BLKGETSIZE64, &have) < 0)
+            goto err_size;
+    } else if (truncate) {
+        /* shrinking: requests past the new end are refused before the blocks go away */
+        uint64_t old = b->size;
+
+        if (size < old)
+            __atomic_store_n(&b->size, size, __ATOMIC_RELAXED);
+        if (ftruncate(b->fd, (off_t)size) < 0) {
+            int r = -errno;
+
+            __atomic_store_n(&b->size, old, __ATOMIC_RELAXED);
+            snprintf(err, errlen, "cannot truncate the file to %llu bytes: %s",
+                     (unsigned long long)size, strerror(-r));
+            return r;
+        }
+        have = size;
+    } else {
+        if (fstat(b->fd, &st) < 0)
+            goto err_size;
+        have = (uint64_t)st.st_size;
+    }
+    if (have < size) {
+        snprintf(err, errlen,
+                 "the %s holds %llu bytes, fewer than %llu: grow it first or resize with "
+                 "truncate",
+                 b->blockdev ? "device" : "file", (unsigned long long)have,
+                 (unsigned long long)size);
+        return -EINVAL;
+    }
+    __atomic_store_n(&b->size, size, __ATOMIC_RELAXED);
+    return 0;
+err_size:
+    snprintf(err, errlen, "cannot get the size: %s", strerror(errno));
+    return -errno;
+}
+
 const struct vblk_bdev_ops vblk_bdev_file = {
     .name = "file",
+    .resize = file_resize,
     .open = file_open,
     .close = file_close,
     .flush_sync = file_flush_sync,

@@ -41,7 +41,7 @@ void vblk_blk_config(const struct vblk_blk_dev *d, struct virtio_blk_config *cfg
     uint32_t lbs_sectors = b->lbs >> SECTOR_SHIFT;
 
     memset(cfg, 0, sizeof(*cfg));
-    cfg->capacity = htole64(b->size >> SECTOR_SHIFT);
+    cfg->capacity = htole64(vblk_bdev_size(b) >> SECTOR_SHIFT);
     cfg->size_max = htole32(VBLK_SIZE_MAX);
     cfg->seg_max = htole32(VBLK_SEG_MAX);
     cfg->blk_size = htole32(b->lbs);
@@ -230,7 +230,7 @@ static void submit(struct blk_req *req, uint8_t op, uint8_t flags, const struct 
 /* A data range is a positive multiple of the block size, aligned, and inside the disk. */
 static bool range_ok(const struct vblk_bdev *b, uint64_t sector, uint64_t bytes)
 {
-    uint64_t cap = b->size >> SECTOR_SHIFT;
+    uint64_t cap = vblk_bdev_size(b) >> SECTOR_SHIFT;
 
     if (bytes == 0 || (bytes & (b->lbs - 1)) || (sector & ((b->lbs >> SECTOR_SHIFT) - 1)))
         return false;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "util/eventfd_check.h"
@@ -41,6 +42,7 @@ void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *
     v->name = name;
     v->blk = blk;
     v->conn_fd = -1;
+    v->backend_fd = -1;
     v->nvrings = blk->num_queues;
     for (unsigned i = 0; i < VBLK_VU_MAX_QUEUES; i++)
         vring_reset(&v->vrings[i]);
@@ -336,6 +338,7 @@ static void reset_state(struct vblk_vu_dev *v)
     vblk_mem_region_unmap(&v->inflight);
     v->inflight_queues = v->inflight_qsize = 0;
     vblk_mem_region_unmap(&v->log);
+    close_fd(&v->backend_fd);
     v->features = 0;
     v->protocol_features = 0;
     vblk_blk_reset(v->blk);
@@ -763,6 +766,49 @@ static int h_set_config(struct vblk_vu_dev *v)
     return 0;
 }
 
+/* SET_BACKEND_REQ_FD: the socket on which we send the front-end requests (config changes). */
+static int h_set_backend_req_fd(struct vblk_vu_dev *v)
+{
+    struct stat st;
+    int r = need_fds(v, 1);
+
+    if (r < 0)
+        return r;
+    if (!(v->protocol_features & (1ull << VHOST_USER_PROTOCOL_F_BACKEND_REQ)))
+        return PROTO_ERR(v, "SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature");
+    if (fstat(v->fds[0], &st) < 0 || !S_ISSOCK(st.st_mode))
+        return PROTO_ERR(v, "SET_BACKEND_REQ_FD: the file descriptor is not a socket");
+    close_fd(&v->backend_fd);
+    v->backend_fd = v->fds[0];
+    v->fds[0] = -1; /* taken */
+    return 0;
+}
+
+int vblk_vu_config_changed(struct vblk_vu_dev *v)
+{
+    struct vhost_user_hdr h = {
+        .request = VHOST_USER_BACKEND_CONFIG_CHANGE_MSG,
+        .flags = VHOST_USER_VERSION,
+        .size = 0,
+    };
+    ssize_t n;
+
+    if (v->conn_fd < 0)
+        return 0;
+    if (v->backend_fd < 0)
+        return -ENOTCONN;
+    /* never wait: the front-end reads its back-end channel from its own main loop */
+    n = send(v->backend_fd, &h, sizeof(h), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n != (ssize_t)sizeof(h)) {
+        int r = n < 0 ? -errno : -EIO;
+
+        log_err(v->name, "cannot tell the front-end its config changed: %s", strerror(-r));
+        return r;
+    }
+    log_info(v->name, "told the front-end its config changed");
+    return 0;
+}
+
 /* Handle the message in v->msg with v->fds.  0 or -errno (the caller closes the connection). */
 static int dispatch(struct vblk_vu_dev *v)
 {
@@ -776,7 +822,7 @@ static int dispatch(struct vblk_vu_dev *v)
         req != VHOST_USER_REM_MEM_REG && req != VHOST_USER_SET_VRING_KICK &&
         req != VHOST_USER_SET_INFLIGHT_FD && req != VHOST_USER_SET_LOG_BASE &&
         req != VHOST_USER_SET_LOG_FD && req != VHOST_USER_SET_VRING_CALL &&
-        req != VHOST_USER_SET_VRING_ERR)
+        req != VHOST_USER_SET_VRING_ERR && req != VHOST_USER_SET_BACKEND_REQ_FD)
         return PROTO_ERR(v, "%s: unexpected file descriptors", vhost_user_request_name(req));
 
     switch (req) {
@@ -847,6 +893,9 @@ static int dispatch(struct vblk_vu_dev *v)
         break;
     case VHOST_USER_SET_CONFIG:
         r = h_set_config(v);
+        break;
+    case VHOST_USER_SET_BACKEND_REQ_FD:
+        r = h_set_backend_req_fd(v);
         break;
     default:
         return PROTO_ERR(v, "unsupported request %u (%s)", req, vhost_user_request_name(req));

@@ -63,14 +63,16 @@ struct vblk_vu_dev {
     unsigned inflight_queues, inflight_qsize;
     /* dirty log for live migration (SET_LOG_BASE), used while VHOST_F_LOG_ALL is on */
     struct vblk_mem_region log;
-    bool wedged; /* an I/O thread stopped answering: torn down for good */
+    int backend_fd; /* SET_BACKEND_REQ_FD: our requests to the front-end, or -1 */
+    bool wedged;    /* an I/O thread stopped answering: torn down for good */
 };
 
 #define VBLK_VU_PROTOCOL_FEATURES                                                                  \
     ((1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |              \
      (1ull << VHOST_USER_PROTOCOL_F_CONFIG) |                                                      \
      (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |                                         \
-     (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) | (1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD))
+     (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) | (1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD) |  \
+     (1ull << VHOST_USER_PROTOCOL_F_BACKEND_REQ))
 
 void vblk_vu_init(struct vblk_vu_dev *v, const char *name, struct vblk_blk_dev *blk);
 
@@ -87,6 +89,12 @@ int vblk_vu_readable(struct vblk_vu_dev *v);
  * connection, close the connection (the front-end took guest memory away under a running ring).
  * true if it did. */
 bool vblk_vu_check_lost_memory(struct vblk_vu_dev *v);
+
+/* The device's config space changed (capacity after a resize): tell the front-end on the
+ * back-end channel (BACKEND_CONFIG_CHANGE_MSG, no reply asked), so that it re-reads the config and
+ * interrupts the guest.  0 (also with no front-end), -ENOTCONN if the front-end gave no back-end
+ * channel, or -errno if the message could not be sent at once. */
+int vblk_vu_config_changed(struct vblk_vu_dev *v);
 
 /* Stop every ring (waiting for in-flight I/O), unmap guest memory, close the connection. */
 void vblk_vu_disconnect(struct vblk_vu_dev *v);

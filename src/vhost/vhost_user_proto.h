@@ -55,6 +55,12 @@ enum vhost_user_request {
     VHOST_USER_MAX_REQUEST
 };
 
+/* Requests the back-end sends on the back-end channel (SET_BACKEND_REQ_FD). */
+enum vhost_user_backend_request {
+    VHOST_USER_BACKEND_IOTLB_MSG = 1,
+    VHOST_USER_BACKEND_CONFIG_CHANGE_MSG = 2,
+};
+
 /* Header flags. */
 #define VHOST_USER_VERSION_MASK 0x3u
 #define VHOST_USER_VERSION      0x1u
