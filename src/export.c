@@ -10,42 +10,14 @@
 #include <unistd.h>
 
 #include "util/log.h"
+#include "util/unixfd.h"
 
-/* Bind and listen on path.  A stale socket nobody listens on is replaced; anything else that
- * exists at path is an error. */
-static int listen_unix(const char *path, char *err, size_t errlen)
+void vblk_export_thread_name(const struct vblk_export *e, unsigned i, char *buf, size_t cap)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    struct stat st;
-    int fd, r;
-
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            snprintf(err, errlen, "socket path '%s' exists and is not a socket", path);
-            return -EEXIST;
-        }
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return -errno;
-        r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
-        close(fd);
-        if (r == 0) {
-            snprintf(err, errlen, "socket '%s' is in use by another process", path);
-            return -EADDRINUSE;
-        }
-        unlink(path); /* stale */
-    }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
-        r = -errno;
-        snprintf(err, errlen, "cannot listen on '%s': %s", path, strerror(-r));
-        close(fd);
-        return r;
-    }
-    return fd;
+    if (e->opts.iothreads == 1)
+        snprintf(buf, cap, "vblk-%s", e->opts.id);
+    else
+        snprintf(buf, cap, "vblk-%s-%u", e->opts.id, i);
 }
 
 int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
@@ -61,17 +33,14 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     r = vblk_bdev_open_stack(&e->bdev, &conf, err, errlen);
     if (r < 0)
         return r;
-    r = listen_unix(o->socket, err, errlen);
+    r = vblk_listen_unix(o->socket, err, errlen);
     if (r < 0)
         goto err_close_bdev;
     e->listen_fd = r;
     for (; e->niot < o->iothreads; e->niot++) {
         unsigned nq = (o->num_queues - e->niot + o->iothreads - 1) / o->iothreads;
 
-        if (o->iothreads == 1)
-            snprintf(tname, sizeof(tname), "vblk-%s", o->id);
-        else
-            snprintf(tname, sizeof(tname), "vblk-%s-%u", o->id, e->niot);
+        vblk_export_thread_name(e, e->niot, tname, sizeof(tname));
         r = vblk_iothread_create(&e->iot[e->niot], tname, o->engine, nq * o->queue_size, o->poll_us,
                                  VBLK_IOT_CALL_TIMEOUT_MS);
         if (r < 0) {

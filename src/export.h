@@ -33,6 +33,8 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen);
 void vblk_export_stop(struct vblk_export *e);
 /* Retry requests an error policy held, take requests again; logs what it did. */
 void vblk_export_resume(struct vblk_export *e);
+/* The name of I/O thread i (the kernel cuts it to 15 characters). */
+void vblk_export_thread_name(const struct vblk_export *e, unsigned i, char *buf, size_t cap);
 /* Log the export's request counters. */
 void vblk_export_log_stats(struct vblk_export *e);
 

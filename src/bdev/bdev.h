@@ -165,13 +165,18 @@ void vblk_bdev_close_stack(struct vblk_bdev *b);
 /* Control thread: resize the stack (see ops->resize; filters follow their child).  I/O
  * threads see the new size from their next request on (vblk_bdev_size).  0 or -errno with err
  * set. */
-int vblk_bdev_resize(struct vblk_bdev *top, uint64_t size, bool truncate, char *err,
-                     size_t errlen);
+int vblk_bdev_resize(struct vblk_bdev *top, uint64_t size, bool truncate, char *err, size_t errlen);
 
 /* The size served now (any thread: it changes on resize). */
 static inline uint64_t vblk_bdev_size(const struct vblk_bdev *b)
 {
     return __atomic_load_n(&b->size, __ATOMIC_RELAXED);
+}
+
+/* Is the driver read-only now?  (Any thread: export-set may turn readonly on live.) */
+static inline bool vblk_bdev_readonly(const struct vblk_bdev *b)
+{
+    return __atomic_load_n(&b->readonly, __ATOMIC_RELAXED);
 }
 
 /* Control thread, no I/O in flight: flush the stack.  0 or -errno. */

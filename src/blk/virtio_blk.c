@@ -247,7 +247,7 @@ static void handle_discard_zeroes(struct blk_req *req, uint32_t type, struct iov
     uint64_t sector;
     uint32_t num, flags;
 
-    if ((discard && !b->discard) || (!discard && !b->write_zeroes) || b->readonly) {
+    if ((discard && !b->discard) || (!discard && !b->write_zeroes) || vblk_bdev_readonly(b)) {
         req_finish(req, VIRTIO_BLK_S_UNSUPP);
         return;
     }
@@ -340,7 +340,7 @@ static void handle(struct blk_queue *q, uint16_t head)
         submit(req, VBLK_BDEV_READ, 0, in, in_cnt, sector << SECTOR_SHIFT, in_len);
         return;
     case VIRTIO_BLK_T_OUT:
-        if (unlikely(b->readonly || in_len || !range_ok(b, sector, out_len))) {
+        if (unlikely(vblk_bdev_readonly(b) || in_len || !range_ok(b, sector, out_len))) {
             req_finish(req, VIRTIO_BLK_S_IOERR);
             return;
         }

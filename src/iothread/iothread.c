@@ -100,6 +100,32 @@ void vblk_iothread_again(struct vblk_iothread *t, struct vblk_iot_hook *h)
     t->again = h;
 }
 
+struct set_poll_arg {
+    struct vblk_iothread *t;
+    uint64_t ns;
+};
+
+static int set_poll_fn(void *arg)
+{
+    struct set_poll_arg *a = arg;
+
+    __atomic_store_n(&a->t->poll_max_ns, a->ns, __ATOMIC_RELAXED);
+    if (a->t->poll_ns > a->ns)
+        a->t->poll_ns = a->ns;
+    return 0;
+}
+
+int vblk_iothread_set_poll(struct vblk_iothread *t, unsigned poll_us)
+{
+    struct set_poll_arg a = {.t = t, .ns = (uint64_t)poll_us * 1000};
+
+    /* poll_max_ns only changes on this thread's behalf in set_poll_fn; reading it here, on the
+     * control thread, races with nothing but that */
+    if ((a.ns == 0) != (__atomic_load_n(&t->poll_max_ns, __ATOMIC_RELAXED) == 0))
+        return -EINVAL;
+    return vblk_iothread_call(t, set_poll_fn, &a);
+}
+
 bool vblk_iothread_polls(const struct vblk_iothread *t)
 {
     return t->poll_max_ns != 0;

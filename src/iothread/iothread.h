@@ -69,6 +69,11 @@ int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
 /* Has a call to t timed out? */
 bool vblk_iothread_wedged(const struct vblk_iothread *t);
 
+/* Change the polling window limit (poll_us, see create).  Polling cannot be switched on or off
+ * on a running thread (queues set their notifications up for one or the other): -EINVAL if
+ * poll_us is 0 and the thread polls or the reverse.  0 or -errno (of the call). */
+int vblk_iothread_set_poll(struct vblk_iothread *t, unsigned poll_us);
+
 /* I/O thread only. */
 int vblk_iothread_add_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src);
 void vblk_iothread_del_fd(struct vblk_iothread *t, int fd);

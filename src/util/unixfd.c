@@ -2,8 +2,11 @@
 #include "util/unixfd.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -73,4 +76,41 @@ ssize_t vblk_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds,
     if (mh.msg_flags & MSG_CTRUNC)
         *overflow = true;
     return n;
+}
+
+/* Bind and listen on path.  A stale socket nobody listens on is replaced; anything else that
+ * exists at path is an error. */
+int vblk_listen_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat st;
+    int fd, r;
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            snprintf(err, errlen, "socket path '%s' exists and is not a socket", path);
+            return -EEXIST;
+        }
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (r == 0) {
+            snprintf(err, errlen, "socket '%s' is in use by another process", path);
+            return -EADDRINUSE;
+        }
+        unlink(path); /* stale */
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "cannot listen on '%s': %s", path, strerror(-r));
+        close(fd);
+        return r;
+    }
+    return fd;
 }

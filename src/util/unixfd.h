@@ -23,4 +23,8 @@ ssize_t vblk_send_fds(int sock, const void *buf, size_t len, const int *fds, uns
 ssize_t vblk_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, unsigned max,
                       bool *overflow, int flags);
 
+/* A non-blocking, close-on-exec listening unix stream socket at path.  A stale socket nobody
+ * listens on is replaced; anything else at path is an error.  The fd, or -errno with err set. */
+int vblk_listen_unix(const char *path, char *err, size_t errlen);
+
 #endif
