@@ -14,7 +14,7 @@ if [ ! -f "$build/build.ninja" ]; then
     CC=clang meson setup "$build" "$top" -Dfuzz=true -Db_sanitize=address,undefined \
         -Db_lundef=false -Dtests=disabled
 fi
-ninja -C "$build" tests/fuzz/fuzz_virtq tests/fuzz/fuzz_vhost_user tests/fuzz/fuzz_qcow2
+ninja -C "$build" tests/fuzz/fuzz_virtq tests/fuzz/fuzz_vhost_user tests/fuzz/fuzz_qcow2 tests/fuzz/fuzz_rpc
 build=$(cd "$build" && pwd)
 
 mkdir -p "$build/fuzz-artifacts"
@@ -24,7 +24,7 @@ if [ "$jobs" -gt 1 ]; then
     par="-jobs=$jobs -workers=$jobs"
 fi
 status=0
-for t in virtq vhost_user qcow2; do
+for t in virtq vhost_user qcow2 rpc; do
     work="$build/fuzz-corpus/$t"
     mkdir -p "$work"
     echo "== fuzz_$t for ${secs}s"
