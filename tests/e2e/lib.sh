@@ -101,8 +101,9 @@ backend_start() {
 		[ "$nq" != 1 ] && spec+=",num-queues=$nq"
 		[ -n "$discard" ] && spec+=",discard=$discard"
 		for o in "${extra[@]}"; do spec+=",$o"; done
-		echo "+ $VBLKD --export $spec" >"$log"
-		"$VBLKD" --export "$spec" >>"$log" 2>&1 &
+		echo "+ $VBLKD ${VBLKD_ARGS:-} --export $spec" >"$log"
+		# shellcheck disable=SC2086  # VBLKD_ARGS: extra daemon options, split on spaces
+		"$VBLKD" ${VBLKD_ARGS:-} --export "$spec" >>"$log" 2>&1 &
 		;;
 	qsd)
 		local direct=on writable=on bro=off

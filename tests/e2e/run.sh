@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 migrate policy (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 migrate policy resize (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,9 +25,10 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate policy"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate policy resize"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
+: "${VBLKCTL:=$(dirname "$VBLKD")/../tools/vblkctl/vblkctl}"
 : "${E2E_OUT:=$REPO/build/e2e}"
 
 usage() { sed -n '3,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -479,6 +480,33 @@ t_policy() {
 	expect_counters policy 'errors -eq 0' 'held -ge 1' || return 1
 	backend_stop policy || return 1
 	host_verify_io "$img" 95 || return 1
+}
+
+# A running guest sees its disk grow: export-resize over the control socket (vblkctl) truncates
+# the image to the new size and tells QEMU through the vhost-user back-end channel.
+t_resize() {
+	vblkd_only export-resize || return
+	local img=$E2E_TMP/resize.img rpc=$E2E_TMP/resize.rpc new=$((96 * 1024 * 1024))
+	LOGS=("$E2E_TMP/resize.log" "$E2E_TMP/resize.log.qemu" "$E2E_TMP/resize.daemon.log" "$E2E_TMP/resize.ctl")
+	mkimg "$img" $DISK_SIZE
+	VBLKD_ARGS="--rpc $rpc" backend_start resize "$img" || return 1
+	guest_start "$E2E_TMP/resize.log" "${BACKEND_SOCK[resize]}" \
+		"vblk.test=resize vblk.seed=97 vblk.size=$DISK_SIZE vblk.newsize=$new"
+	if ! wait_for_line "$E2E_TMP/resize.log" '^VBLK-E2E: RESIZE ready' 60; then
+		guest_kill
+		FAIL_REASON="resize guest did not start"
+		return 1
+	fi
+	if ! "$VBLKCTL" -s "$rpc" export resize resize $new --truncate >"$E2E_TMP/resize.ctl" 2>&1; then
+		guest_kill
+		FAIL_REASON="vblkctl export resize failed: $(tail -1 "$E2E_TMP/resize.ctl")"
+		return 1
+	fi
+	guest_wait "$E2E_TMP/resize.log" resize || return 1
+	backend_stop resize || return 1
+	[ "$(stat -c %s "$img")" = $new ] || { FAIL_REASON="host: image is $(stat -c %s "$img") bytes, not $new"; return 1; }
+	"$GIO" -b verify "$img" $((new - 1024 * 1024)) 1M 98 >>"$E2E_TMP/host.log" 2>&1 ||
+		{ FAIL_REASON="host: the guest's write at the new end is not in the image"; return 1; }
 }
 
 # ---------------------------------------------------------------------------
