@@ -307,9 +307,11 @@ static void test_keys_parse_and_check(void **state)
 
 #define NREQ 1000
 
+struct side;
 struct treq {
     struct vblk_bdev_req r;
     struct iovec iov;
+    struct side *s;
 };
 
 struct side {
@@ -336,20 +338,13 @@ static unsigned done_of(struct side *s)
     return __atomic_load_n(&s->ndone, __ATOMIC_RELAXED);
 }
 
-/* The side a request belongs to, from its address (reqs[] is inside struct side). */
-static struct side *sides[2];
-
 static void req_done(struct vblk_bdev_req *r, int ret)
 {
-    for (int i = 0; i < 2; i++) {
-        struct side *s = sides[i];
+    struct side *s = ((struct treq *)r)->s;
 
-        if (s && (char *)r >= (char *)s->reqs && (char *)r < (char *)(s->reqs + NREQ + 16)) {
-            __atomic_fetch_add(&s->ndone, 1, __ATOMIC_RELAXED);
-            if (ret)
-                __atomic_fetch_add(&s->nfail, 1, __ATOMIC_RELAXED);
-        }
-    }
+    __atomic_fetch_add(&s->ndone, 1, __ATOMIC_RELAXED);
+    if (ret)
+        __atomic_fetch_add(&s->nfail, 1, __ATOMIC_RELAXED);
 }
 
 struct sub {
@@ -367,6 +362,7 @@ static int submit_fn(void *arg)
     for (unsigned i = 0; i < a->n && s->nsub < NREQ + 16; i++) {
         struct treq *t = &s->reqs[s->nsub++];
 
+        t->s = s;
         t->iov = (struct iovec){buf, sizeof(buf)};
         t->r = (struct vblk_bdev_req){.op = a->op,
                                       .iovcnt = a->op == VBLK_BDEV_FLUSH ? 0 : 1,
@@ -386,7 +382,8 @@ static void submit(struct side *s, unsigned n, uint8_t op)
     assert_int_equal(vblk_iothread_call(s->iot, submit_fn, &a), 0);
 }
 
-static void side_open(struct side *s, int idx, const struct vblk_throttle_conf *tc)
+static void side_open_n(struct side *s, int idx, const struct vblk_throttle_conf *tc,
+                        unsigned iothreads)
 {
     struct vblk_bdev_conf c = {.name = idx ? "b" : "a",
                                .file = "null://",
@@ -394,12 +391,11 @@ static void side_open(struct side *s, int idx, const struct vblk_throttle_conf *
                                .null_size = 1 << 20,
                                .lbs = 512,
                                .read_zeroes = false,
-                               .iothreads = 1,
+                               .iothreads = iothreads,
                                .throttle = *tc};
     char err[256];
 
     memset(s, 0, sizeof(*s));
-    sides[idx] = s;
     if (vblk_bdev_open_stack(&s->b, &c, err, sizeof(err)) < 0)
         fail_msg("open: %s", err);
     assert_ptr_equal(s->b->ops, &vblk_bdev_throttle);
@@ -408,11 +404,15 @@ static void side_open(struct side *s, int idx, const struct vblk_throttle_conf *
                      0);
 }
 
+static void side_open(struct side *s, int idx, const struct vblk_throttle_conf *tc)
+{
+    side_open_n(s, idx, tc, 1);
+}
+
 static void side_close(struct side *s, int idx)
 {
     vblk_iothread_destroy(s->iot); /* as an export: threads first, then the stack */
     vblk_bdev_close_stack(s->b);
-    sides[idx] = NULL;
 }
 
 /* Wait until s has at least n completions (or 5 s passed). */
@@ -600,6 +600,47 @@ static void test_group_shared_by_exports_on_two_threads(void **state)
     vblk_bdev_close_stack(c);
 }
 
+/* An export without a group served by two I/O threads: one bucket, both threads' requests. */
+static void test_export_on_two_threads_shares_its_limits(void **state)
+{
+    struct vblk_throttle_conf tc = {0}, none = {0};
+    static struct side a, b;
+    struct vblk_iothread *iots[2];
+    char err[256];
+    double ra, rb;
+
+    tc.limit[VBLK_TB_IOPS_TOTAL].avg = 200;
+    side_open_n(&a, 0, &tc, 2);
+    memset(&b, 0, sizeof(b));
+    b.b = a.b; /* the same stack, a second thread */
+    assert_int_equal(
+        vblk_iothread_create(&b.iot, "thr-b", &vblk_engine_null, 64, 0, VBLK_IOT_CALL_TIMEOUT_MS),
+        0);
+    for (int i = 0; i < 20; i++) {
+        submit(&a, 25, VBLK_BDEV_READ);
+        submit(&b, 25, VBLK_BDEV_READ);
+    }
+    wait_done(&a, 15);
+    {
+        unsigned a0 = done_of(&a), b0 = done_of(&b);
+        uint64_t t0 = now_ns();
+
+        usleep(500 * 1000);
+        ra = (double)(done_of(&a) - a0) * 1e9 / (double)(now_ns() - t0);
+        rb = (double)(done_of(&b) - b0) * 1e9 / (double)(now_ns() - t0);
+    }
+    assert_near(ra + rb, 200, 0.10);
+    assert_near(ra, rb, 0.30);
+    iots[0] = a.iot;
+    iots[1] = b.iot;
+    assert_int_equal(vblk_throttle_set(a.b, &none, iots, 2, err, sizeof(err)), 0);
+    wait_done(&a, 500);
+    wait_done(&b, 500);
+    assert_int_equal(done_of(&a) + done_of(&b), 1000);
+    vblk_iothread_destroy(b.iot);
+    side_close(&a, 0);
+}
+
 static void test_group_change_refused_live(void **state)
 {
     struct vblk_throttle_conf tc = {0};
@@ -662,6 +703,7 @@ int main(void)
         cmocka_unit_test(test_a_direction_limit_does_not_hold_the_other),
         cmocka_unit_test(test_bps_limit),
         cmocka_unit_test(test_group_shared_by_exports_on_two_threads),
+        cmocka_unit_test(test_export_on_two_threads_shares_its_limits),
         cmocka_unit_test(test_group_change_refused_live),
         cmocka_unit_test(test_queue_stop_releases_waiting_requests),
     };
