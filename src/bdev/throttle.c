@@ -778,12 +778,15 @@ int vblk_throttle_set(struct vblk_bdev *b, const struct vblk_throttle_conf *c,
     for (unsigned i = 0; i < niot; i++) {
         r = vblk_iothread_call(iots[i], set_fn, &a);
         if (r < 0) {
-            snprintf(err, errlen, "the I/O thread did not take the change: %s", strerror(-r));
+            snprintf(err, errlen, "%s the change: %s",
+                     a.apply ? "the I/O thread did not take" : "could not re-time requests after",
+                     strerror(-r));
             return r;
         }
+        if (a.apply) /* in force from here on */
+            memcpy(f->st->conf.limit, c->limit, sizeof(c->limit));
         a.apply = false;
     }
-    memcpy(f->st->conf.limit, c->limit, sizeof(c->limit));
     describe(&f->st->conf, lim, sizeof(lim));
     log_info(tb->name, "throttling%s%s: limits now %s", f->st->conf.group[0] ? " in group " : "",
              f->st->conf.group, lim);
