@@ -24,6 +24,7 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
 {
     const struct vblk_export_opts *o = &e->opts;
     char tname[96]; /* the thread's name is cut to 15 characters */
+    struct vblk_bdev *d;
     int r;
 
     struct vblk_bdev_conf conf = vblk_opts_bdev_conf(o);
@@ -61,14 +62,18 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     e->blk.werror = (enum vblk_error_policy)o->werror;
     e->blk_created = true;
     vblk_vu_init(&e->vu, o->id, &e->blk);
-    log_info(
-        o->id, "serving %s (%s, %llu bytes%s) on %s: aio=%s cache=%s num-queues=%u iothreads=%u%s",
-        o->null ? "null device" : o->file, e->bdev->ops->name, (unsigned long long)e->bdev->size,
-        e->bdev->child && e->bdev->child->blockdev ? " on a block device"
-        : e->bdev->blockdev                        ? ", block device"
-                                                   : "",
-        o->socket, o->null ? "none" : o->engine->name, vblk_cache_name(o->cache), o->num_queues,
-        e->niot, o->readonly ? " readonly" : "");
+    d = e->bdev;
+    /* name the storage, not the filters on it */
+    while (d->child && (d->ops == &vblk_bdev_throttle || d->ops == &vblk_bdev_faulty))
+        d = d->child;
+    log_info(o->id,
+             "serving %s (%s, %llu bytes%s) on %s: aio=%s cache=%s num-queues=%u iothreads=%u%s",
+             o->null ? "null device" : o->file, d->ops->name, (unsigned long long)e->bdev->size,
+             d->child && d->child->blockdev ? " on a block device"
+             : d->blockdev                  ? ", block device"
+                                            : "",
+             o->socket, o->null ? "none" : o->engine->name, vblk_cache_name(o->cache),
+             o->num_queues, e->niot, o->readonly ? " readonly" : "");
     return 0;
 
 err_stop_iothreads:

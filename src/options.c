@@ -469,6 +469,15 @@ GETTER(get_type)
     snprintf(buf, cap, "vhost-user-blk");
 }
 
+SETTER(set_throttle)
+{
+    return vblk_throttle_conf_set(&o->throttle, key, v, err, errlen) == 0 ? 0 : -EINVAL;
+}
+GETTER(get_throttle)
+{
+    vblk_throttle_conf_get(&o->throttle, key, buf, cap);
+}
+
 #define KEY(n, f, s, g)                                                                            \
     {                                                                                              \
         .name = n, .flags = f, .set = s, .get = g                                                  \
@@ -496,6 +505,26 @@ const struct vblk_opt_key vblk_opt_keys[] = {
     KEY("locking", 0, set_locking, get_locking),
     KEY("rerror", 0, set_policy, get_policy),
     KEY("werror", 0, set_policy, get_policy),
+#define THROTTLE(n) KEY(n, VBLK_OPT_LIVE, set_throttle, get_throttle)
+    THROTTLE("iops-total"),
+    THROTTLE("iops-total-max"),
+    THROTTLE("iops-total-max-length"),
+    THROTTLE("iops-read"),
+    THROTTLE("iops-read-max"),
+    THROTTLE("iops-read-max-length"),
+    THROTTLE("iops-write"),
+    THROTTLE("iops-write-max"),
+    THROTTLE("iops-write-max-length"),
+    THROTTLE("bps-total"),
+    THROTTLE("bps-total-max"),
+    THROTTLE("bps-total-max-length"),
+    THROTTLE("bps-read"),
+    THROTTLE("bps-read-max"),
+    THROTTLE("bps-read-max-length"),
+    THROTTLE("bps-write"),
+    THROTTLE("bps-write-max"),
+    THROTTLE("bps-write-max-length"),
+    THROTTLE("throttle-group"),
     KEY("inject-ops", VBLK_OPT_FAULT, set_inject_ops, get_inject_ops),
     KEY("inject-errno", VBLK_OPT_FAULT, set_inject_errno, get_inject_errno),
     KEY("inject-offset", VBLK_OPT_FAULT, set_inject_range, get_inject_range),
@@ -552,6 +581,8 @@ int vblk_opts_finish(struct vblk_export_opts *o, const bool *given, char *err, s
             return fail(err, errlen, "missing %s=%s", k->name,
                         !strcmp(k->name, "id") ? "NAME" : "PATH");
     }
+    if (vblk_throttle_conf_check(&o->throttle, err, errlen) < 0)
+        return -EINVAL;
     if (o->iothreads > o->num_queues)
         return fail(err, errlen, "iothreads=%u: more I/O threads than queues (num-queues=%u)",
                     o->iothreads, o->num_queues);
@@ -705,6 +736,9 @@ struct json_object *vblk_opts_to_json(const struct vblk_export_opts *o)
         if ((k->flags & VBLK_OPT_HIDDEN) || ((k->flags & VBLK_OPT_FAULT) && !o->fault.ops))
             continue;
         k->get(o, k->name, buf, PATH_MAX + 1);
+        if (k->get == get_throttle &&
+            (!buf[0] || !strcmp(buf, "0") || (strstr(k->name, "-max-length") && !strcmp(buf, "1"))))
+            continue; /* a limit not set: listed only when used */
         json_object_object_add(obj, k->name, json_object_new_string(buf));
     }
     free(buf);
@@ -729,5 +763,6 @@ struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o)
         .refcount_cache_size = o->refcount_cache_size,
         .fault = o->fault,
         .no_lock = o->no_lock,
+        .throttle = o->throttle,
     };
 }

@@ -40,11 +40,12 @@ struct vblk_export_opts {
     unsigned poll_us;   /* I/O thread busy-polls this long after the last work (0: never) */
     unsigned iothreads; /* I/O threads of this export; queues are spread over them */
     enum vblk_image_format format;
-    uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
-    uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
-    unsigned rerror, werror;      /* enum vblk_error_policy (blk/virtio_blk.h) */
-    struct vblk_fault_conf fault; /* inject-*: fault injection for tests */
-    bool no_lock;                 /* locking=off */
+    uint64_t l2_cache_size;             /* qcow2: bytes of L2 tables cached (0: default) */
+    uint64_t refcount_cache_size;       /* qcow2: bytes of refcount blocks cached (0: default) */
+    unsigned rerror, werror;            /* enum vblk_error_policy (blk/virtio_blk.h) */
+    struct vblk_fault_conf fault;       /* inject-*: fault injection for tests */
+    bool no_lock;                       /* locking=off */
+    struct vblk_throttle_conf throttle; /* iops-*, bps-*, throttle-group (live) */
 };
 
 /* The storage part of o, for the block-driver layer (pointers into o). */

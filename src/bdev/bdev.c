@@ -93,6 +93,17 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
         }
         top = f;
     }
+    /* always on top, even without limits (then a pass-through): limits can be set live */
+    {
+        struct vblk_bdev *t;
+
+        r = open_one(&t, &vblk_bdev_throttle, top, c, err, errlen);
+        if (r < 0) {
+            vblk_bdev_close_stack(top);
+            return r;
+        }
+        top = t;
+    }
     *out = top;
     return 0;
 }
@@ -142,4 +153,21 @@ int vblk_bdev_flush_sync(struct vblk_bdev *b)
     for (; b && !r; b = b->child) /* a format writes its metadata, then the file syncs */
         r = b->ops->flush_sync ? b->ops->flush_sync(b) : 0;
     return r;
+}
+
+struct vblk_bdev *vblk_bdev_find(struct vblk_bdev *b, const struct vblk_bdev_ops *ops)
+{
+    for (; b; b = b->child) {
+        if (b->ops == ops)
+            return b;
+    }
+    return NULL;
+}
+
+void vblk_bdev_drain(struct vblk_bdev *b, struct vblk_engine *eng)
+{
+    for (; b; b = b->child) {
+        if (b->ops->drain)
+            b->ops->drain(b, eng);
+    }
 }

@@ -5,9 +5,10 @@
  * virtio-blk (or a driver above) hands a driver.  Drivers: protocols "file" (regular file or
  * block device, I/O through the calling thread's engine) and "null" (null://SIZE: stores nothing,
  * completes at once, reads zeroes unless read-zeroes=off); formats ("qcow2") sit on a child
- * driver and reach storage only through it; filters ("faulty": fault injection for tests) sit on
- * top and pass requests down.  Throttling and network protocols (nbd, rbd) are later drivers of
- * the same table.
+ * driver and reach storage only through it; filters sit on top and pass requests down: "faulty"
+ * (fault injection for tests) on the format, and "throttle" (I/O limits, throttle.h), always
+ * the top of every stack so that limits can be set while an export runs: throttle, [faulty],
+ * [qcow2], file|null.  Network protocols (nbd, rbd) are later drivers of the same table.
  *
  * What belongs to a driver and not to virtio-blk: how a cache mode treats a durable write (FUA)
  * and a flush (`unsafe` ignores both), fallbacks (write-zeroes without ZERO_RANGE punches a hole
@@ -16,10 +17,10 @@
  *
  * Threads:
  *  - control thread: vblk_bdev_open_stack, close, flush_sync, resize;
- *  - I/O thread: submit.  A driver is driven from its export's I/O thread(s) only, never blocks
- *    them, and completes through the engine passed with the request (the calling thread's).
- *    A driver that keeps state shared by requests (a format's caches) declares single_thread and
- *    is then only opened for exports with one I/O thread.
+ *  - I/O thread: submit, drain.  A driver is driven from its export's I/O thread(s) only,
+ *    never blocks them, and completes through the engine passed with the request (the calling
+ *    thread's).  A driver that keeps state shared by requests (a format's caches) declares
+ *    single_thread and is then only opened for exports with one I/O thread.
  */
 #ifndef VBLK_BDEV_H
 #define VBLK_BDEV_H
@@ -29,6 +30,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "bdev/throttle.h"
 #include "engine/engine.h"
 
 enum vblk_cache {
@@ -80,7 +82,9 @@ struct vblk_bdev_conf {
     unsigned iothreads;           /* the export's I/O threads (single_thread drivers need 1) */
     uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
     uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
-    struct vblk_fault_conf fault; /* ops != 0: a faulty filter on top of the stack */
+    struct vblk_fault_conf fault; /* ops != 0: a faulty filter on the format driver */
+    /* limits of the throttle filter, always on top (all 0: none, a pass-through) */
+    struct vblk_throttle_conf throttle;
 };
 
 enum vblk_bdev_op {
@@ -129,6 +133,10 @@ struct vblk_bdev_ops {
      * -errno with err set.  The driver stores the new b->size itself (atomically). */
     int (*resize)(struct vblk_bdev *b, uint64_t size, bool truncate, char *err, size_t errlen);
     bool filter; /* passes requests to its child over the same range (faulty, throttle) */
+    /* I/O thread, optional: a queue served by the calling thread stops and waits for its
+     * requests; hand down (or fail) every request the driver holds back in this thread, at once
+     * (the throttle filter's waiting requests). */
+    void (*drain)(struct vblk_bdev *b, struct vblk_engine *eng);
 };
 
 struct vblk_bdev {
@@ -154,10 +162,11 @@ extern const struct vblk_bdev_ops vblk_bdev_file;
 extern const struct vblk_bdev_ops vblk_bdev_null;
 extern const struct vblk_bdev_ops vblk_bdev_qcow2;
 extern const struct vblk_bdev_ops vblk_bdev_faulty;
+extern const struct vblk_bdev_ops vblk_bdev_throttle;
 
-/* Open the driver stack c asks for into *out (the protocol driver, and a format driver on it):
- * the top driver is returned, its children hang below.  0, or -errno with err set; nothing is
- * left open on failure. */
+/* Open the driver stack c asks for into *out (the protocol driver, a format driver on it, the
+ * filters on top): the top driver is returned, its children hang below.  0, or -errno with err
+ * set; nothing is left open on failure. */
 int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c, char *err,
                          size_t errlen);
 /* Close the stack (top first) and free it. */
@@ -181,6 +190,11 @@ static inline bool vblk_bdev_readonly(const struct vblk_bdev *b)
 
 /* Control thread, no I/O in flight: flush the stack.  0 or -errno. */
 int vblk_bdev_flush_sync(struct vblk_bdev *b);
+
+/* The driver of type ops in the stack topped by b, or NULL. */
+struct vblk_bdev *vblk_bdev_find(struct vblk_bdev *b, const struct vblk_bdev_ops *ops);
+/* I/O thread: run every driver's drain, top first (see the drain op). */
+void vblk_bdev_drain(struct vblk_bdev *b, struct vblk_engine *eng);
 
 static inline void vblk_bdev_submit(struct vblk_bdev *b, struct vblk_engine *eng,
                                     struct vblk_bdev_req *r)

@@ -514,6 +514,8 @@ static int queue_stop_fn(void *arg)
             req_finish(req, VIRTIO_BLK_S_IOERR);
         }
         q->paused = false;
+        /* a driver holding requests back (throttling) lets them go now: no stop waits for it */
+        vblk_bdev_drain(q->dev->bdev, q->eng);
     }
     /* wait for in-flight requests, for their used entries to be published and for a pass
      * that was put off to the next iteration */

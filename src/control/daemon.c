@@ -557,6 +557,26 @@ static int m_export_set(void *ctx, struct json_object *params, struct json_objec
         }
         log_info(o->id, "poll-us %u -> %u", e->opts.poll_us, o->poll_us);
     }
+    if (memcmp(&o->throttle, &e->opts.throttle, sizeof(o->throttle))) {
+        if (strcmp(o->throttle.group, e->opts.throttle.group)) {
+            code = FAIL(VBLK_RPC_INVALID_PARAMS,
+                        "export %s: throttle-group cannot change live (it is '%s')", o->id,
+                        e->opts.throttle.group);
+            goto out;
+        }
+        if (vblk_throttle_conf_check(&o->throttle, msg, sizeof(msg)) < 0) {
+            code = FAIL(VBLK_RPC_INVALID_PARAMS, "export %s: %s", o->id, msg);
+            goto out;
+        }
+        r = vblk_throttle_set(e->bdev, &o->throttle, e->iot, e->niot, msg, sizeof(msg));
+        if (r < 0) {
+            code = FAIL(r == -EINVAL ? VBLK_RPC_INVALID_PARAMS : VBLK_RPC_FAILED,
+                        "export %s: cannot change the limits: %s", o->id, msg);
+            goto out;
+        }
+        log_info(o->id, "throttle limits changed%s%s", o->throttle.group[0] ? " for group " : "",
+                 o->throttle.group);
+    }
     if (o->readonly && !e->opts.readonly) {
         /* new requests see it once each thread has gone round its loop; writes already
          * taken complete */

@@ -49,6 +49,13 @@ struct vblk_iothread {
     bool stop;
 };
 
+static __thread struct vblk_iothread *self;
+
+struct vblk_iothread *vblk_iothread_self(void)
+{
+    return self;
+}
+
 struct vblk_engine *vblk_iothread_engine(struct vblk_iothread *t)
 {
     return t->eng;
@@ -350,7 +357,10 @@ static void *iothread_main(void *arg)
 static void *iothread_boot(void *arg)
 {
     struct vblk_iothread *t = arg;
-    int r = t->eng_ops->create(&t->eng, t->eng_depth);
+    int r;
+
+    self = t;
+    r = t->eng_ops->create(&t->eng, t->eng_depth);
 
     if (r == 0 && t->eng->efd >= 0) {
         r = vblk_iothread_add_fd(t, t->eng->efd, &t->eng_src);

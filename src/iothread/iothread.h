@@ -11,6 +11,7 @@
  *
  * Called from the control (main) thread: create, destroy, call, wedged.
  * Called from the I/O thread only: add_fd, del_fd, defer, again, engine.
+ * Called from any thread: self.
  */
 #ifndef VBLK_IOTHREAD_H
 #define VBLK_IOTHREAD_H
@@ -86,5 +87,7 @@ void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p
 /* Does this thread poll?  (Then work found by an fd handler need not re-arm notifications.) */
 bool vblk_iothread_polls(const struct vblk_iothread *t);
 struct vblk_engine *vblk_iothread_engine(struct vblk_iothread *t);
+/* The I/O thread calling, or NULL outside I/O threads (for a driver that needs its thread). */
+struct vblk_iothread *vblk_iothread_self(void);
 
 #endif

@@ -311,7 +311,8 @@ static void test_bdev_open_null_and_file(void **state)
 
     assert_int_equal(parse("id=d,file=null://1000,socket=/s,discard=ignore"), 0);
     assert_int_equal(open_stack(&b), 0);
-    assert_ptr_equal(b->ops, &vblk_bdev_null);
+    assert_ptr_equal(b->ops, &vblk_bdev_throttle); /* always on top */
+    assert_ptr_equal(b->child->ops, &vblk_bdev_null);
     assert_int_equal(b->size, 512); /* rounded down to the block size */
     assert_false(b->discard);
     assert_true(b->write_zeroes);
@@ -323,7 +324,8 @@ static void test_bdev_open_null_and_file(void **state)
     snprintf(arg, sizeof(arg), "id=d,file=%s,socket=/s,cache=writeback,readonly=on", path);
     assert_int_equal(parse(arg), 0);
     assert_int_equal(open_stack(&b), 0);
-    assert_ptr_equal(b->ops, &vblk_bdev_file);
+    assert_ptr_equal(b->ops, &vblk_bdev_throttle);
+    assert_ptr_equal(b->child->ops, &vblk_bdev_file);
     assert_int_equal(b->size, 4096);
     assert_true(b->readonly);
     assert_false(b->discard);

@@ -677,9 +677,9 @@ static struct vblk_bdev *open_recorded(const char *img, struct vblk_bdev **file)
 
     c.format = VBLK_FORMAT_RAW;
     assert_int_equal(vblk_bdev_open_stack(file, &c, e, sizeof(e)), 0);
-    *rec = **file;
+    *rec = *vblk_bdev_find(*file, &vblk_bdev_file); /* under the throttle filter */
     rec->ops = &rec_ops;
-    rec->priv = *file;
+    rec->priv = vblk_bdev_find(*file, &vblk_bdev_file);
     rec->child = NULL;
     top->ops = &vblk_bdev_qcow2;
     top->name = "t";
@@ -892,7 +892,7 @@ static void test_bad_tables_give_eio(void **state)
 
     fresh("");
     b = open_q(P("h.qcow2"), true);
-    s = b->priv;
+    s = vblk_bdev_find(b, &vblk_bdev_qcow2)->priv;
     l1off = s->in.l1_offset;
     l2off = q2_be64(s->l1) & QCOW2_OFFSET_MASK;
     vblk_bdev_close_stack(b);

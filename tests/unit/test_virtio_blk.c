@@ -69,6 +69,12 @@ static struct blk_queue *Q(unsigned q)
 }
 
 /* Build, post and run one request on queue q; returns its status byte. */
+/* The file under the filters of fb's stack. */
+static int file_fd(void)
+{
+    return vblk_bdev_find(fb.bdev, &vblk_bdev_file)->fd;
+}
+
 static uint8_t run_req(unsigned q, struct fb_req *r, uint32_t type, uint64_t sector, uint32_t len,
                        bool data_write)
 {
@@ -107,7 +113,7 @@ static void test_out_in_round_trip_on_a_file(void **state)
     fb_run(&fb, 0);
     assert_int_equal(fb_status(&fb, &w), VIRTIO_BLK_S_OK);
     assert_last_used(0, w.head, 1);
-    assert_int_equal(pread(fb.bdev->fd, disk, sizeof(disk), 8 * 512), (ssize_t)sizeof(disk));
+    assert_int_equal(pread(file_fd(), disk, sizeof(disk), 8 * 512), (ssize_t)sizeof(disk));
     assert_memory_equal(disk, pattern, sizeof(pattern));
 
     assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 8, sizeof(pattern), true), VIRTIO_BLK_S_OK);
@@ -131,7 +137,7 @@ static void test_in_on_a_file_spanning_regions_and_indirect(void **state)
 
     for (unsigned i = 0; i < sizeof(disk); i++)
         disk[i] = (uint8_t)(i ^ 0x5a);
-    assert_int_equal(pwrite(fb.bdev->fd, disk, sizeof(disk), 4096), (ssize_t)sizeof(disk));
+    assert_int_equal(pwrite(file_fd(), disk, sizeof(disk), 4096), (ssize_t)sizeof(disk));
     h->type = VIRTIO_BLK_T_IN;
     h->sector = 8;
     *(uint8_t *)fg_ptr(&fb.g, st) = FB_STATUS_UNSET;
@@ -530,10 +536,10 @@ static void test_write_zeroes_and_discard_on_a_file(void **state)
     uint8_t buf[4096], zero[4096] = {0};
 
     memset(buf, 0x77, sizeof(buf));
-    assert_int_equal(pwrite(fb.bdev->fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
-    assert_int_equal(pwrite(fb.bdev->fd, buf, sizeof(buf), 65536), (ssize_t)sizeof(buf));
+    assert_int_equal(pwrite(file_fd(), buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+    assert_int_equal(pwrite(file_fd(), buf, sizeof(buf), 65536), (ssize_t)sizeof(buf));
     assert_int_equal(run_dz(VIRTIO_BLK_T_WRITE_ZEROES, 0, 8, 0, 1), VIRTIO_BLK_S_OK);
-    assert_int_equal(pread(fb.bdev->fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+    assert_int_equal(pread(file_fd(), buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
     assert_memory_equal(buf, zero, sizeof(buf));
     assert_int_equal(run_dz(VIRTIO_BLK_T_DISCARD, 128, 8, 0, 1), VIRTIO_BLK_S_OK);
 }
