@@ -4,6 +4,11 @@
  * thread through an eventfd set on each iocb.  Linux AIO has no fallocate, so discard and
  * write-zeroes run synchronously in the I/O thread and complete locally (they are rare, and
  * QEMU's linux-aio does the same through its thread pool).
+ *
+ * The kernel context holds depth I/Os.  More may be queued (the qcow2 driver's metadata I/O is
+ * not counted in the depth): they wait on the engine's list, and submit() says -EAGAIN while
+ * any do; the I/O thread submits again after it reaps.  queue() never refuses for lack of room,
+ * since its caller (bdev/file.c) can only submit, not reap, before it retries.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -17,7 +22,8 @@ struct aio_engine {
     io_context_t ctx;
     unsigned depth;
     unsigned inflight;
-    struct iocb **batch; /* queued, not yet submitted */
+    struct vblk_io_list queued; /* prepared, not yet taken by io_submit() (e.pending of them) */
+    struct iocb **batch;        /* io_submit()'s argument: depth entries */
     struct io_event *events;
     struct vblk_io_list local;
 };
@@ -44,6 +50,7 @@ static int aio_create(struct vblk_engine **out, unsigned depth)
         r = -errno;
         goto err_destroy_ctx;
     }
+    vblk_io_list_init(&a->queued);
     vblk_io_list_init(&a->local);
     a->e.ops = &vblk_engine_aio;
     *out = &a->e;
@@ -82,8 +89,6 @@ static int aio_queue(struct vblk_engine *e, struct vblk_io *io)
         e->local++;
         return 0;
     }
-    if (e->pending + a->inflight >= a->depth)
-        return -EAGAIN;
     switch (io->op) {
     case VBLK_IO_READ:
         io_prep_preadv(cb, io->fd, io->iov, (int)io->iovcnt, (long long)io->offset);
@@ -100,36 +105,50 @@ static int aio_queue(struct vblk_engine *e, struct vblk_io *io)
     cb->aio_rw_flags = io->rw_flags;
     cb->data = io;
     io_set_eventfd(cb, e->efd);
-    a->batch[e->pending++] = cb;
+    vblk_io_list_add(&a->queued, io);
+    e->pending++;
     return 0;
+}
+
+/* The first queued I/O, taken off the list. */
+static struct vblk_io *aio_pop(struct aio_engine *a)
+{
+    struct vblk_io *io = a->queued.head;
+
+    a->queued.head = io->next;
+    if (!a->queued.head)
+        a->queued.tail = &a->queued.head;
+    a->e.pending--;
+    return io;
 }
 
 static int aio_submit(struct vblk_engine *e)
 {
     struct aio_engine *a = (struct aio_engine *)e;
-    unsigned done = 0;
 
-    while (done < e->pending) {
-        int r = io_submit(a->ctx, (long)(e->pending - done), a->batch + done);
+    /* as many as the context has room for; the rest stay queued, in order */
+    while (e->pending && a->inflight < a->depth) {
+        unsigned n = 0, room = a->depth - a->inflight;
+        int r;
 
-        if (r == -EAGAIN)
+        for (struct vblk_io *io = a->queued.head; io && n < room; io = io->next)
+            a->batch[n++] = &io->iocb;
+        r = io_submit(a->ctx, (long)n, a->batch);
+        if (r == -EAGAIN || r == 0)
             break;
         if (r < 0) {
             /* the first iocb was refused (e.g. fdsync unsupported): run it synchronously */
-            struct vblk_io *io = a->batch[done]->data;
+            struct vblk_io *io = aio_pop(a);
 
             io->res = vblk_io_run_sync(io);
             vblk_io_list_add(&a->local, io);
             e->local++;
-            done++;
             continue;
         }
-        done += (unsigned)r;
+        for (int i = 0; i < r; i++)
+            aio_pop(a);
         a->inflight += (unsigned)r;
     }
-    for (unsigned i = done; i < e->pending; i++)
-        a->batch[i - done] = a->batch[i];
-    e->pending -= done;
     return e->pending ? -EAGAIN : 0;
 }
 

@@ -63,9 +63,13 @@ struct vblk_engine_ops {
     const char *name;
     int (*create)(struct vblk_engine **out, unsigned depth);
     void (*destroy)(struct vblk_engine *e);
-    /* queue one I/O; 0 or -errno (-EAGAIN: submit and retry) */
+    /* queue one I/O; 0 or -errno.  -EAGAIN: submit and retry; answered only where submit()
+     * makes room (a full io_uring SQ), since the caller cannot reap before it retries.  The
+     * depth given to create() sizes the engine for what the caller expects in flight but is
+     * no limit: more may be queued (qcow2's metadata I/O) and every completion is delivered */
     int (*queue)(struct vblk_engine *e, struct vblk_io *io);
-    /* hand queued I/O to the kernel; 0 or -errno (queued I/O stays queued on -EAGAIN) */
+    /* hand queued I/O to the kernel; 0 or -errno (queued I/O stays queued on -EAGAIN or
+     * -EBUSY: the kernel is full; reap, then submit again) */
     int (*submit)(struct vblk_engine *e);
     /* call done() for every finished I/O; returns how many.  Does not drain efd: the owner
      * reads efd when epoll reports it, before reaping, so no wake-up is lost. */

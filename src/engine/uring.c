@@ -1,8 +1,13 @@
 /* uring.c - io_uring engine (liburing).
  *
- * One ring per I/O thread, sized for every request the thread's queues can have in flight, so
- * the completion queue cannot overflow.  queue() only fills SQEs; submit() makes one
+ * One ring per I/O thread, sized for every request the thread's queues can have in flight (the
+ * completion queue holds twice that).  queue() only fills SQEs; submit() makes one
  * io_uring_submit() per batch; completions wake the thread through a registered eventfd.
+ *
+ * More I/O can be in flight than the depth: queue() answers -EAGAIN only for a full SQ, which
+ * submit() empties, and the qcow2 driver's metadata I/O is not counted in the depth (a flush
+ * writes back every dirty table at once).  Completions that find the CQ full wait on the
+ * kernel's overflow list (IORING_SQ_CQ_OVERFLOW); reap() fetches them as it makes room.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -128,32 +133,44 @@ static int uring_submit(struct vblk_engine *e)
     return 0;
 }
 
-/* DEFER_TASKRUN: completions are waiting to be run by this thread (a syscall to get them). */
+/* Completions wait in the kernel, not yet in the CQ ring; a syscall (GETEVENTS) gets them:
+ * DEFER_TASKRUN work this thread has to run, or CQEs that found the ring full and went to the
+ * overflow list (with or without DEFER_TASKRUN). */
 static bool uring_needs_enter(struct uring_engine *u)
 {
-    return u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN);
+    unsigned flags = IO_URING_READ_ONCE(*u->ring.sq.kflags);
+
+    return (flags & IORING_SQ_CQ_OVERFLOW) || (u->defer && (flags & IORING_SQ_TASKRUN));
 }
 
 static unsigned uring_reap(struct vblk_engine *e, vblk_io_done_fn done, void *arg)
 {
     struct uring_engine *u = (struct uring_engine *)e;
-    struct io_uring_cqe *cqe;
-    unsigned head, n = 0;
+    unsigned n = 0;
 
-    if (uring_needs_enter(u))
-        io_uring_get_events(&u->ring);
-    io_uring_for_each_cqe(&u->ring, head, cqe)
-    {
-        struct vblk_io *io = io_uring_cqe_get_data(cqe);
+    /* An overflow list longer than the CQ comes back one CQ-full per GETEVENTS: go on while the
+     * kernel still holds some and the last round found any (no busy loop if entering fails). */
+    for (;;) {
+        struct io_uring_cqe *cqe;
+        unsigned head, got = 0;
 
-        io->res = cqe->res;
-        if (io->op == VBLK_IO_DELAY && io->res == -ETIME)
-            io->res = 0; /* the timeout expired: that is the point */
-        done(io, arg);
-        n++;
+        if (uring_needs_enter(u))
+            io_uring_get_events(&u->ring);
+        io_uring_for_each_cqe(&u->ring, head, cqe)
+        {
+            struct vblk_io *io = io_uring_cqe_get_data(cqe);
+
+            io->res = cqe->res;
+            if (io->op == VBLK_IO_DELAY && io->res == -ETIME)
+                io->res = 0; /* the timeout expired: that is the point */
+            done(io, arg);
+            got++;
+        }
+        io_uring_cq_advance(&u->ring, got);
+        n += got;
+        if (!got || !uring_needs_enter(u))
+            return n;
     }
-    io_uring_cq_advance(&u->ring, n);
-    return n;
 }
 
 static bool uring_ready(struct vblk_engine *e)
