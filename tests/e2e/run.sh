@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 migrate policy resize (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 migrate policy live (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,10 +25,11 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate policy resize"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate policy live"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${VBLKCTL:=$(dirname "$VBLKD")/../tools/vblkctl/vblkctl}"
+: "${BENCH:=$(dirname "$VBLKD")/../tools/vblk-bench/vblk-bench}"
 : "${E2E_OUT:=$REPO/build/e2e}"
 
 usage() { sed -n '3,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -482,28 +483,67 @@ t_policy() {
 	host_verify_io "$img" 95 || return 1
 }
 
-# A running guest sees its disk grow: export-resize over the control socket (vblkctl) truncates
-# the image to the new size and tells QEMU through the vhost-user back-end channel.
-t_resize() {
-	vblkd_only export-resize || return
-	local img=$E2E_TMP/resize.img rpc=$E2E_TMP/resize.rpc new=$((96 * 1024 * 1024))
-	LOGS=("$E2E_TMP/resize.log" "$E2E_TMP/resize.log.qemu" "$E2E_TMP/resize.daemon.log" "$E2E_TMP/resize.ctl")
+# vblkd changed live while a guest writes to its disk (issue: run vblkd live): over the control
+# socket with vblkctl, export-add a second disk and use it from a second front-end (vblk-bench
+# verify), export-set iops-total=500 on it and measure 500 +-10% over 10 s, lift it,
+# export-del --force it under I/O (what was written is on disk), then export-resize the guest's
+# disk: the guest sees the new size without a reboot and writes its new end; its writes never fail.
+t_live() {
+	vblkd_only "the control socket" || return
+	local img=$E2E_TMP/live.img img2=$E2E_TMP/live2.img rpc=$E2E_TMP/live.rpc new=$((96 * 1024 * 1024))
+	local ctl=$E2E_TMP/live.ctl iops bg
+	LOGS=("$E2E_TMP/live.log" "$E2E_TMP/live.log.qemu" "$E2E_TMP/live.daemon.log" "$ctl")
 	mkimg "$img" $DISK_SIZE
-	VBLKD_ARGS="--rpc $rpc" backend_start resize "$img" || return 1
-	guest_start "$E2E_TMP/resize.log" "${BACKEND_SOCK[resize]}" \
-		"vblk.test=resize vblk.seed=97 vblk.size=$DISK_SIZE vblk.newsize=$new"
-	if ! wait_for_line "$E2E_TMP/resize.log" '^VBLK-E2E: RESIZE ready' 60; then
+	mkimg "$img2" $DISK_SIZE
+	: >"$ctl"
+	VBLKD_ARGS="--rpc $rpc" backend_start live "$img" || return 1
+	guest_start "$E2E_TMP/live.log" "${BACKEND_SOCK[live]}" \
+		"vblk.test=live vblk.seed=97 vblk.secs=45 vblk.size=$DISK_SIZE vblk.newsize=$new"
+	if ! wait_for_line "$E2E_TMP/live.log" '^VBLK-E2E: LIVE running' 60; then
 		guest_kill
-		FAIL_REASON="resize guest did not start"
+		FAIL_REASON="live guest did not start"
 		return 1
 	fi
-	if ! "$VBLKCTL" -s "$rpc" export resize resize $new --truncate >"$E2E_TMP/resize.ctl" 2>&1; then
+	live_step() { # what, command...: run, log, or fail the test
+		local what=$1; shift
+		echo "+ $*" >>"$ctl"
+		if ! "$@" >>"$ctl" 2>&1; then
+			guest_kill
+			FAIL_REASON="$what failed: $(tail -1 "$ctl")"
+			return 1
+		fi
+	}
+	live_step "export add" "$VBLKCTL" -s "$rpc" export add "id=d2,file=$img2,socket=$E2E_TMP/d2.sock" || return 1
+	live_step "second front-end on the added disk" "$BENCH" --socket "$E2E_TMP/d2.sock" \
+		--verify-phase=write --size=8M --seed=5 || return 1
+	live_step "export set" "$VBLKCTL" -s "$rpc" export set d2 iops-total=500 || return 1
+	live_step "throttled run" "$BENCH" --socket "$E2E_TMP/d2.sock" --runtime=10 --iodepth=8 \
+		--size=8M --json || return 1
+	iops=$(tail -1 "$ctl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["iops"])')
+	if ! python3 -c "import sys; sys.exit(0 if 450 <= $iops <= 550 else 1)"; then
 		guest_kill
-		FAIL_REASON="vblkctl export resize failed: $(tail -1 "$E2E_TMP/resize.ctl")"
+		FAIL_REASON="iops-total=500 measured $iops IOPS"
 		return 1
 	fi
-	guest_wait "$E2E_TMP/resize.log" resize || return 1
-	backend_stop resize || return 1
+	e2e_log "live: iops-total=500 measured $iops"
+	live_step "export set (lift)" "$VBLKCTL" -s "$rpc" export set d2 iops-total=0 || return 1
+	"$BENCH" --socket "$E2E_TMP/d2.sock" --rw=randread --size=8M --runtime=30 >>"$ctl" 2>&1 &
+	bg=$!
+	sleep 1
+	live_step "export del --force under I/O" "$VBLKCTL" -s "$rpc" export del d2 --force || return 1
+	wait $bg
+	if [ -e "$E2E_TMP/d2.sock" ]; then
+		guest_kill
+		FAIL_REASON="d2's socket is still there after export del"
+		return 1
+	fi
+	live_step "export add (again)" "$VBLKCTL" -s "$rpc" export add "id=d2,file=$img2,socket=$E2E_TMP/d2.sock" || return 1
+	live_step "the written data is on disk" "$BENCH" --socket "$E2E_TMP/d2.sock" --size=8M \
+		--verify-phase=read --seed=5 || return 1
+	live_step "export resize" "$VBLKCTL" -s "$rpc" export resize live $new --truncate || return 1
+	E2E_GUEST_TIMEOUT=120 guest_wait "$E2E_TMP/live.log" live || return 1
+	e2e_log "live: guest $(guest_info "$E2E_TMP/live.log" 'rounds: ') write rounds meanwhile"
+	backend_stop live || return 1
 	[ "$(stat -c %s "$img")" = $new ] || { FAIL_REASON="host: image is $(stat -c %s "$img") bytes, not $new"; return 1; }
 	"$GIO" -b verify "$img" $((new - 1024 * 1024)) 1M 98 >>"$E2E_TMP/host.log" 2>&1 ||
 		{ FAIL_REASON="host: the guest's write at the new end is not in the image"; return 1; }
