@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -153,6 +154,23 @@ void vblk_export_log_stats(struct vblk_export *e)
              (unsigned long long)s.ignored, (unsigned long long)s.inflight,
              (unsigned long long)s.bytes[VBLK_OP_READ], (unsigned long long)s.bytes[VBLK_OP_WRITE],
              r.p50, r.p90, r.p99, r.p999, r.max, w.p50, w.p90, w.p99, w.p999, w.max);
+}
+
+void vblk_export_metrics(struct vblk_export *e, struct vblk_metrics_out *out)
+{
+    struct vblk_blk_stats *per_queue, total;
+
+    if (!e->blk_created)
+        return;
+    per_queue = calloc(e->blk.num_queues, sizeof(*per_queue));
+    if (!per_queue) {
+        out->fam[0].oom = true; /* the scrape fails: better than a partial one */
+        return;
+    }
+    vblk_blk_read_stats(&e->blk, per_queue, &total); /* no call into the I/O threads */
+    /* total.throttled, total.throttled_ns: the throttle's, when the export has one */
+    vblk_metrics_format_export(out, e->opts.id, per_queue, e->blk.num_queues, &total);
+    free(per_queue);
 }
 
 void vblk_export_stop(struct vblk_export *e)

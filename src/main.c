@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "control/metrics.h"
 #include "export.h"
 #include "mem/guest_mem.h"
 #include "util/log.h"
@@ -25,6 +26,23 @@
 /* epoll tags: which kind of fd woke us */
 enum { TAG_SIGNAL = 0, TAG_LISTEN = 1, TAG_CONN = 2, TAG_GUARD = 3 };
 #define EV_DATA(tag, idx) (((uint64_t)(tag) << 32) | (uint32_t)(idx))
+#define TAG_METRICS       16 /* --metrics: the HTTP server's epoll fd (served after every wake) */
+
+static const char *metrics_addr; /* --metrics ADDR:PORT, or NULL */
+
+struct export_list {
+    struct vblk_export *exps;
+    const unsigned *n; /* started so far */
+};
+
+/* A scrape of --metrics: every export's counters, read without calling its I/O threads. */
+static void collect_metrics(struct vblk_metrics_out *out, void *opaque)
+{
+    const struct export_list *l = opaque;
+
+    for (unsigned i = 0; i < *l->n; i++)
+        vblk_export_metrics(&l->exps[i], out);
+}
 
 static void usage(FILE *f)
 {
@@ -64,6 +82,9 @@ static void usage(FILE *f)
             "                            0 never polls (1000)\n"
             "\n"
             "Options:\n"
+            "  --metrics ADDR:PORT       serve the counters in Prometheus format at\n"
+            "                            http://ADDR:PORT/metrics (127.0.0.1:9100, [::1]:9100,\n"
+            "                            :9100 for every address; port 0: any free port)\n"
             "  -v, --verbose             log every vhost-user message\n"
             "  -h, --help                this text\n"
             "  -V, --version             print the version\n"
@@ -75,11 +96,9 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct vblk_export *exps, unsigned *nexp)
 {
     static const struct option longopts[] = {
-        {"export", required_argument, NULL, 'e'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"export", required_argument, NULL, 'e'},  {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, 'V'},
+        {"metrics", required_argument, NULL, 'M'}, {NULL, 0, NULL, 0},
     };
     char err[512];
     int c;
@@ -112,6 +131,9 @@ static int parse_args(int argc, char **argv, struct vblk_export *exps, unsigned 
             break;
         case 'v':
             vblk_log_level = VBLK_LOG_DEBUG;
+            break;
+        case 'M':
+            metrics_addr = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -162,6 +184,8 @@ static void accept_conn(int epfd, struct vblk_export *e, unsigned idx)
 int main(int argc, char **argv)
 {
     static struct vblk_export exps[MAX_EXPORTS];
+    struct vblk_metrics *metrics = NULL;
+    struct export_list all = {exps, NULL};
     struct epoll_event evs[16];
     unsigned nexp, started = 0;
     sigset_t mask;
@@ -203,20 +227,37 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (metrics_addr) {
+        char err[512];
+
+        all.n = &started;
+        if (vblk_metrics_start(&metrics, metrics_addr, collect_metrics, &all, err, sizeof(err)) <
+                0 ||
+            epoll_add(epfd, vblk_metrics_fd(metrics), EV_DATA(TAG_METRICS, 0)) < 0) {
+            fprintf(stderr, "vblkd: --metrics %s: %s\n", metrics_addr,
+                    metrics ? strerror(errno) : err);
+            goto out;
+        }
+        log_info(NULL, "metrics: http://%s/metrics (port %u)", metrics_addr,
+                 vblk_metrics_port(metrics));
+    }
     log_info(NULL, "ready: %u export%s", nexp, nexp > 1 ? "s" : "");
 
     while (running) {
-        int n = epoll_wait(epfd, evs, 16, -1);
+        int n = epoll_wait(epfd, evs, 16, vblk_metrics_timeout_ms(metrics));
 
         if (n < 0 && errno != EINTR) {
             log_err(NULL, "epoll_wait failed: %s", strerror(errno));
             goto out;
         }
+        vblk_metrics_run(metrics); /* its events, its timeouts; nothing if there is none */
         for (int i = 0; i < n; i++) {
             unsigned tag = (unsigned)(evs[i].data.u64 >> 32);
             unsigned idx = (uint32_t)evs[i].data.u64;
 
-            if (tag == TAG_SIGNAL) {
+            if (tag == TAG_METRICS) {
+                continue;
+            } else if (tag == TAG_SIGNAL) {
                 struct signalfd_siginfo si;
 
                 while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
@@ -248,6 +289,7 @@ int main(int argc, char **argv)
     }
     status = 0;
 out:
+    vblk_metrics_stop(metrics);
     for (unsigned i = 0; i < started; i++)
         vblk_export_stop(&exps[i]);
     close(epfd);

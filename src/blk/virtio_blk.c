@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/compiler.h"
@@ -154,28 +155,73 @@ static void log_request(struct blk_req *req)
 
 /* ---- I/O thread: latency ---- */
 
-static void lat_record(struct vblk_lat_hist *h, uint64_t ns)
+/* n completions of record e (start_ns << 2 | class) end at end. */
+static void lat_record(struct blk_queue *q, uint64_t e, uint64_t n, uint64_t end)
 {
-    STAT_ADD(h->bucket[vblk_lat_bucket(ns)], 1);
-    STAT_ADD(h->sum_ns, ns);
+    struct vblk_lat_hist *h = &q->stats.lat[e & 3];
+    uint64_t start = e >> 2, ns = end > start ? end - start : 0;
+
+    STAT_ADD(h->bucket[vblk_lat_bucket(ns)], n);
+    STAT_ADD(h->sum_ns, ns * n);
     if (ns > __atomic_load_n(&h->max_ns, __ATOMIC_RELAXED))
         __atomic_store_n(&h->max_ns, ns, __ATOMIC_RELAXED);
 }
 
-/* Time the completions pushed since the last end of batch: they are published now. */
+static uint64_t clock_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The completions pushed since they were last timed are published now, at end. */
+static void lat_account_at(struct blk_queue *q, uint64_t end)
+{
+    for (unsigned i = 0; i < q->nlat_pending; i++)
+        lat_record(q, q->lat_pending[i].rec, q->lat_pending[i].n, end);
+    q->nlat_pending = 0;
+}
+
+/*
+ * At the end of a batch, the completions pushed since they were last timed are published, and
+ * share one end time (vblk_iothread_now).  Requests taken in one pass share a start time as
+ * well, so req_finish() keeps the records as runs of equal ones (per latency class, as reads
+ * and writes interleave), and a run costs one histogram update.
+ */
 static void lat_account(struct blk_queue *q)
 {
-    uint64_t end;
+    if (q->nlat_pending)
+        lat_account_at(q, vblk_iothread_now(q->iot));
+}
 
-    if (!q->nlat_pending)
-        return;
-    end = vblk_iothread_now(q->iot);
-    for (unsigned i = 0; i < q->nlat_pending; i++) {
-        uint64_t start = q->lat_pending[i] >> 2;
+/* A completion that starts a new run (out of line: the common case is the same run). */
+static __attribute__((noinline)) void lat_push_new(struct blk_queue *q, uint64_t rec)
+{
+    unsigned c = rec & 3;
 
-        lat_record(&q->stats.lat[q->lat_pending[i] & 3], end > start ? end - start : 0);
+    if (unlikely(q->nlat_pending == q->lat_cap)) {
+        /* more runs than the record holds (many passes in one iteration): time them now, on a
+         * clock of their own (this phase's time may be their start time) */
+        lat_account_at(q, clock_ns());
     }
-    q->nlat_pending = 0;
+    q->lat_last[c] = q->nlat_pending;
+    q->lat_pending[q->nlat_pending].rec = rec;
+    q->lat_pending[q->nlat_pending].n = 1;
+    q->nlat_pending++;
+}
+
+/* A completion to time at the end of the batch: one more in its class's current run (same
+ * start time), or a new run. */
+static inline void lat_push(struct blk_queue *q, const struct blk_req *req)
+{
+    uint64_t rec = req->start_ns << 2 | req->lat_cls;
+    unsigned last = q->lat_last[req->lat_cls];
+
+    if (likely(last < q->nlat_pending && q->lat_pending[last].rec == rec))
+        q->lat_pending[last].n++;
+    else
+        lat_push_new(q, rec);
 }
 
 static void req_finish(struct blk_req *req, uint8_t status)
@@ -192,11 +238,7 @@ static void req_finish(struct blk_req *req, uint8_t status)
         else
             STAT_ADD(q->stats.errors, 1);
     }
-    /* A head can complete twice before an end of batch (published in a chunk, taken again):
-     * when the record is full, time what it holds now. */
-    if (unlikely(q->nlat_pending == q->lat_cap))
-        lat_account(q);
-    q->lat_pending[q->nlat_pending++] = req->start_ns << 2 | req->lat_cls;
+    lat_push(q, req);
     vblk_vq_push(&q->vq, req->head, req->used_len);
     req->busy = false;
     STAT_SUB(q->inflight, 1);
@@ -268,8 +310,10 @@ static void bdev_done(struct vblk_bdev_req *r, int ret)
     req_finish(req, VIRTIO_BLK_S_OK);
 }
 
-static void submit(struct blk_req *req, uint8_t op, uint8_t flags, const struct iovec *iov,
-                   unsigned cnt, uint64_t offset, uint64_t len)
+static inline __attribute__((always_inline)) void submit(struct blk_req *req, uint8_t op,
+                                                         uint8_t flags, const struct iovec *iov,
+                                                         unsigned cnt, uint64_t offset,
+                                                         uint64_t len)
 {
     struct vblk_bdev_req *r = &req->breq;
 
@@ -360,14 +404,12 @@ static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
     }
     req->busy = true;
     STAT_ADD(q->inflight, 1);
-    req->start_ns = start;
-    req->lat_cls = VBLK_LAT_OTHER;
+    req->start_ns = start; /* lat_cls: set by count_op(), which every path below calls */
     req->status = c.status;
     req->in_first = (uint16_t)c.out_cnt;
     req->in_cnt = (uint16_t)c.in_cnt;
     req->used_len = 1;
     req->type = 0xff;
-    STAT_ADD(q->stats.requests, 1);
 
     if (unlikely(!c.status)) {
         req->used_len = 0; /* nowhere to put a status: the driver sees no bytes written */
@@ -492,8 +534,13 @@ static void queue_process(struct blk_queue *q, bool rearm)
                 return;
             /* Requests that completed at once (errors, null device) are handed back in chunks
              * rather than all at the end, so the driver works on them while we go on. */
-            if ((uint16_t)(vq->used_idx - vq->published_used) >= VBLK_PUBLISH_CHUNK)
+            if ((uint16_t)(vq->used_idx - vq->published_used) >= VBLK_PUBLISH_CHUNK) {
+                /* published now, not at the end of the batch (this phase's time is the
+                 * pass's start time, so the clock is read) */
+                if (q->nlat_pending)
+                    lat_account_at(q, clock_ns());
                 queue_flush(q);
+            }
         }
     }
 }
@@ -821,9 +868,9 @@ static void queue_read_stats(const struct blk_queue *q, struct vblk_blk_stats *o
     const struct vblk_blk_stats *s = &q->stats;
 
     memset(out, 0, sizeof(*out));
-    out->requests = LOAD(s->requests);
     for (unsigned i = 0; i < VBLK_OP_COUNT; i++) {
         out->ops[i] = LOAD(s->ops[i]);
+        out->requests += out->ops[i]; /* every request is counted under one type */
         out->bytes[i] = LOAD(s->bytes[i]);
     }
     out->errors = LOAD(s->errors);

@@ -98,6 +98,12 @@ struct blk_req {
     struct iovec *iov;         /* this head's slice of the queue's iovec pool */
 };
 
+/* n completions with the same start time and latency class, timed at the end of the batch */
+struct blk_lat_run {
+    uint64_t rec; /* start_ns << 2 | class */
+    uint64_t n;
+};
+
 struct blk_queue {
     struct vblk_vq vq;
     struct vblk_blk_dev *dev;
@@ -110,8 +116,9 @@ struct blk_queue {
     unsigned nresubmit;
     struct iovec *iov_pool;
     unsigned iov_cap;
-    unsigned inflight;     /* written by the I/O thread only, atomically (read by stats) */
-    uint64_t *lat_pending; /* completions not yet timed: start_ns << 2 | class */
+    unsigned inflight; /* written by the I/O thread only, atomically (read by stats) */
+    struct blk_lat_run *lat_pending;     /* completions not yet timed, as runs */
+    unsigned lat_last[VBLK_LAT_CLASSES]; /* each class's current run in lat_pending */
     unsigned nlat_pending, lat_cap;
     int kick_fd, call_fd, err_fd;
     bool started;
