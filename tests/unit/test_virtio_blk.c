@@ -859,6 +859,129 @@ static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **stat
     assert_true(spent < 100); /* ms of CPU in 300 ms */
 }
 
+/* ---- statistics ---- */
+
+static uint64_t lat_count(const struct vblk_blk_stats *s, unsigned cls)
+{
+    return vblk_lat_count(&s->lat[cls]);
+}
+
+/* Every request is counted under its type, timed under its class, per queue. */
+static void test_stats_per_queue_by_type(void **state)
+{
+    struct vblk_blk_stats pq[NQ], total;
+    struct fb_req r;
+
+    for (unsigned i = 0; i < 10; i++)
+        assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, i * 8, 4096, true), VIRTIO_BLK_S_OK);
+    for (unsigned i = 0; i < 3; i++)
+        assert_int_equal(run_req(1, &r, VIRTIO_BLK_T_OUT, 0, 1024, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_req(1, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_req(1, &r, VIRTIO_BLK_T_GET_ID, 0, 20, true), VIRTIO_BLK_S_OK);
+    assert_int_equal(run_req(1, &r, 77, 0, 0, false), VIRTIO_BLK_S_UNSUPP);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, CAP, 512, true), VIRTIO_BLK_S_IOERR);
+
+    vblk_blk_read_stats(&fb.d, pq, &total);
+    assert_int_equal(pq[0].requests, 11);
+    assert_int_equal(pq[0].ops[VBLK_OP_READ], 11);
+    assert_int_equal(pq[0].bytes[VBLK_OP_READ], 10 * 4096); /* the refused one moved nothing */
+    assert_int_equal(pq[0].errors, 1);
+    assert_int_equal(lat_count(&pq[0], VBLK_LAT_READ), 11);
+    assert_int_equal(lat_count(&pq[0], VBLK_LAT_WRITE), 0);
+    assert_int_equal(pq[1].requests, 6);
+    assert_int_equal(pq[1].ops[VBLK_OP_WRITE], 3);
+    assert_int_equal(pq[1].bytes[VBLK_OP_WRITE], 3 * 1024);
+    assert_int_equal(pq[1].ops[VBLK_OP_FLUSH], 1);
+    assert_int_equal(pq[1].ops[VBLK_OP_GET_ID], 1);
+    assert_int_equal(pq[1].ops[VBLK_OP_OTHER], 1);
+    assert_int_equal(pq[1].unsupp, 1);
+    assert_int_equal(lat_count(&pq[1], VBLK_LAT_WRITE), 3);
+    assert_int_equal(lat_count(&pq[1], VBLK_LAT_FLUSH), 1);
+    assert_int_equal(lat_count(&pq[1], VBLK_LAT_OTHER), 2);
+    assert_int_equal(total.requests, 17);
+    assert_int_equal(total.errors + total.unsupp, 2);
+    assert_int_equal(total.inflight, 0);
+    assert_int_equal(lat_count(&total, VBLK_LAT_READ), 11);
+    /* completions on a null device are timed in the same loop iteration: well under a second */
+    assert_true(total.lat[VBLK_LAT_READ].max_ns < 1000000000ull);
+    assert_true(total.lat[VBLK_LAT_READ].sum_ns <= 11 * total.lat[VBLK_LAT_READ].max_ns);
+}
+
+/* Requests in flight are counted and untimed until they complete; their latency covers the
+ * wait. */
+static void test_stats_inflight_and_latency_of_held_requests(void **state)
+{
+    struct vblk_blk_stats st;
+    struct fb_req r[3];
+
+    for (unsigned i = 0; i < 3; i++) {
+        fb_req_build(&fb, 0, &r[i], VIRTIO_BLK_T_IN, i * 8, 512, true);
+        fg_post(&fb.g, 0, r[i].head);
+    }
+    fb_run(&fb, 0); /* the hold driver keeps them */
+    vblk_blk_read_stats(&fb.d, NULL, &st);
+    assert_int_equal(st.inflight, 3);
+    assert_int_equal(st.requests, 3);
+    assert_int_equal(lat_count(&st, VBLK_LAT_READ), 0);
+    usleep(20 * 1000);
+    fb_release(&fb, 0, 0);
+    vblk_blk_read_stats(&fb.d, NULL, &st);
+    assert_int_equal(st.inflight, 0);
+    assert_int_equal(lat_count(&st, VBLK_LAT_READ), 3);
+    assert_true(vblk_lat_quantile(&st.lat[VBLK_LAT_READ], 0.5) >= 20 * 1000 * 1000);
+    assert_true(st.lat[VBLK_LAT_READ].max_ns < 10ull * 1000 * 1000 * 1000);
+}
+
+struct stats_reader {
+    struct vblk_blk_dev *d;
+    int stop;           /* atomic */
+    unsigned reads;     /* snapshots taken */
+    int went_backwards; /* a counter decreased between snapshots */
+};
+
+/* The control thread's side: snapshots while the I/O thread serves (no call into it). */
+static void *stats_reader_fn(void *arg)
+{
+    struct stats_reader *sr = arg;
+    struct vblk_blk_stats prev = {0}, cur;
+
+    while (!__atomic_load_n(&sr->stop, __ATOMIC_ACQUIRE)) {
+        vblk_blk_read_stats(sr->d, NULL, &cur);
+        if (cur.requests < prev.requests || cur.ops[VBLK_OP_FLUSH] < prev.ops[VBLK_OP_FLUSH] ||
+            vblk_lat_count(&cur.lat[VBLK_LAT_FLUSH]) < vblk_lat_count(&prev.lat[VBLK_LAT_FLUSH]) ||
+            cur.inflight > NUM)
+            sr->went_backwards = 1;
+        prev = cur;
+        sr->reads++;
+    }
+    return NULL;
+}
+
+static void test_stats_read_while_serving(void **state)
+{
+    struct stats_reader sr = {.d = &fb.d};
+    struct vblk_blk_stats st;
+    pthread_t tid;
+    struct fb_req r;
+
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false); /* completes inline on null */
+    assert_int_equal(pthread_create(&tid, NULL, stats_reader_fn, &sr), 0);
+    for (unsigned round = 0; round < 50; round++) {
+        for (unsigned i = 0; i < 100; i++)
+            fg_post(&fb.g, 0, r.head); /* one head, taken again as soon as it is published */
+        fb_run(&fb, 0);
+    }
+    __atomic_store_n(&sr.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(tid, NULL);
+    assert_false(sr.went_backwards);
+    assert_true(sr.reads > 0);
+    vblk_blk_read_stats(&fb.d, NULL, &st);
+    assert_int_equal(st.requests, 5000);
+    assert_int_equal(st.ops[VBLK_OP_FLUSH], 5000);
+    assert_int_equal(lat_count(&st, VBLK_LAT_FLUSH), 5000);
+    assert_int_equal(st.inflight, 0);
+}
+
 /* ---- budget: one queue cannot keep its I/O thread to itself ---- */
 
 /* More requests than one pass takes are all served, in later passes, without another kick. */
@@ -1149,6 +1272,9 @@ int main(void)
         TN(test_polling_thread_sleeps_after_queue_broke),
         TN(test_polling_thread_serves_requests_and_sleeps_when_idle),
         TN(test_features_and_config),
+        TN(test_stats_per_queue_by_type),
+        TH(test_stats_inflight_and_latency_of_held_requests),
+        TN(test_stats_read_while_serving),
     };
 
     return cmocka_run_group_tests_name("virtio_blk", tests, NULL, NULL);
