@@ -96,9 +96,14 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct vblk_export *exps, unsigned *nexp)
 {
     static const struct option longopts[] = {
-        {"export", required_argument, NULL, 'e'},  {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, 'V'},
-        {"metrics", required_argument, NULL, 'M'}, {NULL, 0, NULL, 0},
+        /* clang-format off */
+        {"export", required_argument, NULL, 'e'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"metrics", required_argument, NULL, 'M'},
+        {NULL, 0, NULL, 0},
+        /* clang-format on */
     };
     char err[512];
     int c;
@@ -164,6 +169,22 @@ static int epoll_add(int epfd, int fd, uint64_t data)
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
+/* --metrics: listen, and serve from this loop. */
+static int start_metrics(int epfd, struct vblk_metrics **m, struct export_list *all)
+{
+    char err[512];
+    int r = vblk_metrics_start(m, metrics_addr, collect_metrics, all, err, sizeof(err));
+
+    if (r == 0 && (r = epoll_add(epfd, vblk_metrics_fd(*m), EV_DATA(TAG_METRICS, 0))) < 0)
+        snprintf(err, sizeof(err), "epoll: %s", strerror(-r));
+    if (r < 0) {
+        fprintf(stderr, "vblkd: --metrics %s: %s\n", metrics_addr, err);
+        return r;
+    }
+    log_info(NULL, "metrics: http://%s/metrics (port %u)", metrics_addr, vblk_metrics_port(*m));
+    return 0;
+}
+
 static void accept_conn(int epfd, struct vblk_export *e, unsigned idx)
 {
     int fd = accept4(e->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -227,20 +248,9 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (metrics_addr) {
-        char err[512];
-
-        all.n = &started;
-        if (vblk_metrics_start(&metrics, metrics_addr, collect_metrics, &all, err, sizeof(err)) <
-                0 ||
-            epoll_add(epfd, vblk_metrics_fd(metrics), EV_DATA(TAG_METRICS, 0)) < 0) {
-            fprintf(stderr, "vblkd: --metrics %s: %s\n", metrics_addr,
-                    metrics ? strerror(errno) : err);
-            goto out;
-        }
-        log_info(NULL, "metrics: http://%s/metrics (port %u)", metrics_addr,
-                 vblk_metrics_port(metrics));
-    }
+    all.n = &started;
+    if (metrics_addr && start_metrics(epfd, &metrics, &all) < 0)
+        goto out;
     log_info(NULL, "ready: %u export%s", nexp, nexp > 1 ? "s" : "");
 
     while (running) {

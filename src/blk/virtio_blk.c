@@ -181,6 +181,7 @@ static void lat_account_at(struct blk_queue *q, uint64_t end)
     for (unsigned i = 0; i < q->nlat_pending; i++)
         lat_record(q, q->lat_pending[i].rec, q->lat_pending[i].n, end);
     q->nlat_pending = 0;
+    q->lat_cur = NULL;
 }
 
 /*
@@ -205,23 +206,28 @@ static __attribute__((noinline)) void lat_push_new(struct blk_queue *q, uint64_t
          * clock of their own (this phase's time may be their start time) */
         lat_account_at(q, clock_ns());
     }
+    if (q->lat_last[c] < q->nlat_pending && q->lat_pending[q->lat_last[c]].rec == rec) {
+        /* its class's run (reads and writes interleave) */
+        q->lat_cur = &q->lat_pending[q->lat_last[c]];
+        q->lat_cur->n++;
+        return;
+    }
     q->lat_last[c] = q->nlat_pending;
-    q->lat_pending[q->nlat_pending].rec = rec;
-    q->lat_pending[q->nlat_pending].n = 1;
-    q->nlat_pending++;
+    q->lat_cur = &q->lat_pending[q->nlat_pending++];
+    q->lat_cur->rec = rec;
+    q->lat_cur->n = 1;
 }
 
-/* A completion to time at the end of the batch: one more in its class's current run (same
- * start time), or a new run. */
+/* A completion to time at the end of the batch: one more in the current run (same start time,
+ * same class), or another run. */
 static inline void lat_push(struct blk_queue *q, const struct blk_req *req)
 {
-    uint64_t rec = req->start_ns << 2 | req->lat_cls;
-    unsigned last = q->lat_last[req->lat_cls];
+    struct blk_lat_run *run = q->lat_cur;
 
-    if (likely(last < q->nlat_pending && q->lat_pending[last].rec == rec))
-        q->lat_pending[last].n++;
+    if (likely(run && run->rec == req->lat_rec))
+        run->n++;
     else
-        lat_push_new(q, rec);
+        lat_push_new(q, req->lat_rec);
 }
 
 static void req_finish(struct blk_req *req, uint8_t status)
@@ -241,7 +247,7 @@ static void req_finish(struct blk_req *req, uint8_t status)
     lat_push(q, req);
     vblk_vq_push(&q->vq, req->head, req->used_len);
     req->busy = false;
-    STAT_SUB(q->inflight, 1);
+    q->inflight--;
     vblk_iothread_defer(q->iot, &q->flush_hook);
 }
 
@@ -259,8 +265,8 @@ static void flush_hook(struct vblk_iot_hook *h)
 {
     struct blk_queue *q = container_of(h, struct blk_queue, flush_hook);
 
-    lat_account(q);
     queue_flush(q);
+    lat_account(q); /* after publishing: the guest need not wait for the clock */
 }
 
 static const char *const op_names[] = {"read", "write", "flush", "discard", "write-zeroes"};
@@ -378,7 +384,7 @@ static void handle_discard_zeroes(struct blk_req *req, uint32_t type, struct iov
 static void count_op(struct blk_req *req, enum vblk_blk_op op)
 {
     STAT_ADD(req->q->stats.ops[op], 1);
-    req->lat_cls = op_lat_class[op];
+    req->lat_rec |= op_lat_class[op];
 }
 
 /* Take head off the ring; start: the time of this pass (vblk_iothread_now). */
@@ -403,8 +409,8 @@ static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
         return;
     }
     req->busy = true;
-    STAT_ADD(q->inflight, 1);
-    req->start_ns = start; /* lat_cls: set by count_op(), which every path below calls */
+    q->inflight++;
+    req->lat_rec = start << 2; /* the class: count_op(), which every path below calls */
     req->status = c.status;
     req->in_first = (uint16_t)c.out_cnt;
     req->in_cnt = (uint16_t)c.in_cnt;
@@ -498,7 +504,8 @@ static void queue_process(struct blk_queue *q, bool rearm)
 {
     struct vblk_vq *vq = &q->vq;
     unsigned budget = VBLK_QUEUE_BUDGET;
-    uint64_t start = 0; /* read when the pass takes its first request */
+    uint64_t start = 0;     /* read when the pass takes its first request */
+    unsigned published = 0; /* completions published during the pass */
 
     if (unlikely(q->paused))
         return; /* an error policy holds it: vblk_blk_resume() takes up again */
@@ -535,11 +542,15 @@ static void queue_process(struct blk_queue *q, bool rearm)
             /* Requests that completed at once (errors, null device) are handed back in chunks
              * rather than all at the end, so the driver works on them while we go on. */
             if ((uint16_t)(vq->used_idx - vq->published_used) >= VBLK_PUBLISH_CHUNK) {
-                /* published now, not at the end of the batch (this phase's time is the
-                 * pass's start time, so the clock is read) */
-                if (q->nlat_pending)
-                    lat_account_at(q, clock_ns());
                 queue_flush(q);
+                /* A long pass (null device: up to the budget while the driver refills) is
+                 * timed in slices: the completions published so far end, and the requests
+                 * taken from here start, now.  One clock read per slice. */
+                published += VBLK_PUBLISH_CHUNK;
+                if (unlikely(published % VBLK_LAT_SLICE == 0)) {
+                    start = clock_ns();
+                    lat_account_at(q, start);
+                }
             }
         }
     }
@@ -734,6 +745,7 @@ static void queue_free(struct blk_queue *q)
     q->resubmit = NULL;
     q->lat_pending = NULL;
     q->nlat_pending = q->lat_cap = 0;
+    q->lat_cur = NULL;
 }
 
 void vblk_blk_destroy(struct vblk_blk_dev *d)
@@ -777,7 +789,7 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
         queue_free(q);
         return -ENOMEM;
     }
-    __atomic_store_n(&q->inflight, 0, __ATOMIC_RELAXED);
+    q->inflight = 0;
     q->kick_fd = p->kick_fd;
     q->call_fd = p->call_fd;
     q->err_fd = p->err_fd;
@@ -866,24 +878,31 @@ void vblk_blk_stats_add(struct vblk_blk_stats *sum, const struct vblk_blk_stats 
 static void queue_read_stats(const struct blk_queue *q, struct vblk_blk_stats *out)
 {
     const struct vblk_blk_stats *s = &q->stats;
+    uint64_t timed = 0;
 
     memset(out, 0, sizeof(*out));
+    /* completions (timed) before requests: a completion read is never newer than the
+     * requests read after it */
+    for (unsigned c = 0; c < VBLK_LAT_CLASSES; c++) {
+        for (unsigned i = 0; i < VBLK_LAT_BUCKETS; i++) {
+            out->lat[c].bucket[i] = __atomic_load_n(&s->lat[c].bucket[i], __ATOMIC_ACQUIRE);
+            timed += out->lat[c].bucket[i];
+        }
+        out->lat[c].sum_ns = LOAD(s->lat[c].sum_ns);
+        out->lat[c].max_ns = LOAD(s->lat[c].max_ns);
+    }
     for (unsigned i = 0; i < VBLK_OP_COUNT; i++) {
-        out->ops[i] = LOAD(s->ops[i]);
-        out->requests += out->ops[i]; /* every request is counted under one type */
+        out->ops[i] = __atomic_load_n(&s->ops[i], __ATOMIC_ACQUIRE);
         out->bytes[i] = LOAD(s->bytes[i]);
+        out->requests += out->ops[i]; /* every request is counted under one type */
     }
     out->errors = LOAD(s->errors);
     out->unsupp = LOAD(s->unsupp);
     out->held = LOAD(s->held);
     out->ignored = LOAD(s->ignored);
-    out->inflight = LOAD(q->inflight);
-    for (unsigned c = 0; c < VBLK_LAT_CLASSES; c++) {
-        for (unsigned i = 0; i < VBLK_LAT_BUCKETS; i++)
-            out->lat[c].bucket[i] = LOAD(s->lat[c].bucket[i]);
-        out->lat[c].sum_ns = LOAD(s->lat[c].sum_ns);
-        out->lat[c].max_ns = LOAD(s->lat[c].max_ns);
-    }
+    /* in flight: taken, and not yet completed and published (a completion is timed when it is
+     * published); q->inflight itself is the I/O thread's alone */
+    out->inflight = out->requests > timed ? out->requests - timed : 0;
 }
 
 void vblk_blk_read_stats(const struct vblk_blk_dev *d, struct vblk_blk_stats *per_queue,

@@ -29,6 +29,7 @@
 #define VBLK_MAX_DISCARD   (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
 #define VBLK_PUBLISH_CHUNK 8          /* completions published together while a batch goes on */
 #define VBLK_QUEUE_BUDGET  256        /* requests taken from one queue per loop iteration */
+#define VBLK_LAT_SLICE     64 /* completions published during a pass between two clock reads */
 
 struct vblk_blk_dev;
 struct blk_queue;
@@ -89,9 +90,9 @@ struct blk_req {
     uint8_t *status;   /* guest byte, NULL if the chain had none */
     uint32_t used_len; /* bytes reported on the used ring */
     uint16_t head;
-    uint8_t type;      /* VIRTIO_BLK_T_* (low byte) */
-    uint8_t lat_cls;   /* VBLK_LAT_* */
-    uint64_t start_ns; /* when its pass took it off the ring (vblk_iothread_now) */
+    uint8_t type; /* VIRTIO_BLK_T_* (low byte) */
+    /* when its pass took it off the ring (vblk_iothread_now) << 2 | its VBLK_LAT_* class */
+    uint64_t lat_rec;
     bool busy;
     struct blk_req *next_held; /* on its queue's held list (error policy stop) */
     uint16_t in_first, in_cnt; /* the writable part of iov (dirty logging) */
@@ -116,9 +117,10 @@ struct blk_queue {
     unsigned nresubmit;
     struct iovec *iov_pool;
     unsigned iov_cap;
-    unsigned inflight; /* written by the I/O thread only, atomically (read by stats) */
+    unsigned inflight;
     struct blk_lat_run *lat_pending;     /* completions not yet timed, as runs */
     unsigned lat_last[VBLK_LAT_CLASSES]; /* each class's current run in lat_pending */
+    struct blk_lat_run *lat_cur;         /* the run last added to, or NULL */
     unsigned nlat_pending, lat_cap;
     int kick_fd, call_fd, err_fd;
     bool started;

@@ -267,7 +267,6 @@ static void *iothread_main(void *arg)
         uint64_t sleep_start = 0;
 
         t->work = false;
-        t->now_valid = false;
         /* While polling, fds are looked at only when a call waits or every 64 passes (a stray
          * kick, an engine without a cheap peek); otherwise sleep until something happens. */
         if (!polling || t->again || __atomic_load_n(&t->cmd_flag, __ATOMIC_RELAXED) ||
@@ -276,6 +275,8 @@ static void *iothread_main(void *arg)
             bool cmd = false;
             int n;
 
+            if (timeout)
+                t->now_valid = false; /* it may sleep: what comes next needs a new time */
             if (timeout && t->poll_max_ns) {
                 slept = true;
                 sleep_start = now_ns();

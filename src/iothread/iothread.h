@@ -81,12 +81,13 @@ void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p
 /* Does this thread poll?  (Then work found by an fd handler need not re-arm notifications.) */
 bool vblk_iothread_polls(const struct vblk_iothread *t);
 struct vblk_engine *vblk_iothread_engine(struct vblk_iothread *t);
-/* CLOCK_MONOTONIC in ns, read at most once per phase of a loop iteration: the first call after
- * the thread took its events reads the clock and later calls return that value, until the
- * end-of-batch hooks start the second phase (whose first call reads it again; the polling logic
- * after the hooks reuses it).  So every request taken in one pass gets one start time, and every
- * completion published at one end of batch one end time, for at most two clock reads per
- * iteration, and one more than before when the thread polls. */
+/* CLOCK_MONOTONIC in ns, read at most once per iteration of the loop and kept until the next
+ * point where time is known to have moved: the end-of-batch hooks (whose first call reads it
+ * again; the polling logic after them reuses that value) and a sleep in epoll_wait.  So every
+ * request taken in one pass shares one start time and every completion published at one end of
+ * batch one end time; a thread that polls reads the clock once per iteration, as it did before
+ * (the end of one batch is the start of the next pass), one that sleeps at most twice: when work
+ * comes and at the end of the batch. */
 uint64_t vblk_iothread_now(struct vblk_iothread *t);
 
 #endif
