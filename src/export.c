@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -104,18 +105,46 @@ void vblk_export_resume(struct vblk_export *e)
 void vblk_export_log_stats(struct vblk_export *e)
 {
     struct vblk_blk_stats s;
+    struct vblk_lat_pct r, w;
+    const uint64_t *n;
 
     if (!e->blk_created)
         return;
-    vblk_blk_get_stats(&e->blk, &s);
+    vblk_blk_read_stats(&e->blk, NULL, &s); /* no call: a stuck I/O thread does not block it */
+    n = s.ops;
+    vblk_lat_percentiles(&s.lat[VBLK_LAT_READ], &r);
+    vblk_lat_percentiles(&s.lat[VBLK_LAT_WRITE], &w);
     log_info(e->opts.id,
              "requests=%llu reads=%llu writes=%llu flushes=%llu discards=%llu "
-             "write_zeroes=%llu errors=%llu unsupported=%llu held=%llu ignored=%llu",
-             (unsigned long long)s.requests, (unsigned long long)s.reads,
-             (unsigned long long)s.writes, (unsigned long long)s.flushes,
-             (unsigned long long)s.discards, (unsigned long long)s.write_zeroes,
+             "write_zeroes=%llu get_id=%llu other=%llu errors=%llu unsupported=%llu held=%llu "
+             "ignored=%llu inflight=%llu read_bytes=%llu write_bytes=%llu "
+             "read_lat_us=%.1f/%.1f/%.1f/%.1f/%.1f write_lat_us=%.1f/%.1f/%.1f/%.1f/%.1f "
+             "(p50/p90/p99/p99.9/max)",
+             (unsigned long long)s.requests, (unsigned long long)n[VBLK_OP_READ],
+             (unsigned long long)n[VBLK_OP_WRITE], (unsigned long long)n[VBLK_OP_FLUSH],
+             (unsigned long long)n[VBLK_OP_DISCARD], (unsigned long long)n[VBLK_OP_WRITE_ZEROES],
+             (unsigned long long)n[VBLK_OP_GET_ID], (unsigned long long)n[VBLK_OP_OTHER],
              (unsigned long long)s.errors, (unsigned long long)s.unsupp, (unsigned long long)s.held,
-             (unsigned long long)s.ignored);
+             (unsigned long long)s.ignored, (unsigned long long)s.inflight,
+             (unsigned long long)s.bytes[VBLK_OP_READ], (unsigned long long)s.bytes[VBLK_OP_WRITE],
+             r.p50, r.p90, r.p99, r.p999, r.max, w.p50, w.p90, w.p99, w.p999, w.max);
+}
+
+void vblk_export_metrics(struct vblk_export *e, struct vblk_metrics_out *out)
+{
+    struct vblk_blk_stats *per_queue, total;
+
+    if (!e->blk_created)
+        return;
+    per_queue = calloc(e->blk.num_queues, sizeof(*per_queue));
+    if (!per_queue) {
+        out->fam[0].oom = true; /* the scrape fails: better than a partial one */
+        return;
+    }
+    vblk_blk_read_stats(&e->blk, per_queue, &total); /* no call into the I/O threads */
+    vblk_throttle_get_stats(e->bdev, &total.throttled_ns, &total.throttled);
+    vblk_metrics_format_export(out, e->opts.id, per_queue, e->blk.num_queues, &total);
+    free(per_queue);
 }
 
 void vblk_export_stop(struct vblk_export *e)

@@ -12,6 +12,7 @@
 
 #include "bdev/bdev.h"
 #include "blk/virtio_blk.h"
+#include "control/metrics.h"
 #include "iothread/iothread.h"
 #include "options.h"
 #include "vhost/vhost_user.h"
@@ -37,5 +38,7 @@ void vblk_export_resume(struct vblk_export *e);
 void vblk_export_thread_name(const struct vblk_export *e, unsigned i, char *buf, size_t cap);
 /* Log the export's request counters. */
 void vblk_export_log_stats(struct vblk_export *e);
+/* Append the export's counters to a metrics scrape (nothing if it has no device). */
+void vblk_export_metrics(struct vblk_export *e, struct vblk_metrics_out *out);
 
 #endif

@@ -70,6 +70,9 @@ static void usage(FILE *f)
         "                            vblkctl); with it, vblkd may start with no export\n"
         "      --rpc-mode MODE       octal permissions of the control socket (e.g. 0660)\n"
         "      --rpc-owner USER[:GROUP]  owner of the control socket\n"
+        "  -m, --metrics ADDR:PORT   serve the counters in Prometheus format at\n"
+        "                            http://ADDR:PORT/metrics (127.0.0.1:9100, [::1]:9100,\n"
+        "                            :9100 for every address; port 0: any free port)\n"
         "  -v, --verbose             log every vhost-user message\n"
         "  -h, --help                this text\n"
         "  -V, --version             print the version\n"
@@ -114,22 +117,18 @@ static int parse_owner(const char *s, uid_t *uid, gid_t *gid)
 static int parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option longopts[] = {
-        {"export", required_argument, NULL, 'e'},
-        {"config", required_argument, NULL, 'c'},
-        {"rpc", required_argument, NULL, 'r'},
-        {"rpc-mode", required_argument, NULL, 'M'},
-        {"rpc-owner", required_argument, NULL, 'O'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"export", required_argument, NULL, 'e'},    {"config", required_argument, NULL, 'c'},
+        {"rpc", required_argument, NULL, 'r'},       {"rpc-mode", required_argument, NULL, 'M'},
+        {"rpc-owner", required_argument, NULL, 'O'}, {"metrics", required_argument, NULL, 'm'},
+        {"verbose", no_argument, NULL, 'v'},         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},         {NULL, 0, NULL, 0},
     };
     char err[512], *end;
     int c;
 
     a->dc.rpc_uid = (uid_t)-1;
     a->dc.rpc_gid = (gid_t)-1;
-    while ((c = getopt_long(argc, argv, "e:c:r:vhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "e:c:r:m:vhV", longopts, NULL)) != -1) {
         switch (c) {
         case 'e':
             if (a->nexp == VBLK_MAX_EXPORTS) {
@@ -148,6 +147,9 @@ static int parse_args(int argc, char **argv, struct args *a)
             break;
         case 'r':
             a->dc.rpc_path = optarg;
+            break;
+        case 'm':
+            a->dc.metrics = optarg;
             break;
         case 'M': {
             unsigned long m = strtoul(optarg, &end, 8);

@@ -9,12 +9,36 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/compiler.h"
 #include "util/log.h"
 
 #define SECTOR_SHIFT 9
+
+const char *const vblk_blk_op_names[VBLK_OP_COUNT] = {
+    "read", "write", "flush", "discard", "write-zeroes", "get-id", "other",
+};
+const char *const vblk_blk_lat_names[VBLK_LAT_CLASSES] = {"read", "write", "flush", "other"};
+static const uint8_t op_lat_class[VBLK_OP_COUNT] = {
+    VBLK_LAT_READ,  VBLK_LAT_WRITE, VBLK_LAT_FLUSH, VBLK_LAT_OTHER,
+    VBLK_LAT_OTHER, VBLK_LAT_OTHER, VBLK_LAT_OTHER,
+};
+_Static_assert((int)VBLK_OP_READ == (int)VBLK_BDEV_READ &&
+                   (int)VBLK_OP_WRITE == (int)VBLK_BDEV_WRITE &&
+                   (int)VBLK_OP_FLUSH == (int)VBLK_BDEV_FLUSH &&
+                   (int)VBLK_OP_DISCARD == (int)VBLK_BDEV_DISCARD &&
+                   (int)VBLK_OP_WRITE_ZEROES == (int)VBLK_BDEV_WRITE_ZEROES,
+               "submit() counts bytes by bdev op");
+_Static_assert(VBLK_LAT_CLASSES <= 4, "lat_pending packs the class in 2 bits");
+
+/* A counter of the I/O thread's, read by the control thread: a single writer needs no locked
+ * instruction, only an untorn store (the reader's loads are relaxed as well). */
+#define STAT_ADD(x, n)                                                                             \
+    __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define STAT_SUB(x, n)                                                                             \
+    __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) - (n), __ATOMIC_RELAXED)
 
 /* ---- control thread: features and config ---- */
 
@@ -129,6 +153,83 @@ static void log_request(struct blk_req *req)
         log_host(q, req->status, 1);
 }
 
+/* ---- I/O thread: latency ---- */
+
+/* n completions of record e (start_ns << 2 | class) end at end. */
+static void lat_record(struct blk_queue *q, uint64_t e, uint64_t n, uint64_t end)
+{
+    struct vblk_lat_hist *h = &q->stats.lat[e & 3];
+    uint64_t start = e >> 2, ns = end > start ? end - start : 0;
+
+    STAT_ADD(h->bucket[vblk_lat_bucket(ns)], n);
+    STAT_ADD(h->sum_ns, ns * n);
+    if (ns > __atomic_load_n(&h->max_ns, __ATOMIC_RELAXED))
+        __atomic_store_n(&h->max_ns, ns, __ATOMIC_RELAXED);
+}
+
+static uint64_t clock_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The completions pushed since they were last timed are published now, at end. */
+static void lat_account_at(struct blk_queue *q, uint64_t end)
+{
+    for (unsigned i = 0; i < q->nlat_pending; i++)
+        lat_record(q, q->lat_pending[i].rec, q->lat_pending[i].n, end);
+    q->nlat_pending = 0;
+    q->lat_cur = NULL;
+}
+
+/*
+ * At the end of a batch, the completions pushed since they were last timed are published, and
+ * share one end time (vblk_iothread_now).  Requests taken in one pass share a start time as
+ * well, so req_finish() keeps the records as runs of equal ones (per latency class, as reads
+ * and writes interleave), and a run costs one histogram update.
+ */
+static void lat_account(struct blk_queue *q)
+{
+    if (q->nlat_pending)
+        lat_account_at(q, vblk_iothread_now(q->iot));
+}
+
+/* A completion that starts a new run (out of line: the common case is the same run). */
+static __attribute__((noinline)) void lat_push_new(struct blk_queue *q, uint64_t rec)
+{
+    unsigned c = rec & 3;
+
+    if (unlikely(q->nlat_pending == q->lat_cap)) {
+        /* more runs than the record holds (many passes in one iteration): time them now, on a
+         * clock of their own (this phase's time may be their start time) */
+        lat_account_at(q, clock_ns());
+    }
+    if (q->lat_last[c] < q->nlat_pending && q->lat_pending[q->lat_last[c]].rec == rec) {
+        /* its class's run (reads and writes interleave) */
+        q->lat_cur = &q->lat_pending[q->lat_last[c]];
+        q->lat_cur->n++;
+        return;
+    }
+    q->lat_last[c] = q->nlat_pending;
+    q->lat_cur = &q->lat_pending[q->nlat_pending++];
+    q->lat_cur->rec = rec;
+    q->lat_cur->n = 1;
+}
+
+/* A completion to time at the end of the batch: one more in the current run (same start time,
+ * same class), or another run. */
+static inline void lat_push(struct blk_queue *q, const struct blk_req *req)
+{
+    struct blk_lat_run *run = q->lat_cur;
+
+    if (likely(run && run->rec == req->lat_rec))
+        run->n++;
+    else
+        lat_push_new(q, req->lat_rec);
+}
+
 static void req_finish(struct blk_req *req, uint8_t status)
 {
     struct blk_queue *q = req->q;
@@ -139,10 +240,11 @@ static void req_finish(struct blk_req *req, uint8_t status)
         log_request(req); /* after the writes, before the guest can see the completion */
     if (unlikely(status != VIRTIO_BLK_S_OK)) {
         if (status == VIRTIO_BLK_S_UNSUPP)
-            q->stats.unsupp++;
+            STAT_ADD(q->stats.unsupp, 1);
         else
-            q->stats.errors++;
+            STAT_ADD(q->stats.errors, 1);
     }
+    lat_push(q, req);
     vblk_vq_push(&q->vq, req->head, req->used_len);
     req->busy = false;
     q->inflight--;
@@ -161,7 +263,10 @@ static void queue_flush(struct blk_queue *q)
 
 static void flush_hook(struct vblk_iot_hook *h)
 {
-    queue_flush(container_of(h, struct blk_queue, flush_hook));
+    struct blk_queue *q = container_of(h, struct blk_queue, flush_hook);
+
+    queue_flush(q);
+    lat_account(q); /* after publishing: the guest need not wait for the clock */
 }
 
 static const char *const op_names[] = {"read", "write", "flush", "discard", "write-zeroes"};
@@ -177,7 +282,7 @@ static void request_failed(struct blk_req *req, int ret)
         p = ret == -ENOSPC ? VBLK_ERR_STOP : VBLK_ERR_REPORT;
     switch (p) {
     case VBLK_ERR_IGNORE:
-        q->stats.ignored++;
+        STAT_ADD(q->stats.ignored, 1);
         req_finish(req, VIRTIO_BLK_S_OK);
         return;
     case VBLK_ERR_STOP:
@@ -188,7 +293,7 @@ static void request_failed(struct blk_req *req, int ret)
                     q->index, op_names[r->op], (unsigned long long)r->len,
                     (unsigned long long)r->offset, strerror(-ret));
         q->paused = true;
-        q->stats.held++;
+        STAT_ADD(q->stats.held, 1);
         req->next_held = q->held;
         q->held = req;
         return;
@@ -211,8 +316,10 @@ static void bdev_done(struct vblk_bdev_req *r, int ret)
     req_finish(req, VIRTIO_BLK_S_OK);
 }
 
-static void submit(struct blk_req *req, uint8_t op, uint8_t flags, const struct iovec *iov,
-                   unsigned cnt, uint64_t offset, uint64_t len)
+static inline __attribute__((always_inline)) void submit(struct blk_req *req, uint8_t op,
+                                                         uint8_t flags, const struct iovec *iov,
+                                                         unsigned cnt, uint64_t offset,
+                                                         uint64_t len)
 {
     struct vblk_bdev_req *r = &req->breq;
 
@@ -222,6 +329,7 @@ static void submit(struct blk_req *req, uint8_t op, uint8_t flags, const struct 
     r->iovcnt = cnt;
     r->offset = offset;
     r->len = len;
+    STAT_ADD(req->q->stats.bytes[op], len);
     vblk_bdev_submit(req->q->dev->bdev, req->q->eng, r);
 }
 
@@ -268,16 +376,19 @@ static void handle_discard_zeroes(struct blk_req *req, uint32_t type, struct iov
         req_finish(req, VIRTIO_BLK_S_IOERR);
         return;
     }
-    if (discard)
-        req->q->stats.discards++;
-    else
-        req->q->stats.write_zeroes++;
     submit(req, discard ? VBLK_BDEV_DISCARD : VBLK_BDEV_WRITE_ZEROES,
            (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) ? VBLK_BDEV_F_UNMAP : 0, NULL, 0,
            sector << SECTOR_SHIFT, (uint64_t)num << SECTOR_SHIFT);
 }
 
-static void handle(struct blk_queue *q, uint16_t head)
+static void count_op(struct blk_req *req, enum vblk_blk_op op)
+{
+    STAT_ADD(req->q->stats.ops[op], 1);
+    req->lat_rec |= op_lat_class[op];
+}
+
+/* Take head off the ring; start: the time of this pass (vblk_iothread_now). */
+static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
 {
     struct vblk_blk_dev *d = q->dev;
     const struct vblk_bdev *b = d->bdev;
@@ -299,19 +410,21 @@ static void handle(struct blk_queue *q, uint16_t head)
     }
     req->busy = true;
     q->inflight++;
+    req->lat_rec = start << 2; /* the class: count_op(), which every path below calls */
     req->status = c.status;
     req->in_first = (uint16_t)c.out_cnt;
     req->in_cnt = (uint16_t)c.in_cnt;
     req->used_len = 1;
     req->type = 0xff;
-    q->stats.requests++;
 
     if (unlikely(!c.status)) {
         req->used_len = 0; /* nowhere to put a status: the driver sees no bytes written */
+        count_op(req, VBLK_OP_OTHER);
         req_finish(req, VIRTIO_BLK_S_IOERR);
         return;
     }
     if (unlikely(c.err || c.out_len < sizeof(hdr))) {
+        count_op(req, VBLK_OP_OTHER);
         req_finish(req, VIRTIO_BLK_S_IOERR);
         return;
     }
@@ -331,33 +444,34 @@ static void handle(struct blk_queue *q, uint16_t head)
 
     switch (type) {
     case VIRTIO_BLK_T_IN:
+        count_op(req, VBLK_OP_READ);
         if (unlikely(out_len || !range_ok(b, sector, in_len))) {
             req_finish(req, VIRTIO_BLK_S_IOERR);
             return;
         }
-        q->stats.reads++;
         req->used_len = (uint32_t)c.in_len;
         submit(req, VBLK_BDEV_READ, 0, in, in_cnt, sector << SECTOR_SHIFT, in_len);
         return;
     case VIRTIO_BLK_T_OUT:
+        count_op(req, VBLK_OP_WRITE);
         if (unlikely(vblk_bdev_readonly(b) || in_len || !range_ok(b, sector, out_len))) {
             req_finish(req, VIRTIO_BLK_S_IOERR);
             return;
         }
-        q->stats.writes++;
         /* write cache off: each write must be durable before it completes */
         submit(req, VBLK_BDEV_WRITE,
                __atomic_load_n(&d->wce, __ATOMIC_RELAXED) ? 0 : VBLK_BDEV_F_FUA, out, out_cnt,
                sector << SECTOR_SHIFT, out_len);
         return;
     case VIRTIO_BLK_T_FLUSH:
-        q->stats.flushes++;
+        count_op(req, VBLK_OP_FLUSH);
         submit(req, VBLK_BDEV_FLUSH, 0, NULL, 0, 0, 0);
         return;
     case VIRTIO_BLK_T_GET_ID: {
         char id[VIRTIO_BLK_ID_BYTES] = {0};
         uint64_t n;
 
+        count_op(req, VBLK_OP_GET_ID);
         if (unlikely(in_len == 0)) {
             req_finish(req, VIRTIO_BLK_S_IOERR);
             return;
@@ -370,9 +484,11 @@ static void handle(struct blk_queue *q, uint16_t head)
     }
     case VIRTIO_BLK_T_DISCARD:
     case VIRTIO_BLK_T_WRITE_ZEROES:
+        count_op(req, type == VIRTIO_BLK_T_DISCARD ? VBLK_OP_DISCARD : VBLK_OP_WRITE_ZEROES);
         handle_discard_zeroes(req, type, out, out_cnt, out_len, in_len);
         return;
     default:
+        count_op(req, VBLK_OP_OTHER);
         req_finish(req, VIRTIO_BLK_S_UNSUPP);
         return;
     }
@@ -388,6 +504,8 @@ static void queue_process(struct blk_queue *q, bool rearm)
 {
     struct vblk_vq *vq = &q->vq;
     unsigned budget = VBLK_QUEUE_BUDGET;
+    uint64_t start = 0;     /* read when the pass takes its first request */
+    unsigned published = 0; /* completions published during the pass */
 
     if (unlikely(q->paused))
         return; /* an error policy holds it: vblk_blk_resume() takes up again */
@@ -404,6 +522,8 @@ static void queue_process(struct blk_queue *q, bool rearm)
                 return;
             continue;
         }
+        if (!start)
+            start = vblk_iothread_now(q->iot);
         while (n--) {
             uint16_t head;
 
@@ -416,13 +536,22 @@ static void queue_process(struct blk_queue *q, bool rearm)
                 queue_broken(q, "avail ring entry out of range", vq->last_avail);
                 return;
             }
-            handle(q, head);
+            handle(q, head, start);
             if (unlikely(vq->broken))
                 return;
             /* Requests that completed at once (errors, null device) are handed back in chunks
              * rather than all at the end, so the driver works on them while we go on. */
-            if ((uint16_t)(vq->used_idx - vq->published_used) >= VBLK_PUBLISH_CHUNK)
+            if ((uint16_t)(vq->used_idx - vq->published_used) >= VBLK_PUBLISH_CHUNK) {
                 queue_flush(q);
+                /* A long pass (null device: up to the budget while the driver refills) is
+                 * timed in slices: the completions published so far end, and the requests
+                 * taken from here start, now.  One clock read per slice. */
+                published += VBLK_PUBLISH_CHUNK;
+                if (unlikely(published % VBLK_LAT_SLICE == 0)) {
+                    start = clock_ns();
+                    lat_account_at(q, start);
+                }
+            }
         }
     }
 }
@@ -485,7 +614,7 @@ static int queue_start_fn(void *arg)
         vblk_iothread_add_poller(q->iot, &q->poller);
     /* what a daemon before us had taken and not completed, in the order it was taken */
     for (unsigned i = 0; i < q->nresubmit && !q->vq.broken; i++)
-        handle(q, q->resubmit[i]);
+        handle(q, q->resubmit[i], vblk_iothread_now(q->iot));
     q->nresubmit = 0;
     if (!q->vq.broken)
         queue_process(q, true);
@@ -573,14 +702,6 @@ static int set_call_fn(void *arg)
     return 0;
 }
 
-static int stats_fn(void *arg)
-{
-    struct blk_queue *q = arg;
-
-    q->dev->stats_snapshot[q->index] = q->stats;
-    return 0;
-}
-
 /* ---- control thread ---- */
 
 int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *bdev,
@@ -595,13 +716,8 @@ int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *
     d->max_queue_size = max_queue_size;
     memcpy(d->serial, serial, strnlen(serial, sizeof(d->serial))); /* not NUL-terminated */
     d->queues = calloc(num_queues, sizeof(*d->queues));
-    d->stats_snapshot = calloc(num_queues, sizeof(*d->stats_snapshot));
-    if (!d->queues || !d->stats_snapshot) {
-        free(d->queues);
-        free(d->stats_snapshot);
-        d->queues = NULL;
+    if (!d->queues)
         return -ENOMEM;
-    }
     for (unsigned i = 0; i < num_queues; i++) {
         struct blk_queue *q = &d->queues[i];
 
@@ -625,9 +741,13 @@ static void queue_free(struct blk_queue *q)
     free(q->reqs);
     free(q->iov_pool);
     free(q->resubmit);
+    free(q->lat_pending);
     q->reqs = NULL;
     q->iov_pool = NULL;
     q->resubmit = NULL;
+    q->lat_pending = NULL;
+    q->nlat_pending = q->lat_cap = 0;
+    q->lat_cur = NULL;
 }
 
 void vblk_blk_destroy(struct vblk_blk_dev *d)
@@ -637,9 +757,7 @@ void vblk_blk_destroy(struct vblk_blk_dev *d)
     for (unsigned i = 0; i < d->num_queues; i++)
         queue_free(&d->queues[i]);
     free(d->queues);
-    free(d->stats_snapshot);
     d->queues = NULL;
-    d->stats_snapshot = NULL;
 }
 
 int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vblk_queue_params *p)
@@ -667,7 +785,9 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
     q->reqs = calloc(p->num, sizeof(*q->reqs));
     q->iov_pool = calloc((size_t)p->num * q->iov_cap, sizeof(*q->iov_pool));
     q->resubmit = calloc(p->num, sizeof(*q->resubmit));
-    if (!q->reqs || !q->iov_pool || !q->resubmit) {
+    q->lat_pending = calloc(p->num, sizeof(*q->lat_pending));
+    q->lat_cap = p->num;
+    if (!q->reqs || !q->iov_pool || !q->resubmit || !q->lat_pending) {
         queue_free(q);
         return -ENOMEM;
     }
@@ -737,28 +857,69 @@ int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd)
     return vblk_iothread_call(a.q->iot, set_call_fn, &a);
 }
 
-static void stats_add(struct vblk_blk_stats *sum, const struct vblk_blk_stats *s)
+void vblk_blk_stats_add(struct vblk_blk_stats *sum, const struct vblk_blk_stats *s)
 {
     sum->requests += s->requests;
-    sum->reads += s->reads;
-    sum->writes += s->writes;
-    sum->flushes += s->flushes;
-    sum->discards += s->discards;
-    sum->write_zeroes += s->write_zeroes;
+    for (unsigned i = 0; i < VBLK_OP_COUNT; i++) {
+        sum->ops[i] += s->ops[i];
+        sum->bytes[i] += s->bytes[i];
+    }
     sum->errors += s->errors;
     sum->unsupp += s->unsupp;
     sum->held += s->held;
     sum->ignored += s->ignored;
+    sum->inflight += s->inflight;
+    for (unsigned i = 0; i < VBLK_LAT_CLASSES; i++)
+        vblk_lat_add(&sum->lat[i], &s->lat[i]);
+    sum->throttled += s->throttled;
+    sum->throttled_ns += s->throttled_ns;
 }
 
-void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out)
-{
-    memset(out, 0, sizeof(*out));
-    for (unsigned i = 0; i < d->num_queues; i++) {
-        struct blk_queue *q = &d->queues[i];
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
-        vblk_iothread_call(q->iot, stats_fn, q); /* each queue's counters, read by its thread */
-        stats_add(out, &d->stats_snapshot[i]);
+static void queue_read_stats(const struct blk_queue *q, struct vblk_blk_stats *out)
+{
+    const struct vblk_blk_stats *s = &q->stats;
+    uint64_t timed = 0;
+
+    memset(out, 0, sizeof(*out));
+    /* completions (timed) before requests: a completion read is never newer than the
+     * requests read after it */
+    for (unsigned c = 0; c < VBLK_LAT_CLASSES; c++) {
+        for (unsigned i = 0; i < VBLK_LAT_BUCKETS; i++) {
+            out->lat[c].bucket[i] = __atomic_load_n(&s->lat[c].bucket[i], __ATOMIC_ACQUIRE);
+            timed += out->lat[c].bucket[i];
+        }
+        out->lat[c].sum_ns = LOAD(s->lat[c].sum_ns);
+        out->lat[c].max_ns = LOAD(s->lat[c].max_ns);
+    }
+    for (unsigned i = 0; i < VBLK_OP_COUNT; i++) {
+        out->ops[i] = __atomic_load_n(&s->ops[i], __ATOMIC_ACQUIRE);
+        out->bytes[i] = LOAD(s->bytes[i]);
+        out->requests += out->ops[i]; /* every request is counted under one type */
+    }
+    out->errors = LOAD(s->errors);
+    out->unsupp = LOAD(s->unsupp);
+    out->held = LOAD(s->held);
+    out->ignored = LOAD(s->ignored);
+    /* in flight: taken, and not yet completed and published (a completion is timed when it is
+     * published); q->inflight itself is the I/O thread's alone */
+    out->inflight = out->requests > timed ? out->requests - timed : 0;
+}
+
+void vblk_blk_read_stats(const struct vblk_blk_dev *d, struct vblk_blk_stats *per_queue,
+                         struct vblk_blk_stats *total)
+{
+    struct vblk_blk_stats tmp;
+
+    if (total)
+        memset(total, 0, sizeof(*total));
+    for (unsigned i = 0; i < d->num_queues; i++) {
+        struct vblk_blk_stats *s = per_queue ? &per_queue[i] : &tmp;
+
+        queue_read_stats(&d->queues[i], s);
+        if (total)
+            vblk_blk_stats_add(total, s);
     }
 }
 

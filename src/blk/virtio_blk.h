@@ -6,8 +6,9 @@
  * the used ring, and queue start/stop/call-fd changes handed to the I/O thread.
  *
  * Threads: vblk_blk_create/destroy, the queue control functions and config accessors run on the
- * control thread; they reach the data plane only through vblk_iothread_call().  Everything
- * else runs on the device's I/O thread.
+ * control thread; they reach the data plane only through vblk_iothread_call(), except
+ * vblk_blk_read_stats(), which only loads the queues' single-writer counters.  Everything else
+ * runs on the device's I/O thread.
  */
 #ifndef VBLK_VIRTIO_BLK_H
 #define VBLK_VIRTIO_BLK_H
@@ -19,6 +20,7 @@
 #include "bdev/bdev.h"
 #include "engine/engine.h"
 #include "iothread/iothread.h"
+#include "util/lathist.h"
 #include "virtq/virtq.h"
 
 #define VBLK_SEG_MAX       254        /* data segments per request */
@@ -27,6 +29,7 @@
 #define VBLK_MAX_DISCARD   (1u << 22) /* sectors per discard/write-zeroes (2 GiB) */
 #define VBLK_PUBLISH_CHUNK 8          /* completions published together while a batch goes on */
 #define VBLK_QUEUE_BUDGET  256        /* requests taken from one queue per loop iteration */
+#define VBLK_LAT_SLICE     64 /* completions published during a pass between two clock reads */
 
 struct vblk_blk_dev;
 struct blk_queue;
@@ -40,9 +43,45 @@ enum vblk_error_policy {
     VBLK_ERR_ENOSPC, /* stop on ENOSPC, report anything else */
 };
 
+/* Request types as counted (the first five are enum vblk_bdev_op's, in its order). */
+enum vblk_blk_op {
+    VBLK_OP_READ,
+    VBLK_OP_WRITE,
+    VBLK_OP_FLUSH,
+    VBLK_OP_DISCARD,
+    VBLK_OP_WRITE_ZEROES,
+    VBLK_OP_GET_ID,
+    VBLK_OP_OTHER, /* unknown types, and chains too broken to have a type */
+    VBLK_OP_COUNT,
+};
+/* Latency is kept per class: reads, writes, flushes, everything else. */
+enum { VBLK_LAT_READ, VBLK_LAT_WRITE, VBLK_LAT_FLUSH, VBLK_LAT_OTHER, VBLK_LAT_CLASSES };
+
+extern const char *const vblk_blk_op_names[VBLK_OP_COUNT]; /* "read", ..., "get-id", "other" */
+extern const char
+    *const vblk_blk_lat_names[VBLK_LAT_CLASSES]; /* "read", "write", "flush", "other" */
+
+/*
+ * A queue's counters.  The live copy in each blk_queue is written by that queue's I/O thread
+ * only, with relaxed atomic stores (single writer, no locked instruction), and read by the
+ * control thread with relaxed loads (vblk_blk_read_stats): no call into the I/O thread, so a
+ * stuck thread never blocks a reader.  Counters never go back, across front-end reconnections
+ * too.  A snapshot is not one instant: each field is exact, fields may be from slightly
+ * different moments.
+ */
 struct vblk_blk_stats {
-    uint64_t requests, reads, writes, flushes, discards, write_zeroes, errors, unsupp;
-    uint64_t held, ignored; /* failures held by a stop policy / hidden by ignore */
+    uint64_t requests;             /* taken off the rings */
+    uint64_t ops[VBLK_OP_COUNT];   /* requests by type (they add up to requests) */
+    uint64_t bytes[VBLK_OP_COUNT]; /* bytes of the requests handed to storage, by type */
+    uint64_t errors, unsupp;       /* completed with IOERR / UNSUPP */
+    uint64_t held, ignored;        /* failures held by a stop policy / hidden by ignore */
+    uint64_t inflight;             /* taken and not completed yet (a gauge) */
+    /* from taking a request off the ring (one timestamp per pass of the I/O thread) to
+     * publishing its completion (one timestamp per end of batch) */
+    struct vblk_lat_hist lat[VBLK_LAT_CLASSES];
+    /* export level, filled by the caller (the throttle filter), never by this module */
+    uint64_t throttled;    /* requests a throttle delayed */
+    uint64_t throttled_ns; /* time they spent waiting for it */
 };
 
 struct blk_req {
@@ -52,10 +91,18 @@ struct blk_req {
     uint32_t used_len; /* bytes reported on the used ring */
     uint16_t head;
     uint8_t type; /* VIRTIO_BLK_T_* (low byte) */
+    /* when its pass took it off the ring (vblk_iothread_now) << 2 | its VBLK_LAT_* class */
+    uint64_t lat_rec;
     bool busy;
     struct blk_req *next_held; /* on its queue's held list (error policy stop) */
     uint16_t in_first, in_cnt; /* the writable part of iov (dirty logging) */
     struct iovec *iov;         /* this head's slice of the queue's iovec pool */
+};
+
+/* n completions with the same start time and latency class, timed at the end of the batch */
+struct blk_lat_run {
+    uint64_t rec; /* start_ns << 2 | class */
+    uint64_t n;
 };
 
 struct blk_queue {
@@ -63,7 +110,7 @@ struct blk_queue {
     struct vblk_blk_dev *dev;
     struct vblk_iothread *iot;   /* the thread serving this queue (the device's by default) */
     struct vblk_engine *eng;     /* its engine (the thread's; set directly in tests) */
-    struct vblk_blk_stats stats; /* this queue's I/O thread only */
+    struct vblk_blk_stats stats; /* written by its I/O thread only (see vblk_blk_stats) */
     unsigned index;
     struct blk_req *reqs; /* one per head */
     uint16_t *resubmit;   /* heads a previous daemon left in flight, taken first at start */
@@ -71,6 +118,10 @@ struct blk_queue {
     struct iovec *iov_pool;
     unsigned iov_cap;
     unsigned inflight;
+    struct blk_lat_run *lat_pending;     /* completions not yet timed, as runs */
+    unsigned lat_last[VBLK_LAT_CLASSES]; /* each class's current run in lat_pending */
+    struct blk_lat_run *lat_cur;         /* the run last added to, or NULL */
+    unsigned nlat_pending, lat_cap;
     int kick_fd, call_fd, err_fd;
     bool started;
     bool stopping;
@@ -112,7 +163,6 @@ struct vblk_blk_dev {
     bool wce; /* guest-visible write cache; written by control, read by I/O (atomic) */
     enum vblk_error_policy rerror, werror; /* set before queues start */
     char serial[VIRTIO_BLK_ID_BYTES];      /* not NUL-terminated */
-    struct vblk_blk_stats *stats_snapshot; /* per queue, filled by vblk_blk_get_stats */
 };
 
 /* Control thread. */
@@ -136,7 +186,12 @@ void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vbl
 /* Retry the requests an error policy held and take requests again, on every queue.  Returns
  * how many requests were retried, or -errno. */
 int vblk_blk_resume(struct vblk_blk_dev *d);
-/* Copy the I/O thread's counters (waits for the I/O thread). */
-void vblk_blk_get_stats(struct vblk_blk_dev *d, struct vblk_blk_stats *out);
+/* Read the counters without calling into the I/O threads (a stuck one does not block it):
+ * per_queue (d->num_queues entries, or NULL) gets each queue's, total (or NULL) their sum (its
+ * throttle fields zero).  Control thread; d must exist (vblk_blk_create .. destroy). */
+void vblk_blk_read_stats(const struct vblk_blk_dev *d, struct vblk_blk_stats *per_queue,
+                         struct vblk_blk_stats *total);
+/* sum += s (the gauge and the histograms too; throttle fields included). */
+void vblk_blk_stats_add(struct vblk_blk_stats *sum, const struct vblk_blk_stats *s);
 
 #endif

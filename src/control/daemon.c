@@ -14,14 +14,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "control/metrics.h"
 #include "control/rpc.h"
 #include "export.h"
 #include "mem/guest_mem.h"
+#include "util/lathist.h"
 #include "util/log.h"
 #include "util/size.h"
 
 /* What woke the loop: epoll data points at one of these. */
-enum tag_kind { TAG_SIGNAL, TAG_GUARD, TAG_RPC, TAG_LISTEN, TAG_CONN };
+enum tag_kind { TAG_SIGNAL, TAG_GUARD, TAG_RPC, TAG_METRICS, TAG_LISTEN, TAG_CONN };
 
 struct dexp;
 struct tag {
@@ -45,11 +47,12 @@ struct vblk_daemon {
     unsigned nexp;
     struct dexp *dead; /* removed in this batch, freed after it */
     struct vblk_rpc *rpc;
+    struct vblk_metrics *metrics;
     bool running;
 };
 
 static struct tag sig_tag = {TAG_SIGNAL, NULL}, guard_tag = {TAG_GUARD, NULL},
-                  rpc_tag = {TAG_RPC, NULL};
+                  rpc_tag = {TAG_RPC, NULL}, metrics_tag = {TAG_METRICS, NULL};
 
 static int epoll_add(int epfd, int fd, void *ptr)
 {
@@ -595,12 +598,44 @@ out:
     return code;
 }
 
-static struct json_object *op_json(uint64_t ops)
+static struct json_object *lat_json(const struct vblk_blk_stats *s)
 {
     struct json_object *o = json_object_new_object();
+    struct vblk_lat_hist all;
+    struct vblk_lat_pct p;
 
-    json_object_object_add(o, "ops", json_object_new_uint64(ops));
+    memset(&all, 0, sizeof(all));
+    for (unsigned c = 0; c < VBLK_LAT_CLASSES; c++)
+        vblk_lat_add(&all, &s->lat[c]);
+    vblk_lat_percentiles(&all, &p);
+    json_object_object_add(o, "p50", json_object_new_double(p.p50));
+    json_object_object_add(o, "p90", json_object_new_double(p.p90));
+    json_object_object_add(o, "p99", json_object_new_double(p.p99));
+    json_object_object_add(o, "p99.9", json_object_new_double(p.p999));
+    json_object_object_add(o, "max", json_object_new_double(p.max));
     return o;
+}
+
+/* The counters of one queue or of the export (s), as the stats method shows them. */
+static void stats_json(struct json_object *o, const struct vblk_blk_stats *s)
+{
+    struct json_object *ops = json_object_new_object();
+
+    for (unsigned k = 0; k < VBLK_OP_COUNT; k++) {
+        struct json_object *op = json_object_new_object();
+
+        json_object_object_add(op, "ops", json_object_new_uint64(s->ops[k]));
+        json_object_object_add(op, "bytes", json_object_new_uint64(s->bytes[k]));
+        json_object_object_add(ops, vblk_blk_op_names[k], op);
+    }
+    json_object_object_add(o, "requests", json_object_new_uint64(s->requests));
+    json_object_object_add(o, "inflight", json_object_new_uint64(s->inflight));
+    json_object_object_add(o, "ops", ops);
+    json_object_object_add(o, "errors", json_object_new_uint64(s->errors));
+    json_object_object_add(o, "unsupported", json_object_new_uint64(s->unsupp));
+    json_object_object_add(o, "held", json_object_new_uint64(s->held));
+    json_object_object_add(o, "ignored", json_object_new_uint64(s->ignored));
+    json_object_object_add(o, "latency_us", lat_json(s));
 }
 
 static int m_stats(void *ctx, struct json_object *params, struct json_object **result, char *err,
@@ -621,32 +656,42 @@ static int m_stats(void *ctx, struct json_object *params, struct json_object **r
     list = json_object_new_array();
     for (unsigned i = 0; i < d->nexp; i++) {
         struct dexp *x = d->exps[i];
-        struct vblk_blk_stats s = {0};
-        struct json_object *o, *ops;
+        unsigned nq = x->e.blk.num_queues;
+        struct vblk_blk_stats *per_queue, *total;
+        struct json_object *o, *qs;
 
         if (one && x != one)
             continue;
-        if (!x->e.vu.wedged)
-            vblk_blk_get_stats(&x->e.blk, &s);
+        per_queue = calloc(nq + 1, sizeof(*per_queue));
+        if (!per_queue) {
+            json_object_put(list);
+            return FAIL(VBLK_RPC_FAILED, "out of memory");
+        }
+        total = &per_queue[nq];
+        /* no call into the I/O threads: a stuck one does not hold the answer up */
+        vblk_blk_read_stats(&x->e.blk, per_queue, total);
+        vblk_throttle_get_stats(x->e.bdev, &total->throttled_ns, &total->throttled);
         o = json_object_new_object();
-        ops = json_object_new_object();
         json_object_object_add(o, "id", json_object_new_string(x->e.opts.id));
         json_object_object_add(
             o, "uptime_s",
             json_object_new_double((double)((now.tv_sec - x->added.tv_sec) * 1000 +
                                             (now.tv_nsec - x->added.tv_nsec) / 1000000) /
                                    1000));
-        json_object_object_add(ops, "read", op_json(s.reads));
-        json_object_object_add(ops, "write", op_json(s.writes));
-        json_object_object_add(ops, "flush", op_json(s.flushes));
-        json_object_object_add(ops, "discard", op_json(s.discards));
-        json_object_object_add(ops, "write-zeroes", op_json(s.write_zeroes));
-        json_object_object_add(o, "ops", ops);
-        json_object_object_add(o, "errors", json_object_new_uint64(s.errors));
-        json_object_object_add(o, "unsupported", json_object_new_uint64(s.unsupp));
-        json_object_object_add(o, "held", json_object_new_uint64(s.held));
-        json_object_object_add(o, "ignored", json_object_new_uint64(s.ignored));
+        stats_json(o, total);
+        json_object_object_add(o, "throttled", json_object_new_uint64(total->throttled));
+        json_object_object_add(o, "throttled_ns", json_object_new_uint64(total->throttled_ns));
+        qs = json_object_new_array();
+        for (unsigned q = 0; q < nq; q++) {
+            struct json_object *jq = json_object_new_object();
+
+            json_object_object_add(jq, "index", json_object_new_int((int)q));
+            stats_json(jq, &per_queue[q]);
+            json_object_array_add(qs, jq);
+        }
+        json_object_object_add(o, "queues", qs);
         json_object_array_add(list, o);
+        free(per_queue);
     }
     *result = json_object_new_object();
     json_object_object_add(*result, "exports", list);
@@ -666,6 +711,15 @@ const struct vblk_rpc_method vblk_daemon_methods[] = {
 };
 
 /* ---- the loop ---- */
+
+/* A scrape of --metrics: every export's counters, read without calling its I/O threads. */
+static void collect_metrics(struct vblk_metrics_out *out, void *opaque)
+{
+    struct vblk_daemon *d = opaque;
+
+    for (unsigned i = 0; i < d->nexp; i++)
+        vblk_export_metrics(&d->exps[i]->e, out);
+}
 
 int vblk_daemon_create(struct vblk_daemon **out, const struct vblk_daemon_conf *c, char *err,
                        size_t errlen)
@@ -705,10 +759,24 @@ int vblk_daemon_create(struct vblk_daemon **out, const struct vblk_daemon_conf *
             goto fail;
         }
     }
+    if (c->metrics) {
+        char msg[512];
+
+        r = vblk_metrics_start(&d->metrics, c->metrics, collect_metrics, d, msg, sizeof(msg));
+        if (r == 0 && (r = epoll_add(d->epfd, vblk_metrics_fd(d->metrics), &metrics_tag)) < 0)
+            snprintf(msg, sizeof(msg), "epoll: %s", strerror(-r));
+        if (r < 0) {
+            snprintf(err, errlen, "--metrics %s: %s", c->metrics, msg);
+            goto fail;
+        }
+        log_info(NULL, "metrics: http://%s/metrics (port %u)", c->metrics,
+                 vblk_metrics_port(d->metrics));
+    }
     d->running = true;
     *out = d;
     return 0;
 fail:
+    vblk_metrics_stop(d->metrics);
     vblk_rpc_stop(d->rpc);
     if (d->sfd >= 0)
         close(d->sfd);
@@ -741,7 +809,7 @@ int vblk_daemon_run(struct vblk_daemon *d)
     struct epoll_event evs[32];
 
     while (d->running) {
-        int n = epoll_wait(d->epfd, evs, 32, -1);
+        int n = epoll_wait(d->epfd, evs, 32, vblk_metrics_timeout_ms(d->metrics));
 
         if (n < 0 && errno != EINTR) {
             log_err(NULL, "epoll_wait failed: %s", strerror(errno));
@@ -768,6 +836,8 @@ int vblk_daemon_run(struct vblk_daemon *d)
             case TAG_RPC:
                 vblk_rpc_run(d->rpc);
                 break;
+            case TAG_METRICS:
+                break; /* served below, after every wake */
             case TAG_LISTEN:
                 accept_conn(d, t->x);
                 break;
@@ -778,6 +848,7 @@ int vblk_daemon_run(struct vblk_daemon *d)
                 break;
             }
         }
+        vblk_metrics_run(d->metrics); /* its events and timeouts; nothing without --metrics */
         free_dead(d);
     }
     return 0;
@@ -788,6 +859,7 @@ void vblk_daemon_destroy(struct vblk_daemon *d)
     if (!d)
         return;
     vblk_rpc_stop(d->rpc); /* sends the last answers (shutdown's) */
+    vblk_metrics_stop(d->metrics);
     while (d->nexp)
         remove_export(d, d->exps[d->nexp - 1]);
     free_dead(d);

@@ -31,6 +31,8 @@ struct vblk_iothread {
     uint64_t poll_max_ns; /* 0: never poll */
     uint64_t poll_ns;     /* current window, adapted between 0 and poll_max_ns */
     bool work;            /* this iteration did something */
+    bool now_valid;       /* now holds this phase's time (vblk_iothread_now) */
+    uint64_t now;
 
     /* control channel: one call at a time (the control thread is single) */
     int cmd_efd;
@@ -162,6 +164,15 @@ static uint64_t now_ns(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t vblk_iothread_now(struct vblk_iothread *t)
+{
+    if (!t->now_valid) {
+        t->now = now_ns();
+        t->now_valid = true;
+    }
+    return t->now;
 }
 
 static void finish_call(struct vblk_iothread *t, int ret)
@@ -297,6 +308,8 @@ static void *iothread_main(void *arg)
             bool cmd = false;
             int n;
 
+            if (timeout)
+                t->now_valid = false; /* it may sleep: what comes next needs a new time */
             if (timeout && t->poll_max_ns) {
                 slept = true;
                 sleep_start = now_ns();
@@ -330,11 +343,12 @@ static void *iothread_main(void *arg)
             e->ops->reap(e, vblk_io_complete, t);
             e->ops->submit(e);
         }
+        t->now_valid = false; /* the end of the batch gets its own time */
         run_list(&t->hooks);
         if (t->pending_fn)
             retry_pending(t);
         if (t->poll_max_ns) {
-            uint64_t now = now_ns();
+            uint64_t now = vblk_iothread_now(t);
 
             if (t->work) {
                 if (slept)

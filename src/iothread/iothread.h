@@ -10,7 +10,7 @@
  * epoll event gathered before a call changed the sources (a stale event).
  *
  * Called from the control (main) thread: create, destroy, call, wedged.
- * Called from the I/O thread only: add_fd, del_fd, defer, again, engine.
+ * Called from the I/O thread only: add_fd, del_fd, defer, again, engine, now.
  * Called from any thread: self.
  */
 #ifndef VBLK_IOTHREAD_H
@@ -89,5 +89,13 @@ bool vblk_iothread_polls(const struct vblk_iothread *t);
 struct vblk_engine *vblk_iothread_engine(struct vblk_iothread *t);
 /* The I/O thread calling, or NULL outside I/O threads (for a driver that needs its thread). */
 struct vblk_iothread *vblk_iothread_self(void);
+/* CLOCK_MONOTONIC in ns, read at most once per iteration of the loop and kept until the next
+ * point where time is known to have moved: the end-of-batch hooks (whose first call reads it
+ * again; the polling logic after them reuses that value) and a sleep in epoll_wait.  So every
+ * request taken in one pass shares one start time and every completion published at one end of
+ * batch one end time; a thread that polls reads the clock once per iteration, as it did before
+ * (the end of one batch is the start of the next pass), one that sleeps at most twice: when work
+ * comes and at the end of the batch. */
+uint64_t vblk_iothread_now(struct vblk_iothread *t);
 
 #endif
