@@ -517,7 +517,7 @@ t_live() {
 	live_step "second front-end on the added disk" "$BENCH" --socket "$E2E_TMP/d2.sock" \
 		--verify-phase=write --size=8M --seed=5 || return 1
 	live_step "export set" "$VBLKCTL" -s "$rpc" export set d2 iops-total=500 || return 1
-	live_step "throttled run" "$BENCH" --socket "$E2E_TMP/d2.sock" --runtime=10 --iodepth=8 \
+	live_step "throttled run" "$BENCH" --socket "$E2E_TMP/d2.sock" --runtime=10 --iodepth=8 --wait \
 		--size=8M --json || return 1
 	iops=$(tail -1 "$ctl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["iops"])')
 	if ! python3 -c "import sys; sys.exit(0 if 450 <= $iops <= 550 else 1)"; then

@@ -55,7 +55,7 @@ check "a second front-end writes the added file export" \
 
 # throttling: iops-total=500 measured over 10 s within 10%, then lifted
 check "export set iops-total=500" ctl export set d1 iops-total=500
-if bench --socket "$tmp/d1.sock" --runtime=10 --iodepth=8 >"$tmp/thr.json" 2>&1; then
+if bench --socket "$tmp/d1.sock" --runtime=10 --iodepth=8 --wait >"$tmp/thr.json" 2>&1; then
     iops=$(jget 'j["iops"]' <"$tmp/thr.json")
     if python3 -c "import sys; sys.exit(0 if 450 <= $iops <= 550 else 1)"; then
         pass "throttled to 500 IOPS (measured $iops)"
