@@ -336,7 +336,8 @@ static inline __attribute__((always_inline)) void submit(struct blk_req *req, ui
 /* ---- I/O thread: request parsing ---- */
 
 /* A data range is a positive multiple of the block size, aligned, and inside the disk. */
-static bool range_ok(const struct vblk_bdev *b, uint64_t sector, uint64_t bytes)
+static inline __attribute__((always_inline)) bool range_ok(const struct vblk_bdev *b,
+                                                           uint64_t sector, uint64_t bytes)
 {
     uint64_t cap = vblk_bdev_size(b) >> SECTOR_SHIFT;
 
