@@ -454,8 +454,10 @@ static int ctl_recv_line(struct ctl *c, double deadline, char **line, size_t *li
         room = MAX_RESPONSE + 1 - c->len; /* at most one byte past the limit */
         if (room > READ_CHUNK)
             room = READ_CHUNK;
-        if (c->cap < c->len + room + 1) {
-            c->cap = c->len + room + 1;
+        if (c->cap < c->len + room + 1) { /* grow geometrically, up to the limit */
+            size_t cap = c->cap * 2 > c->len + room + 1 ? c->cap * 2 : c->len + room + 1;
+
+            c->cap = cap < MAX_RESPONSE + 2 ? cap : MAX_RESPONSE + 2;
             c->buf = xrealloc(c->buf, c->cap);
         }
         n = recv(c->fd, c->buf + c->len, room, 0);
