@@ -7,10 +7,11 @@
 #
 # Suites (qcow2: tests/integration/qcow2.sh, normal and ASan builds): unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), tsan (the unit tests
 # built with clang's ThreadSanitizer: the I/O thread, its control calls, queues served for real), integration (vblkd
-# driven over its socket by vblk-bench and a hostile front-end; then tests/integration/metrics.sh:
-# the --metrics endpoint scraped with curl and checked with promtool; tests/integration/control.sh:
-# the control socket driven by vblkctl), asan-integration (the same with
-# vblkd and vblk-bench built with ASan+UBSan, stopping at the first report), bench (vblk-bench's own tests
+# driven over its socket by vblk-bench and a hostile front-end; vblkctl against a mock control
+# socket; then tests/integration/metrics.sh: the --metrics endpoint scraped with curl and checked
+# with promtool; tests/integration/control.sh: the control socket driven by vblkctl),
+# asan-integration (the same with vblkd, vblk-bench and vblkctl built with ASan+UBSan, stopping at
+# the first report), bench (vblk-bench's own tests
 # against qemu-storage-daemon), e2e (a QEMU guest on vblkd), fuzz (each libFuzzer target for
 # FUZZ_SECONDS, default 20; needs clang), soak (tests/soak/run.sh with ASan binaries for
 # SOAK_SECONDS, default 120).
@@ -114,6 +115,8 @@ for s in "${suites[@]}"; do
         ;;
     integration)
         script_suite integration bash tests/integration/run.sh build
+        # vblkctl against a mock control socket (tests/integration/vblkctl_mock.py)
+        script_suite vblkctl bash tests/integration/vblkctl.sh build
         script_suite metrics bash tests/integration/metrics.sh build
         script_suite control bash tests/integration/control.sh build
         ;;
@@ -132,6 +135,11 @@ for s in "${suites[@]}"; do
                 VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
                 VBLKCTL=build-asan/tools/vblkctl/vblkctl \
                 script_suite asan-control bash tests/integration/control.sh build-asan
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
+                VBLKCTL=build-asan/tools/vblkctl/vblkctl \
+                script_suite asan-vblkctl bash tests/integration/vblkctl.sh build-asan
         else
             tail -40 "$logdir/build-asan.log"
             count asan-integration 0 1

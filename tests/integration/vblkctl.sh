@@ -163,9 +163,12 @@ expect stats-json 0 '[{"method":"stats","params":{"id":"d1"}}]' \
 ctl stats nope
 expect stats-unknown 1 '[{"method":"stats","params":{"id":"nope"}}]' "err:unknown export 'nope'"
 
-# watch: the mock advances d1 by 1000 reads and 500 writes of 4 KiB and uptime by 1 s per sample
+# watch, stopped by one SIGINT/SIGTERM (exit 0).  `timeout --foreground` signals vblkctl once, as
+# a terminal's ^C does: its default second signal to the whole process group can land during
+# LeakSanitizer's exit-time check in the ASan run, which then hangs (-k 10 turns that into a FAIL).
+# The mock advances d1 by 1000 reads and 500 writes of 4 KiB and uptime by 1 s per sample
 : >"$log"
-timeout -s INT --preserve-status 1.2 "$CTL" -s "$sock" stats -w 0.2 >"$tmp/out" 2>"$tmp/err"
+timeout --foreground -k 10 -s INT --preserve-status 1.2 "$CTL" -s "$sock" stats -w 0.2 >"$tmp/out" 2>"$tmp/err"
 rc=$?
 expect stats-watch 0 '{"repeat":{"method":"stats"},"min":3}' \
     'out:^ID +R/S +W/S +RMB/S +WMB/S +INFLIGHT +P50_US +P99_US +ERRORS +THROTTLED$' \
@@ -175,7 +178,7 @@ expect stats-watch 0 '{"repeat":{"method":"stats"},"min":3}' \
     'out:^d1 +1000 +500 +4\.10 +2\.05 +3 +45\.5 +120\.[23] +3 +7$' \
     'out:^d1/q0 +500 +250 +2\.05 +1\.02 +1 ' 'out:^d2 +0 +0 +0\.00 +0\.00 '
 : >"$log"
-timeout -s TERM --preserve-status 0.8 "$CTL" -s "$sock" --json stats d2 --watch 0.2 >"$tmp/out" 2>"$tmp/err"
+timeout --foreground -k 10 -s TERM --preserve-status 0.8 "$CTL" -s "$sock" --json stats d2 --watch 0.2 >"$tmp/out" 2>"$tmp/err"
 rc=$?
 expect stats-watch-json-sigterm 0 '{"repeat":{"method":"stats","params":{"id":"d2"}},"min":2}' \
     'lines:len(rs) >= 2 and all(x["exports"][0]["id"] == "d2" for x in rs)'
@@ -337,7 +340,7 @@ ctl raw version
 expect result-null-raw 0 '[{"method":"version"}]' 'out:^null$'
 mode two-responses
 : >"$log"
-timeout -s INT --preserve-status 3 "$CTL" -s "$sock" stats -w 0.1 >"$tmp/out" 2>"$tmp/err"
+timeout --foreground -k 10 -s INT --preserve-status 3 "$CTL" -s "$sock" stats -w 0.1 >"$tmp/out" 2>"$tmp/err"
 rc=$?
 expect stale-response-in-watch 1 '{"repeat":{"method":"stats"},"min":2}' \
     'err:^vblkctl: malformed response: id 1 does not match the request.s id 2$'
@@ -353,7 +356,7 @@ expect weird-export-set 0 - 'out:^a +1$' 'out:^b +-$' 'out:^c +\[1\]$'
 ctl export resize d2 1G
 expect weird-export-resize 1 - 'err:no "size" number'
 : >"$log"
-timeout -s INT --preserve-status 0.5 "$CTL" -s "$sock" stats -w 0.1 >"$tmp/out" 2>"$tmp/err"
+timeout --foreground -k 10 -s INT --preserve-status 0.5 "$CTL" -s "$sock" stats -w 0.1 >"$tmp/out" 2>"$tmp/err"
 rc=$?
 expect weird-stats-watch 0 - 'out:^ID +R/S'
 mode normal

@@ -435,7 +435,7 @@ static int ctl_recv_line(struct ctl *c, double deadline, char **line, size_t *li
     size_t scanned = 0;
 
     for (;;) {
-        char *nl = memchr(c->buf + scanned, '\n', c->len - scanned);
+        char *nl = c->len > scanned ? memchr(c->buf + scanned, '\n', c->len - scanned) : NULL;
         ssize_t n;
         size_t room;
 
@@ -454,8 +454,10 @@ static int ctl_recv_line(struct ctl *c, double deadline, char **line, size_t *li
         room = MAX_RESPONSE + 1 - c->len; /* at most one byte past the limit */
         if (room > READ_CHUNK)
             room = READ_CHUNK;
-        if (c->cap < c->len + room + 1) {
-            c->cap = c->len + room + 1;
+        if (c->cap < c->len + room + 1) { /* grow geometrically, up to the limit */
+            size_t cap = c->cap * 2 > c->len + room + 1 ? c->cap * 2 : c->len + room + 1;
+
+            c->cap = cap < MAX_RESPONSE + 2 ? cap : MAX_RESPONSE + 2;
             c->buf = xrealloc(c->buf, c->cap);
         }
         n = recv(c->fd, c->buf + c->len, room, 0);
@@ -1182,7 +1184,7 @@ static int cmd_stats_watch(struct ctl *c, const char *id, double every)
     struct sigaction sa = {.sa_handler = on_signal};
     json_object *prev = NULL, *prev_resp = NULL;
     double prev_t = 0;
-    sigset_t block;
+    sigset_t block, old_mask;
     int r = EXIT_OK;
 
     /* SIGINT/SIGTERM are blocked except inside ppoll(), so one is never missed between checks */
@@ -1191,7 +1193,8 @@ static int cmd_stats_watch(struct ctl *c, const char *id, double every)
     sigaddset(&block, SIGTERM);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    sigprocmask(SIG_BLOCK, &block, &wait_mask);
+    sigprocmask(SIG_BLOCK, &block, &old_mask);
+    wait_mask = old_mask;
     sigdelset(&wait_mask, SIGINT);
     sigdelset(&wait_mask, SIGTERM);
 
@@ -1236,6 +1239,10 @@ static int cmd_stats_watch(struct ctl *c, const char *id, double every)
         }
     }
     json_object_put(prev_resp);
+    /* unblock: a signal still pending or arriving late (`timeout` signals the process group
+     * too) only sets the flag again; the handlers stay until the process exits */
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
+    wait_mask = old_mask;
     return r == EXIT_INTR || (interrupted && !r) ? EXIT_OK : r;
 }
 
