@@ -19,6 +19,7 @@
 #include "export.h"
 #include "mem/guest_mem.h"
 #include "util/log.h"
+#include "util/notify.h"
 
 #define MAX_EXPORTS 64
 
@@ -204,6 +205,7 @@ int main(int argc, char **argv)
         }
     }
     log_info(NULL, "ready: %u export%s", nexp, nexp > 1 ? "s" : "");
+    vblk_notify_ready();
 
     while (running) {
         int n = epoll_wait(epfd, evs, 16, -1);
@@ -229,6 +231,7 @@ int main(int argc, char **argv)
                     } else {
                         log_info(NULL, "%s: draining and exiting", strsignal((int)si.ssi_signo));
                         running = false;
+                        vblk_notify_stopping();
                     }
                 }
             } else if (tag == TAG_GUARD) {
