@@ -3,7 +3,7 @@
 #
 #   scripts/test.sh            all suites
 #   scripts/test.sh unit       only the given suites (unit asan tsan integration
-#                              asan-integration bench e2e fuzz)
+#                              asan-integration qcow2 service bench e2e libvirt soak fuzz)
 #
 # Suites (qcow2: tests/integration/qcow2.sh, normal and ASan builds): unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), tsan (the unit tests
 # built with clang's ThreadSanitizer: the I/O thread, its control calls, queues served for real), integration (vblkd
@@ -12,14 +12,16 @@
 # with promtool; tests/integration/control.sh: the control socket driven by vblkctl),
 # asan-integration (the same with vblkd, vblk-bench and vblkctl built with ASan+UBSan, stopping at
 # the first report), bench (vblk-bench's own tests
-# against qemu-storage-daemon), e2e (a QEMU guest on vblkd), fuzz (each libFuzzer target for
+# against qemu-storage-daemon), service (vblkd's sd_notify READY/STOPPING under a stand-in
+# NOTIFY_SOCKET, systemd-analyze verify of contrib/systemd), e2e (a QEMU guest on vblkd), libvirt
+# (a private libvirtd boots a domain XML whose disk is a vhostuser disk on vblkd), fuzz (each libFuzzer target for
 # FUZZ_SECONDS, default 20; needs clang), soak (tests/soak/run.sh with ASan binaries for
 # SOAK_SECONDS, default 120).
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration qcow2 bench e2e soak fuzz)
+[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration qcow2 service bench e2e libvirt soak fuzz)
 passed=0
 failed=0
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/vblk-test.XXXXXX")
@@ -171,8 +173,14 @@ for s in "${suites[@]}"; do
     bench)
         script_suite bench bash tools/vblk-bench/tests/test-bench.sh build/tools/vblk-bench/vblk-bench
         ;;
+    service)
+        script_suite service python3 tests/service/run.py build
+        ;;
     e2e)
         script_suite e2e bash tests/e2e/run.sh --backend vblkd
+        ;;
+    libvirt)
+        script_suite libvirt bash tests/libvirt/run.sh build
         ;;
     fuzz)
         if [ -x tests/fuzz/run.sh ] && command -v clang >/dev/null; then
@@ -187,7 +195,7 @@ for s in "${suites[@]}"; do
         fi
         ;;
     *)
-        echo "unknown suite '$s' (unit asan tsan integration asan-integration qcow2 bench e2e soak fuzz)"
+        echo "unknown suite '$s' (unit asan tsan integration asan-integration qcow2 service bench e2e libvirt soak fuzz)"
         count "$s" 0 1
         ;;
     esac

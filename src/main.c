@@ -22,6 +22,7 @@
 #include "control/daemon.h"
 #include "mem/guest_mem.h"
 #include "util/log.h"
+#include "util/notify.h"
 
 static void usage(FILE *f)
 {
@@ -226,6 +227,7 @@ int main(int argc, char **argv)
     log_info(NULL, "ready: %u export%s%s%s", vblk_daemon_num_exports(d),
              vblk_daemon_num_exports(d) == 1 ? "" : "s", a.dc.rpc_path ? ", control socket " : "",
              a.dc.rpc_path ? a.dc.rpc_path : "");
+    vblk_notify_ready();
     status = vblk_daemon_run(d);
 out:
     vblk_daemon_destroy(d);

@@ -20,6 +20,7 @@
 #include "mem/guest_mem.h"
 #include "util/lathist.h"
 #include "util/log.h"
+#include "util/notify.h"
 #include "util/size.h"
 
 /* What woke the loop: epoll data points at one of these. */
@@ -356,6 +357,7 @@ static int m_shutdown(void *ctx, struct json_object *params, struct json_object 
         return VBLK_RPC_INVALID_PARAMS;
     log_info(NULL, "shutdown asked on the control socket: draining and exiting");
     d->running = false;
+    vblk_notify_stopping();
     return 0;
 }
 
@@ -800,6 +802,7 @@ static void on_signal(struct vblk_daemon *d)
         } else {
             log_info(NULL, "%s: draining and exiting", strsignal((int)si.ssi_signo));
             d->running = false;
+            vblk_notify_stopping();
         }
     }
 }
