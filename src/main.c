@@ -69,7 +69,7 @@ static void usage(FILE *f)
         "                            {\"exports\": [{\"id\": \"d1\", \"file\": ..., ...}]}\n"
         "  -r, --rpc PATH            control socket (JSON-RPC 2.0, one request per line; see\n"
         "                            vblkctl); with it, vblkd may start with no export\n"
-        "      --rpc-mode MODE       octal permissions of the control socket (e.g. 0660)\n"
+        "      --rpc-mode MODE       octal permissions of the control socket (0600)\n"
         "      --rpc-owner USER[:GROUP]  owner of the control socket\n"
         "  -m, --metrics ADDR:PORT   serve the counters in Prometheus format at\n"
         "                            http://ADDR:PORT/metrics (127.0.0.1:9100, [::1]:9100,\n"

@@ -26,7 +26,7 @@ struct json_object;
 
 struct vblk_daemon_conf {
     const char *rpc_path; /* NULL: no control socket */
-    mode_t rpc_mode;      /* 0: as created (umask) */
+    mode_t rpc_mode;      /* 0: 0600 */
     uid_t rpc_uid;        /* (uid_t)-1: unchanged */
     gid_t rpc_gid;
     const char *metrics; /* ADDR:PORT, or NULL */

@@ -370,7 +370,7 @@ int vblk_rpc_start(struct vblk_rpc **out, const char *path, mode_t mode, uid_t u
     if (ret < 0)
         goto err_ep;
     r->listen_fd = ret;
-    if ((mode && chmod(path, mode) < 0) ||
+    if (chmod(path, mode ? mode : 0600) < 0 ||
         ((uid != (uid_t)-1 || gid != (gid_t)-1) && chown(path, uid, gid) < 0)) {
         ret = -errno;
         snprintf(err, errlen, "cannot set the owner or mode of '%s': %s", path, strerror(-ret));
