@@ -69,7 +69,11 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
         d = d->child;
     log_info(o->id,
              "serving %s (%s, %llu bytes%s) on %s: aio=%s cache=%s num-queues=%u iothreads=%u%s",
-             o->null ? "null device" : o->file, d->ops->name, (unsigned long long)e->bdev->size,
+             o->null                         ? "null device"
+             : o->protocol == VBLK_PROTO_NBD ? o->uri
+             : o->protocol == VBLK_PROTO_RBD ? o->image
+                                             : o->file,
+             d->ops->name, (unsigned long long)e->bdev->size,
              d->child && d->child->blockdev ? " on a block device"
              : d->blockdev                  ? ", block device"
                                             : "",

@@ -2,6 +2,7 @@
 #include "options.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,8 @@ void vblk_opts_defaults(struct vblk_export_opts *o)
     o->iothreads = 1;
     o->rerror = 0; /* report */
     o->werror = 3; /* enospc */
+    o->timeout_s = 30;
+    o->reconnect_ms = 250;
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -478,6 +481,88 @@ GETTER(get_throttle)
     vblk_throttle_conf_get(&o->throttle, key, buf, cap);
 }
 
+static const char *const protocol_names[] = {
+    [VBLK_PROTO_FILE] = "file",
+    [VBLK_PROTO_NULL] = "null",
+    [VBLK_PROTO_NBD] = "nbd",
+    [VBLK_PROTO_RBD] = "rbd",
+};
+
+SETTER(set_driver)
+{
+    for (unsigned i = 0; i < 4; i++) {
+        if (!strcmp(v, protocol_names[i])) {
+            o->protocol = (enum vblk_protocol)i;
+            o->has_driver = true;
+            return 0;
+        }
+    }
+    return fail(err, errlen, "driver='%s': allowed values are file, null, nbd, rbd", v);
+}
+GETTER(get_driver)
+{
+    snprintf(buf, cap, "%s", protocol_names[o->protocol]);
+}
+
+/* A string key stored in a fixed buffer of o. */
+static char *string_field(struct vblk_export_opts *o, const char *key, size_t *cap)
+{
+    static const struct {
+        const char *key;
+        size_t off, cap;
+    } f[] = {
+        {"uri", offsetof(struct vblk_export_opts, uri), sizeof(o->uri)},
+        {"pool", offsetof(struct vblk_export_opts, pool), sizeof(o->pool)},
+        {"image", offsetof(struct vblk_export_opts, image), sizeof(o->image)},
+        {"snap", offsetof(struct vblk_export_opts, snap), sizeof(o->snap)},
+        {"user", offsetof(struct vblk_export_opts, user), sizeof(o->user)},
+        {"conf", offsetof(struct vblk_export_opts, rbd_conf), sizeof(o->rbd_conf)},
+    };
+
+    for (unsigned i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+        if (!strcmp(f[i].key, key)) {
+            *cap = f[i].cap;
+            return (char *)o + f[i].off;
+        }
+    }
+    return NULL;
+}
+
+SETTER(set_string_key)
+{
+    size_t cap = 0;
+    char *dst = string_field(o, key, &cap);
+
+    if (!dst || !*v || set_string(dst, cap, v) < 0)
+        return fail(err, errlen, "%s='%s': must be 1 to %zu characters", key, v, cap - 1);
+    for (const char *p = v; *p; p++) {
+        if ((unsigned char)*p < 0x20)
+            return fail(err, errlen, "%s: control characters are not allowed", key);
+    }
+    return 0;
+}
+GETTER(get_string_key)
+{
+    size_t n;
+    const char *src = string_field((struct vblk_export_opts *)o, key, &n);
+
+    snprintf(buf, cap, "%s", src ? src : "");
+}
+
+SETTER(set_nbd_time)
+{
+    unsigned *dst = key[0] == 't' ? &o->timeout_s : &o->reconnect_ms;
+
+    if (parse_uint(v, 0, key[0] == 't' ? 86400 : 60000, dst) < 0)
+        return fail(err, errlen, "%s='%s': must be an integer from 0 to %u", key, v,
+                    key[0] == 't' ? 86400 : 60000);
+    return 0;
+}
+GETTER(get_nbd_time)
+{
+    snprintf(buf, cap, "%u", key[0] == 't' ? o->timeout_s : o->reconnect_ms);
+}
+
 #define KEY(n, f, s, g)                                                                            \
     {                                                                                              \
         .name = n, .flags = f, .set = s, .get = g                                                  \
@@ -486,7 +571,8 @@ GETTER(get_throttle)
 const struct vblk_opt_key vblk_opt_keys[] = {
     KEY("type", VBLK_OPT_HIDDEN, set_type, get_type),
     KEY("id", VBLK_OPT_REQUIRED, set_id, get_id),
-    KEY("file", VBLK_OPT_REQUIRED, set_file, get_file),
+    KEY("driver", 0, set_driver, get_driver),
+    KEY("file", 0, set_file, get_file),
     KEY("socket", VBLK_OPT_REQUIRED, set_socket, get_socket),
     KEY("readonly", VBLK_OPT_LIVE, set_readonly, get_readonly),
     KEY("aio", 0, set_aio, get_aio),
@@ -525,6 +611,14 @@ const struct vblk_opt_key vblk_opt_keys[] = {
     THROTTLE("bps-write-max"),
     THROTTLE("bps-write-max-length"),
     THROTTLE("throttle-group"),
+    KEY("uri", VBLK_OPT_NET, set_string_key, get_string_key),
+    KEY("timeout", VBLK_OPT_NET, set_nbd_time, get_nbd_time),
+    KEY("reconnect-delay-ms", VBLK_OPT_NET, set_nbd_time, get_nbd_time),
+    KEY("pool", VBLK_OPT_NET, set_string_key, get_string_key),
+    KEY("image", VBLK_OPT_NET, set_string_key, get_string_key),
+    KEY("snap", VBLK_OPT_NET, set_string_key, get_string_key),
+    KEY("conf", VBLK_OPT_NET, set_string_key, get_string_key),
+    KEY("user", VBLK_OPT_NET, set_string_key, get_string_key),
     KEY("inject-ops", VBLK_OPT_FAULT, set_inject_ops, get_inject_ops),
     KEY("inject-errno", VBLK_OPT_FAULT, set_inject_errno, get_inject_errno),
     KEY("inject-offset", VBLK_OPT_FAULT, set_inject_range, get_inject_range),
@@ -583,6 +677,36 @@ int vblk_opts_finish(struct vblk_export_opts *o, const bool *given, char *err, s
     }
     if (vblk_throttle_conf_check(&o->throttle, err, errlen) < 0)
         return -EINVAL;
+    if (!o->has_driver)
+        o->protocol = o->null ? VBLK_PROTO_NULL : VBLK_PROTO_FILE;
+    switch (o->protocol) {
+    case VBLK_PROTO_FILE:
+    case VBLK_PROTO_NULL:
+        if (!given[vblk_opt_find("file") - vblk_opt_keys])
+            return fail(err, errlen, "missing file=PATH");
+        if (o->null != (o->protocol == VBLK_PROTO_NULL))
+            return fail(err, errlen, "driver=%s: file='%s' %s", protocol_names[o->protocol],
+                        o->file, o->null ? "is null://" : "is not null://SIZE");
+        if (o->uri[0] || o->pool[0] || o->image[0])
+            return fail(err, errlen, "uri=, pool=, image= need driver=nbd or driver=rbd");
+        break;
+    case VBLK_PROTO_NBD:
+        if (o->file[0] || !o->uri[0])
+            return fail(err, errlen,
+                        "driver=nbd: give uri=nbd://HOST[:PORT]/NAME or "
+                        "nbd+unix:///NAME?socket=PATH, and no file=");
+        if (strncmp(o->uri, "nbd://", 6) && strncmp(o->uri, "nbd+unix://", 11))
+            return fail(err, errlen, "uri='%s': must start with nbd:// or nbd+unix://", o->uri);
+        break;
+    case VBLK_PROTO_RBD:
+        if (o->file[0] || !o->pool[0] || !o->image[0])
+            return fail(err, errlen, "driver=rbd: give pool= and image= (and no file=)");
+        break;
+    }
+    if (o->protocol != VBLK_PROTO_NBD && (o->timeout_s != 30 || o->reconnect_ms != 250))
+        return fail(err, errlen, "timeout= and reconnect-delay-ms= need driver=nbd");
+    if (o->protocol != VBLK_PROTO_RBD && (o->snap[0] || o->rbd_conf[0] || o->user[0]))
+        return fail(err, errlen, "snap=, conf=, user= need driver=rbd");
     if (o->iothreads > o->num_queues)
         return fail(err, errlen, "iothreads=%u: more I/O threads than queues (num-queues=%u)",
                     o->iothreads, o->num_queues);
@@ -735,6 +859,13 @@ struct json_object *vblk_opts_to_json(const struct vblk_export_opts *o)
     for (const struct vblk_opt_key *k = vblk_opt_keys; k->name; k++) {
         if ((k->flags & VBLK_OPT_HIDDEN) || ((k->flags & VBLK_OPT_FAULT) && !o->fault.ops))
             continue;
+        if ((k->flags & VBLK_OPT_NET) &&
+            !(o->protocol == VBLK_PROTO_NBD &&
+              (k->set == set_nbd_time || !strcmp(k->name, "uri"))) &&
+            !(o->protocol == VBLK_PROTO_RBD && k->set == set_string_key && strcmp(k->name, "uri")))
+            continue; /* another driver's key */
+        if (!strcmp(k->name, "file") && o->protocol >= VBLK_PROTO_NBD)
+            continue;
         k->get(o, k->name, buf, PATH_MAX + 1);
         if (k->get == get_throttle &&
             (!buf[0] || !strcmp(buf, "0") || (strstr(k->name, "-max-length") && !strcmp(buf, "1"))))
@@ -764,5 +895,14 @@ struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o)
         .fault = o->fault,
         .no_lock = o->no_lock,
         .throttle = o->throttle,
+        .protocol = o->protocol,
+        .uri = o->uri,
+        .timeout_s = o->timeout_s,
+        .reconnect_ms = o->reconnect_ms,
+        .pool = o->pool,
+        .image = o->image,
+        .snap = o->snap,
+        .conf = o->rbd_conf,
+        .user = o->user,
     };
 }

@@ -46,6 +46,13 @@ struct vblk_export_opts {
     struct vblk_fault_conf fault;       /* inject-*: fault injection for tests */
     bool no_lock;                       /* locking=off */
     struct vblk_throttle_conf throttle; /* iops-*, bps-*, throttle-group (live) */
+    enum vblk_protocol protocol;        /* driver=file|null|nbd|rbd (file= picks file or null) */
+    bool has_driver;
+    char uri[1024];        /* nbd */
+    unsigned timeout_s;    /* nbd: fail held requests after this long without a server (30) */
+    unsigned reconnect_ms; /* nbd: first reconnect delay, doubling up to 5 s (250) */
+    char pool[128], image[256], snap[128], user[128]; /* rbd */
+    char rbd_conf[PATH_MAX];                          /* rbd: ceph.conf ("" default) */
 };
 
 /* The storage part of o, for the block-driver layer (pointers into o). */
@@ -58,10 +65,11 @@ void vblk_opts_defaults(struct vblk_export_opts *o);
 
 /* The schema: every export key, once, for the command line (--export), the config file
  * (--config) and the RPC (export-add, export-set). */
-#define VBLK_OPT_REQUIRED 1u /* must be given */
-#define VBLK_OPT_LIVE     2u /* export-set may change it on a running export */
-#define VBLK_OPT_HIDDEN   4u /* accepted, not listed (type=vhost-user-blk) */
-#define VBLK_OPT_FAULT    8u /* fault injection: listed only when used */
+#define VBLK_OPT_REQUIRED 1u  /* must be given */
+#define VBLK_OPT_LIVE     2u  /* export-set may change it on a running export */
+#define VBLK_OPT_HIDDEN   4u  /* accepted, not listed (type=vhost-user-blk) */
+#define VBLK_OPT_FAULT    8u  /* fault injection: listed only when used */
+#define VBLK_OPT_NET      16u /* a network driver's key (nbd, rbd): listed for that driver */
 #define VBLK_OPT_KEYS_MAX 96
 
 struct vblk_opt_key {

@@ -48,7 +48,20 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
     struct vblk_bdev *proto, *top;
     int r;
 
-    r = open_one(&proto, c->null ? &vblk_bdev_null : &vblk_bdev_file, NULL, c, err, errlen);
+    /* .null alone picks the null driver (as file=null://SIZE does) */
+    switch (c->null ? VBLK_PROTO_NULL : c->protocol) {
+    case VBLK_PROTO_FILE:
+        r = open_one(&proto, &vblk_bdev_file, NULL, c, err, errlen);
+        break;
+    case VBLK_PROTO_NULL:
+        r = open_one(&proto, &vblk_bdev_null, NULL, c, err, errlen);
+        break;
+    default:
+        snprintf(err, errlen, "driver=%s is not available in this build",
+                 c->protocol == VBLK_PROTO_NBD ? "nbd" : "rbd");
+        r = -ENOTSUP;
+        break;
+    }
     if (r < 0)
         return r;
     format = c->format;
@@ -119,8 +132,7 @@ void vblk_bdev_close_stack(struct vblk_bdev *b)
     }
 }
 
-int vblk_bdev_resize(struct vblk_bdev *top, uint64_t size, bool truncate, char *err,
-                     size_t errlen)
+int vblk_bdev_resize(struct vblk_bdev *top, uint64_t size, bool truncate, char *err, size_t errlen)
 {
     int r;
 

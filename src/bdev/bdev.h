@@ -67,9 +67,18 @@ struct vblk_fault_conf {
 };
 
 /* What storage needs to know of an export's options (the command line lives above). */
+/* Where the bytes are: the protocol driver at the bottom of the stack. */
+enum vblk_protocol {
+    VBLK_PROTO_FILE, /* file=PATH: a regular file or block device */
+    VBLK_PROTO_NULL, /* file=null://SIZE */
+    VBLK_PROTO_NBD,  /* driver=nbd,uri=...: an NBD server (libnbd) */
+    VBLK_PROTO_RBD,  /* driver=rbd,pool=,image=: a Ceph RBD image (librbd) */
+};
+
 struct vblk_bdev_conf {
     const char *name; /* export id, for messages */
-    const char *file; /* path, or null://SIZE */
+    enum vblk_protocol protocol;
+    const char *file; /* path, or null://SIZE ("" for nbd and rbd) */
     bool null;        /* file is null://SIZE */
     uint64_t null_size;
     bool readonly;
@@ -85,6 +94,14 @@ struct vblk_bdev_conf {
     struct vblk_fault_conf fault; /* ops != 0: a faulty filter on the format driver */
     /* limits of the throttle filter, always on top (all 0: none, a pass-through) */
     struct vblk_throttle_conf throttle;
+    /* nbd: nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH; requests fail with IOERR
+     * after timeout_s without the server (0: wait forever); reconnect every reconnect_ms first */
+    const char *uri;
+    unsigned timeout_s;
+    unsigned reconnect_ms;
+    /* rbd: pool, image, optional snapshot (read-only), ceph.conf path and client id ("" for
+     * librados' defaults) */
+    const char *pool, *image, *snap, *conf, *user;
 };
 
 enum vblk_bdev_op {
