@@ -1018,8 +1018,11 @@ static struct counters get_counters(json_object *o)
     json_object *wr = jget(ops, "write", json_type_object);
     struct counters k = {0};
 
-    k.ok = jnum(rd, "ops", &k.rops) & jnum(wr, "ops", &k.wops) & jnum(rd, "bytes", &k.rbytes) &
-           jnum(wr, "bytes", &k.wbytes);
+    /* every field is read, even after a missing one */
+    bool r_ops = jnum(rd, "ops", &k.rops), w_ops = jnum(wr, "ops", &k.wops);
+    bool r_bytes = jnum(rd, "bytes", &k.rbytes), w_bytes = jnum(wr, "bytes", &k.wbytes);
+
+    k.ok = r_ops && w_ops && r_bytes && w_bytes;
     return k;
 }
 
