@@ -9,6 +9,8 @@
 #include <string.h>
 #include <json-c/json.h>
 
+#include "util/kv.h"
+
 static const char *const cache_names[] = {
     [VBLK_CACHE_NONE] = "none",
     [VBLK_CACHE_WRITEBACK] = "writeback",
@@ -754,31 +756,17 @@ int vblk_opts_parse_export(const char *arg, struct vblk_export_opts *o, char *er
 
     if (!buf)
         return fail(err, errlen, "out of memory");
-    while (*p) {
-        char *key = buf, *val = NULL, *w = buf;
+    for (;;) {
+        char *key = NULL, *val = NULL;
+        int k = vblk_kv_next(&p, buf, &key, &val);
 
-        /* key: up to '=' or ','; value: up to a single ',' with ",," meaning ',' */
-        while (*p && *p != '=' && *p != ',')
-            *w++ = *p++;
-        *w++ = '\0';
-        if (*p != '=') {
+        if (k == 0)
+            break;
+        if (k == -1) {
             r = fail(err, errlen, "'%s' is not key=value", key);
             goto out;
         }
-        p++;
-        val = w;
-        while (*p) {
-            if (*p == ',') {
-                if (p[1] != ',')
-                    break;
-                p++;
-            }
-            *w++ = *p++;
-        }
-        *w = '\0';
-        if (*p == ',')
-            p++;
-        if (!*key) {
+        if (k == -2) {
             r = fail(err, errlen, "empty key in '%s'", arg);
             goto out;
         }

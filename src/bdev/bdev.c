@@ -32,6 +32,17 @@ static int open_one(struct vblk_bdev **out, const struct vblk_bdev_ops *ops,
     b->lbs = c->lbs;
     b->readonly = c->readonly;
     b->cache = c->cache;
+    if (ops->filter && child) {
+        /* a filter serves its child's range: the same info */
+        b->size = child->size;
+        b->lbs = child->lbs;
+        b->phys_exp = child->phys_exp;
+        b->align = child->align;
+        b->readonly = child->readonly;
+        b->discard = child->discard;
+        b->write_zeroes = child->write_zeroes;
+        b->zeroes_unmap = child->zeroes_unmap;
+    }
     r = ops->open(b, c, err, errlen);
     if (r < 0) {
         free(b);

@@ -26,7 +26,6 @@ static int faulty_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char
                        size_t errlen)
 {
     struct faulty *f = calloc(1, sizeof(*f));
-    const struct vblk_bdev *child = b->child;
 
     if (!f) {
         snprintf(err, errlen, "out of memory");
@@ -35,14 +34,6 @@ static int faulty_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char
     f->rule = c->fault;
     f->rng = 0x9e3779b97f4a7c15ull;
     b->priv = f;
-    b->size = child->size;
-    b->lbs = child->lbs;
-    b->phys_exp = child->phys_exp;
-    b->align = child->align;
-    b->readonly = child->readonly;
-    b->discard = child->discard;
-    b->write_zeroes = child->write_zeroes;
-    b->zeroes_unmap = child->zeroes_unmap;
     log_warn(c->name, "fault injection on: ops 0x%x delayed %u ms, then %s (%u%%, at most %llu)",
              f->rule.ops, f->rule.delay_ms, f->rule.err ? strerror(f->rule.err) : "served",
              f->rule.rate, (unsigned long long)f->rule.count);
@@ -120,17 +111,11 @@ static void faulty_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct v
         vblk_bdev_submit(b->child, eng, r);
 }
 
-static int faulty_flush_sync(struct vblk_bdev *b)
-{
-    return 0; /* the stack below flushes itself */
-}
-
 const struct vblk_bdev_ops vblk_bdev_faulty = {
     .name = "faulty",
     .filter = true,
     .single_thread = true,
     .open = faulty_open,
     .close = faulty_close,
-    .flush_sync = faulty_flush_sync,
     .submit = faulty_submit,
 };

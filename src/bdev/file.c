@@ -220,16 +220,16 @@ static void file_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vbl
     file_queue(eng, r);
 }
 
-static int file_resize(struct vblk_bdev *b, uint64_t size, bool truncate, char *err,
-                       size_t errlen)
+static int file_resize(struct vblk_bdev *b, uint64_t size, bool truncate, char *err, size_t errlen)
 {
     uint64_t have;
     struct stat st;
 
     if (b->blockdev) {
         if (truncate) {
-            snprintf(err, errlen, "a block device cannot be truncated: grow it (e.g. lvextend), "
-                                  "then resize without truncate");
+            snprintf(err, errlen,
+                     "a block device cannot be truncated: grow it (e.g. lvextend), "
+                     "then resize without truncate");
             return -EINVAL;
         }
         if (ioctl(b->fd, BLKGETSIZE64, &have) < 0)

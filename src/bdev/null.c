@@ -34,8 +34,7 @@ static void null_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vbl
     r->done(r, 0);
 }
 
-static int null_resize(struct vblk_bdev *b, uint64_t size, bool truncate, char *err,
-                       size_t errlen)
+static int null_resize(struct vblk_bdev *b, uint64_t size, bool truncate, char *err, size_t errlen)
 {
     __atomic_store_n(&b->size, size, __ATOMIC_RELAXED);
     return 0;

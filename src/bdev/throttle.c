@@ -623,7 +623,6 @@ static int throttle_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, ch
                          size_t errlen)
 {
     const struct vblk_throttle_conf *tc = &c->throttle;
-    const struct vblk_bdev *child = b->child;
     struct throttle *f;
     char lim[512];
     int r;
@@ -672,14 +671,6 @@ static int throttle_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, ch
     }
     f->b = b;
     b->priv = f;
-    b->size = child->size;
-    b->lbs = child->lbs;
-    b->phys_exp = child->phys_exp;
-    b->align = child->align;
-    b->readonly = child->readonly;
-    b->discard = child->discard;
-    b->write_zeroes = child->write_zeroes;
-    b->zeroes_unmap = child->zeroes_unmap;
     if (vblk_throttle_conf_enabled(&f->st->conf) || tc->group[0]) {
         describe(&f->st->conf, lim, sizeof(lim));
         log_info(c->name, "throttling%s%s: %s", tc->group[0] ? " in group " : "", tc->group, lim);
@@ -719,17 +710,11 @@ static void throttle_close(struct vblk_bdev *b)
     free(f);
 }
 
-static int throttle_flush_sync(struct vblk_bdev *b)
-{
-    return 0; /* the stack below flushes itself */
-}
-
 const struct vblk_bdev_ops vblk_bdev_throttle = {
     .name = "throttle",
     .filter = true,
     .open = throttle_open,
     .close = throttle_close,
-    .flush_sync = throttle_flush_sync,
     .submit = throttle_submit,
     .drain = throttle_drain,
 };

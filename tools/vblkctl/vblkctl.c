@@ -31,6 +31,7 @@
 
 #include <json-c/json.h>
 
+#include "util/kv.h"
 #include "util/size.h"
 
 #ifndef VBLK_VERSION
@@ -832,30 +833,17 @@ static int parse_kv(const char *cmd, const char *arg, json_object *obj)
     char *buf = xrealloc(NULL, strlen(arg) + 2);
     const char *p = arg;
 
-    while (*p) {
-        char *key = buf, *val, *w = buf;
+    for (;;) {
+        char *key = NULL, *val = NULL;
+        int n = vblk_kv_next(&p, buf, &key, &val);
 
-        while (*p && *p != '=' && *p != ',')
-            *w++ = *p++;
-        *w++ = '\0';
-        if (*p != '=') {
+        if (n == 0)
+            break;
+        if (n == -1) {
             usage_error("%s: '%s' is not key=value", cmd, key);
             goto fail;
         }
-        p++;
-        val = w;
-        while (*p) {
-            if (*p == ',') {
-                if (p[1] != ',')
-                    break;
-                p++;
-            }
-            *w++ = *p++;
-        }
-        *w = '\0';
-        if (*p == ',')
-            p++;
-        if (!*key) {
+        if (n == -2) {
             usage_error("%s: empty key in '%s'", cmd, arg);
             goto fail;
         }
