@@ -50,6 +50,17 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
                      strerror(-r));
             goto err_stop_iothreads;
         }
+        if (o->ncpus) {
+            int cpu = o->cpus[e->niot % o->ncpus];
+
+            r = vblk_iothread_pin(e->iot[e->niot], cpu);
+            if (r < 0) {
+                snprintf(err, errlen, "iothread-cpus: cannot run I/O thread %u on CPU %d: %s",
+                         e->niot, cpu, strerror(-r));
+                e->niot++;
+                goto err_stop_iothreads;
+            }
+        }
     }
     r = vblk_blk_create(&e->blk, o->id, e->bdev, e->iot[0], o->num_queues, o->queue_size,
                         o->serial);

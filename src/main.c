@@ -51,6 +51,7 @@ static void usage(FILE *f)
         "  read-zeroes=on|off        null://: zero-fill read buffers, or leave them (on)\n"
         "  iothreads=N               I/O threads for this export; queue q is served by\n"
         "                            thread q %% N (1)\n"
+        "  iothread-cpus=LIST        run I/O thread i on CPU LIST[i %% len] (2:3 or 0-3)\n"
         "  format=raw|qcow2|auto     image format; auto (probing) only with readonly=on (raw)\n"
         "  rerror=, werror=report|ignore|stop|enospc  what a failed read / other request\n"
         "                            does: IOERR, success, hold it and pause the queue until\n"

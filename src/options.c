@@ -565,6 +565,52 @@ GETTER(get_nbd_time)
     snprintf(buf, cap, "%u", key[0] == 't' ? o->timeout_s : o->reconnect_ms);
 }
 
+/* A CPU list: "2", "2:5", "0-3:6" (':' or ',', which --export spells ",,"; at most
+ * VBLK_MAX_IOTHREADS CPUs, each below 4096). */
+SETTER(set_cpus)
+{
+    const char *p = v;
+
+    o->ncpus = 0;
+    while (*p) {
+        char *end;
+        unsigned long a, b;
+
+        if (*p < '0' || *p > '9')
+            goto bad;
+        a = b = strtoul(p, &end, 10);
+        if (*end == '-') {
+            if (end[1] < '0' || end[1] > '9')
+                goto bad;
+            b = strtoul(end + 1, &end, 10);
+        }
+        if (a > b || b >= 4096 || (*end && *end != ',' && *end != ':') || (*end && !end[1]))
+            goto bad;
+        for (unsigned long c = a; c <= b; c++) {
+            if (o->ncpus == VBLK_MAX_IOTHREADS)
+                goto bad;
+            o->cpus[o->ncpus++] = (uint16_t)c;
+        }
+        p = *end ? end + 1 : end;
+    }
+    if (o->ncpus)
+        return 0;
+bad:
+    o->ncpus = 0;
+    return fail(err, errlen,
+                "iothread-cpus='%s': a list of CPUs such as 2 or 2:3 or 0-3:6 (at most %d, each "
+                "below 4096)",
+                v, VBLK_MAX_IOTHREADS);
+}
+GETTER(get_cpus)
+{
+    size_t n = 0;
+
+    buf[0] = '\0';
+    for (unsigned i = 0; i < o->ncpus && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%u", i ? ":" : "", o->cpus[i]);
+}
+
 #define KEY(n, f, s, g)                                                                            \
     {                                                                                              \
         .name = n, .flags = f, .set = s, .get = g                                                  \
@@ -587,6 +633,7 @@ const struct vblk_opt_key vblk_opt_keys[] = {
     KEY("read-zeroes", 0, set_read_zeroes, get_read_zeroes),
     KEY("poll-us", VBLK_OPT_LIVE, set_poll_us, get_poll_us),
     KEY("iothreads", 0, set_iothreads, get_iothreads),
+    KEY("iothread-cpus", 0, set_cpus, get_cpus),
     KEY("format", 0, set_format, get_format),
     KEY("l2-cache-size", 0, set_cache_size, get_cache_size),
     KEY("refcount-cache-size", 0, set_cache_size, get_cache_size),

@@ -53,6 +53,8 @@ struct vblk_export_opts {
     unsigned reconnect_ms; /* nbd: first reconnect delay, doubling up to 5 s (250) */
     char pool[128], image[256], snap[128], user[128]; /* rbd */
     char rbd_conf[PATH_MAX];                          /* rbd: ceph.conf ("" default) */
+    unsigned ncpus;                                   /* iothread-cpus=: I/O thread i runs on */
+    uint16_t cpus[VBLK_MAX_IOTHREADS];                /* cpus[i % ncpus]; 0 CPUs: unpinned */
 };
 
 /* The storage part of o, for the block-driver layer (pointers into o). */

@@ -326,6 +326,9 @@ static struct json_object *export_json(const struct dexp *x)
         vblk_export_thread_name(e, q % e->niot, name, sizeof(name));
         json_object_object_add(jq, "index", json_object_new_int((int)q));
         json_object_object_add(jq, "thread", json_object_new_string(name));
+        if (e->opts.ncpus)
+            json_object_object_add(
+                jq, "cpu", json_object_new_int(e->opts.cpus[(q % e->niot) % e->opts.ncpus]));
         json_object_object_add(
             jq, "started",
             json_object_new_boolean(q < VBLK_VU_MAX_QUEUES && e->vu.vrings[q].started));

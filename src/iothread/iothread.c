@@ -124,6 +124,17 @@ static int set_poll_fn(void *arg)
     return 0;
 }
 
+int vblk_iothread_pin(struct vblk_iothread *t, int cpu)
+{
+    cpu_set_t set;
+
+    if (cpu < 0 || cpu >= CPU_SETSIZE)
+        return -EINVAL;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return -pthread_setaffinity_np(t->tid, sizeof(set), &set);
+}
+
 int vblk_iothread_set_poll(struct vblk_iothread *t, unsigned poll_us)
 {
     struct set_poll_arg a = {.t = t, .ns = (uint64_t)poll_us * 1000};

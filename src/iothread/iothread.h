@@ -70,6 +70,9 @@ int vblk_iothread_call(struct vblk_iothread *t, int (*fn)(void *arg), void *arg)
 /* Has a call to t timed out? */
 bool vblk_iothread_wedged(const struct vblk_iothread *t);
 
+/* Run the thread on one CPU only (iothread-cpus=).  0 or -errno (-EINVAL: no such CPU). */
+int vblk_iothread_pin(struct vblk_iothread *t, int cpu);
+
 /* Change the polling window limit (poll_us, see create).  Polling cannot be switched on or off
  * on a running thread (queues set their notifications up for one or the other): -EINVAL if
  * poll_us is 0 and the thread polls or the reverse.  0 or -errno (of the call). */

@@ -127,6 +127,28 @@ static void test_value_spellings(void **state)
     assert_int_equal(parse(BASE ","), 0); /* trailing comma */
 }
 
+static void test_iothread_cpus(void **state)
+{
+    char buf[64];
+
+    assert_int_equal(parse(BASE ",iothread-cpus=1"), 0);
+    assert_int_equal(o.ncpus, 1);
+    assert_int_equal(o.cpus[0], 1);
+    assert_int_equal(parse(BASE ",iothread-cpus=0-2:5"), 0);
+    assert_int_equal(o.ncpus, 4);
+    assert_int_equal(o.cpus[3], 5);
+    vblk_opts_get(&o, vblk_opt_find("iothread-cpus"), buf, sizeof(buf));
+    assert_string_equal(buf, "0:1:2:5");
+    assert_int_equal(parse(BASE ",iothread-cpus=1,,3"), 0); /* "1,3" */
+    assert_int_equal(o.ncpus, 2);
+    assert_bad_value("iothread-cpus", "");
+    assert_bad_value("iothread-cpus", "a");
+    assert_bad_value("iothread-cpus", "3-1");
+    assert_bad_value("iothread-cpus", "1:");
+    assert_bad_value("iothread-cpus", "4096");
+    assert_bad_value("iothread-cpus", "0-100");
+}
+
 static void test_bad_values_name_the_key(void **state)
 {
     assert_bad_value("readonly", "maybe");
@@ -422,6 +444,7 @@ int main(void)
         cmocka_unit_test(test_every_key_accepted),
         cmocka_unit_test(test_value_spellings),
         cmocka_unit_test(test_bad_values_name_the_key),
+        cmocka_unit_test(test_iothread_cpus),
         cmocka_unit_test(test_queue_size_not_power_of_two_rejected),
         cmocka_unit_test(test_long_values_rejected),
         cmocka_unit_test(test_serial_longer_than_20_rejected),
