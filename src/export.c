@@ -78,6 +78,12 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
     /* name the storage, not the filters on it */
     while (d->child && (d->ops == &vblk_bdev_throttle || d->ops == &vblk_bdev_faulty))
         d = d->child;
+    if (o->ncpus) {
+        char cpus[256];
+
+        vblk_opts_get(o, vblk_opt_find("iothread-cpus"), cpus, sizeof(cpus));
+        log_info(o->id, "I/O threads pinned to CPUs %s (thread i on the i-th, cyclically)", cpus);
+    }
     log_info(o->id,
              "serving %s (%s, %llu bytes%s) on %s: aio=%s cache=%s num-queues=%u iothreads=%u%s",
              o->null                         ? "null device"

@@ -691,6 +691,10 @@ static int m_stats(void *ctx, struct json_object *params, struct json_object **r
             struct json_object *jq = json_object_new_object();
 
             json_object_object_add(jq, "index", json_object_new_int((int)q));
+            if (x->e.opts.ncpus)
+                json_object_object_add(
+                    jq, "cpu",
+                    json_object_new_int(x->e.opts.cpus[(q % x->e.niot) % x->e.opts.ncpus]));
             stats_json(jq, &per_queue[q]);
             json_object_array_add(qs, jq);
         }
