@@ -165,8 +165,14 @@ int vblk_bdev_flush_sync(struct vblk_bdev *b)
 {
     int r = 0;
 
-    for (; b && !r; b = b->child) /* a format writes its metadata, then the file syncs */
-        r = b->ops->flush_sync ? b->ops->flush_sync(b) : 0;
+    /* a format writes its metadata, then the file syncs; every driver is called even after a
+     * failure (the nbd driver also hands its connection back to the control thread here) */
+    for (; b; b = b->child) {
+        int e = b->ops->flush_sync ? b->ops->flush_sync(b) : 0;
+
+        if (!r)
+            r = e;
+    }
     return r;
 }
 

@@ -17,14 +17,15 @@
  * modes mostly do not apply (the server caches as it likes): unsafe drops flushes and FUA;
  * writethrough and directsync come as FUA writes from above (the guest's write cache is off).
  *
- * Reconnection: when the connection fails (an error, EOF), requests on the wire come back from
- * libnbd with ENOTCONN and are held, with any that arrive meanwhile; a connector thread makes
- * a new connection (blocking calls are its own: name lookups, the handshake), waiting
- * reconnect_ms first and twice as long after each failure, up to 5 s.  The I/O thread takes the
- * new connection (refused if the export shrank below the size served, or went read-only under
- * a writable export) and resends the held requests in their order.  After timeout_s without a
- * server the held requests fail with EIO, and so do new ones until a server is back (the
- * connector never stops trying).  A stopping queue (drain) fails the held requests at once.
+ * Reconnection: when the connection fails (an error, EOF, or a request answered ESHUTDOWN: the
+ * server is going away), requests on the wire come back from libnbd with ENOTCONN and are held,
+ * with any that arrive meanwhile; a connector thread makes a new connection (blocking calls are its
+ * own: name lookups, the handshake), waiting reconnect_ms first and twice as long after each
+ * failure, up to 5 s.  The I/O thread takes the new connection (refused if the export shrank below
+ * the size served, or went read-only under a writable export) and resends the held requests in
+ * their order.  After timeout_s without a server the held requests fail with EIO, and so do new
+ * ones until a server is back (the connector never stops trying).  A stopping queue (drain) fails
+ * the held requests at once.
  *
  * r->io while the driver owns a request: io.ctx the driver, io.next the held/done list link,
  * io.fd the commands of this round still out (+1 while they are being sent), io.res the first
@@ -44,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,6 +83,7 @@ struct nbd_dev {
     struct vblk_io_list done, held;
     bool busy;              /* in settle() */
     bool failfast;          /* no server for timeout_s: fail requests */
+    bool drop;              /* the server said ESHUTDOWN: end this connection */
     uint64_t down_since;    /* ns */
     uint64_t sync_deadline; /* ns, a blocking call from the control thread waits until */
 
@@ -240,12 +243,27 @@ static void conn_lost(struct nbd_dev *d)
     want_connect(d);
 }
 
+/* A server that answers ESHUTDOWN is going away: end the connection here (libnbd then hands
+ * back what is still on it with ENOTCONN) and reconnect. */
+static void drop_conn(struct nbd_dev *d)
+{
+    d->drop = false;
+    log_info(d->b->name, "%s is shutting down: reconnecting", d->uri);
+    shutdown(nbd_aio_get_fd(d->h), SHUT_RDWR);
+    for (int i = 0; i < 4 && !conn_dead(d->h); i++) {
+        if (nbd_aio_get_direction(d->h) & LIBNBD_AIO_DIRECTION_WRITE)
+            nbd_aio_notify_write(d->h);
+        else
+            nbd_aio_notify_read(d->h);
+    }
+}
+
 static int cmd_done(void *user_data, int *error)
 {
     struct vblk_bdev_req *r = user_data;
     struct nbd_dev *d = r->io.ctx;
 
-    if (*error == ENOTCONN)
+    if (*error == ENOTCONN || *error == ESHUTDOWN) /* lost, or the server is going away */
         r->io.mode |= R_RETRY;
     else if (*error && !r->io.res)
         r->io.res = *error;
@@ -389,6 +407,8 @@ static void handle_done(struct nbd_dev *d, struct vblk_bdev_req *r)
 
     if (io->mode & R_RETRY) {
         vblk_io_list_add(&d->held, io);
+        if (d->up && !conn_dead(d->h))
+            d->drop = true; /* ESHUTDOWN: not on this connection again */
         return;
     }
     if (io->res) {
@@ -425,6 +445,8 @@ static void settle(struct nbd_dev *d)
     for (;;) {
         struct vblk_io *io;
 
+        if (d->up && d->drop)
+            drop_conn(d);
         if (d->up && conn_dead(d->h))
             conn_lost(d);
         if (d->done.head) {
@@ -759,6 +781,8 @@ static int sync_io(struct nbd_dev *d, uint8_t op, void *buf, size_t len, uint64_
                 s->abandoned = true;
                 return -ETIMEDOUT;
             }
+            if (!d->up && !d->failfast)
+                d->failfast = true; /* no reconnection on the control thread */
             if (d->up && nbd_poll(d->h, 100) < 0 && !conn_dead(d->h))
                 break;
             settle(d);
@@ -794,13 +818,40 @@ static int nbd_pwrite_sync(struct vblk_bdev *b, const void *buf, size_t len, uin
     return sync_io(b->priv, VBLK_BDEV_WRITE, (void *)buf, len, off);
 }
 
+/* I/O thread, nothing in flight: the connection leaves this thread's loop (it is about to be
+ * destroyed); blocking calls after this run on the control thread. */
+static int unbind_fn(void *arg)
+{
+    struct nbd_dev *d = arg;
+
+    if (d->sock >= 0)
+        vblk_iothread_del_fd(d->iot, d->sock);
+    vblk_iothread_del_fd(d->iot, d->tfd);
+    vblk_iothread_del_fd(d->iot, d->efd);
+    d->sock = -1;
+    d->out = false;
+    d->sync_deadline = 0;
+    if (!d->up)
+        d->failfast = true; /* no reconnection on the control thread */
+    __atomic_store_n(&d->iot, NULL, __ATOMIC_RELEASE);
+    rearm(d);
+    return 0;
+}
+
+/* Shutdown (the I/O thread is still there): flush, then take the connection back from the
+ * I/O thread, for close() (and a format's final write-back) on the control thread. */
 static int nbd_flush_sync(struct vblk_bdev *b)
 {
     struct nbd_dev *d = b->priv;
+    struct vblk_iothread *t;
+    int r = 0;
 
-    if (b->readonly || b->cache == VBLK_CACHE_UNSAFE || !d->can_flush)
-        return 0;
-    return sync_io(d, VBLK_BDEV_FLUSH, NULL, 0, 0);
+    if (!b->readonly && b->cache != VBLK_CACHE_UNSAFE && d->can_flush)
+        r = sync_io(d, VBLK_BDEV_FLUSH, NULL, 0, 0);
+    t = __atomic_load_n(&d->iot, __ATOMIC_ACQUIRE);
+    if (t && vblk_iothread_call(t, unbind_fn, d) < 0)
+        log_err(b->name, "cannot take the NBD connection back from the I/O thread");
+    return r;
 }
 
 /* ---- open, close, resize ---- */
