@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -472,11 +473,13 @@ static void sock_ready(struct vblk_iot_source *src)
 
     if (!d->up)
         return;
+    /* only what happened: a read notification while a write payload is half sent makes libnbd
+     * pause the payload for a reply the server cannot send before the payload ends */
     dir = nbd_aio_get_direction(d->h);
-    /* a notification that is not due is harmless: libnbd gets EAGAIN and waits on */
-    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+    if ((src->revents & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && (dir & LIBNBD_AIO_DIRECTION_WRITE))
         nbd_aio_notify_write(d->h);
-    if ((dir & LIBNBD_AIO_DIRECTION_READ) && !conn_dead(d->h))
+    dir = conn_dead(d->h) ? 0 : nbd_aio_get_direction(d->h);
+    if ((src->revents & (EPOLLIN | EPOLLERR | EPOLLHUP)) && (dir & LIBNBD_AIO_DIRECTION_READ))
         nbd_aio_notify_read(d->h);
     settle(d);
 }

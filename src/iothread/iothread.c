@@ -335,6 +335,7 @@ static void *iothread_main(void *arg)
                 }
                 if (src != &t->eng_src)
                     t->work = true; /* a kick */
+                src->revents = evs[i].events;
                 src->fn(src);
             }
             if (cmd)

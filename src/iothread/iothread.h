@@ -26,6 +26,7 @@ struct vblk_iothread;
 /* An fd the loop watches; fn runs in the I/O thread. */
 struct vblk_iot_source {
     void (*fn)(struct vblk_iot_source *src);
+    uint32_t revents; /* the EPOLL* events of this call (set by the loop before fn) */
 };
 
 /* Something the loop checks without a syscall while it polls (a queue's avail ring). */

@@ -103,6 +103,9 @@ if start_daemon "id=m,driver=nbd,uri=$U,socket=$V"; then
     check "memory: verify" bench --verify --size=32M --bs=64k
     check "memory: random 4k verify" bench --verify --size=8M --bs=4k --iodepth=64
     check "memory: randrw" bench --rw=randrw --runtime=2
+    # 1 MiB writes fill the socket: libnbd sends them in pieces as it becomes writable
+    check "memory: 1M writes" bench --rw=randwrite --bs=1M --runtime=2
+    check "memory: 1M verify" bench --verify --bs=1M --size=64M
     grep -q "trim yes, write-zeroes yes" "$tmp/daemon.log" && pass "memory: trim and write-zeroes offered" ||
         fail "memory: trim and write-zeroes offered" "$(grep connected "$tmp/daemon.log")"
     check "memory: clean stop" stop_daemon
