@@ -9,7 +9,8 @@
 # built with clang's ThreadSanitizer: the I/O thread, its control calls, queues served for real), integration (vblkd
 # driven over its socket by vblk-bench and a hostile front-end; vblkctl against a mock control
 # socket; then tests/integration/metrics.sh: the --metrics endpoint scraped with curl and checked
-# with promtool; tests/integration/control.sh: the control socket driven by vblkctl),
+# with promtool; tests/integration/control.sh: the control socket driven by vblkctl;
+# tests/integration/nbd.sh: driver=nbd against nbdkit and qemu-nbd),
 # asan-integration (the same with vblkd, vblk-bench and vblkctl built with ASan+UBSan, stopping at
 # the first report), bench (vblk-bench's own tests
 # against qemu-storage-daemon), service (vblkd's sd_notify READY/STOPPING under a stand-in
@@ -121,6 +122,8 @@ for s in "${suites[@]}"; do
         script_suite vblkctl bash tests/integration/vblkctl.sh build
         script_suite metrics bash tests/integration/metrics.sh build
         script_suite control bash tests/integration/control.sh build
+        # driver=nbd against nbdkit and qemu-nbd (tests/integration/nbd.sh)
+        script_suite nbd bash tests/integration/nbd.sh build
         ;;
     asan-integration)
         if asan_build; then
@@ -142,6 +145,10 @@ for s in "${suites[@]}"; do
                 VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
                 VBLKCTL=build-asan/tools/vblkctl/vblkctl \
                 script_suite asan-vblkctl bash tests/integration/vblkctl.sh build-asan
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
+                script_suite asan-nbd bash tests/integration/nbd.sh build-asan
         else
             tail -40 "$logdir/build-asan.log"
             count asan-integration 0 1

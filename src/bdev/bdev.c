@@ -67,9 +67,11 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
     case VBLK_PROTO_NULL:
         r = open_one(&proto, &vblk_bdev_null, NULL, c, err, errlen);
         break;
+    case VBLK_PROTO_NBD:
+        r = open_one(&proto, &vblk_bdev_nbd, NULL, c, err, errlen);
+        break;
     default:
-        snprintf(err, errlen, "driver=%s is not available in this build",
-                 c->protocol == VBLK_PROTO_NBD ? "nbd" : "rbd");
+        snprintf(err, errlen, "driver=rbd is not available in this build");
         r = -ENOTSUP;
         break;
     }
@@ -82,12 +84,13 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
         void *buf = NULL; /* aligned: the file may be open with O_DIRECT */
 
         format = VBLK_FORMAT_RAW;
-        if (proto->fd >= 0 && posix_memalign(&buf, 4096, 4096) == 0) {
-            if (pread(proto->fd, buf, 4096, 0) >= 4 && !memcmp(buf, "QFI\xfb", 4))
+        if (posix_memalign(&buf, 4096, 4096) == 0) {
+            if (vblk_bdev_pread_sync(proto, buf, 4096, 0) >= 4 && !memcmp(buf, "QFI\xfb", 4))
                 format = VBLK_FORMAT_QCOW2;
             free(buf);
         }
-        log_info(c->name, "format=auto: '%s' is %s", c->file,
+        log_info(c->name, "format=auto: '%s' is %s",
+                 c->protocol == VBLK_PROTO_NBD ? c->uri : c->file,
                  format == VBLK_FORMAT_QCOW2 ? "qcow2" : "raw");
     }
     switch (format) {
@@ -173,9 +176,53 @@ int vblk_bdev_flush_sync(struct vblk_bdev *b)
 {
     int r = 0;
 
-    for (; b && !r; b = b->child) /* a format writes its metadata, then the file syncs */
-        r = b->ops->flush_sync ? b->ops->flush_sync(b) : 0;
+    /* a format writes its metadata, then the file syncs; every driver is called even after a
+     * failure (the nbd driver also hands its connection back to the control thread here) */
+    for (; b; b = b->child) {
+        int e = b->ops->flush_sync ? b->ops->flush_sync(b) : 0;
+
+        if (!r)
+            r = e;
+    }
     return r;
+}
+
+ssize_t vblk_bdev_pread_sync(struct vblk_bdev *b, void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+
+    if (b->ops->pread_sync)
+        return b->ops->pread_sync(b, buf, len, off);
+    while (done < len) {
+        ssize_t n = pread(b->fd, (char *)buf + done, len - done, (off_t)(off + done));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+int vblk_bdev_pwrite_sync(struct vblk_bdev *b, const void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+
+    if (b->ops->pwrite_sync)
+        return b->ops->pwrite_sync(b, buf, len, off);
+    while (done < len) {
+        ssize_t n = pwrite(b->fd, (const char *)buf + done, len - done, (off_t)(off + done));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        done += (size_t)n;
+    }
+    return 0;
 }
 
 struct vblk_bdev *vblk_bdev_find(struct vblk_bdev *b, const struct vblk_bdev_ops *ops)

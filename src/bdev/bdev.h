@@ -8,7 +8,8 @@
  * driver and reach storage only through it; filters sit on top and pass requests down: "faulty"
  * (fault injection for tests) on the format, and "throttle" (I/O limits, throttle.h), always
  * the top of every stack so that limits can be set while an export runs: throttle, [faulty],
- * [qcow2], file|null.  Network protocols (nbd, rbd) are later drivers of the same table.
+ * [qcow2], file|null|nbd.  "nbd" (nbd.c) serves an NBD server's export through libnbd; rbd is
+ * a later driver of the same table.
  *
  * What belongs to a driver and not to virtio-blk: how a cache mode treats a durable write (FUA)
  * and a flush (`unsafe` ignores both), fallbacks (write-zeroes without ZERO_RANGE punches a hole
@@ -16,7 +17,7 @@
  * request without storage does (null).
  *
  * Threads:
- *  - control thread: vblk_bdev_open_stack, close, flush_sync, resize;
+ *  - control thread: vblk_bdev_open_stack, close, flush_sync, resize, pread_sync, pwrite_sync;
  *  - I/O thread: submit, drain.  A driver is driven from its export's I/O thread(s) only,
  *    never blocks them, and completes through the engine passed with the request (the calling
  *    thread's).  A driver that keeps state shared by requests (a format's caches) declares
@@ -28,6 +29,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "bdev/throttle.h"
@@ -154,6 +156,10 @@ struct vblk_bdev_ops {
      * requests; hand down (or fail) every request the driver holds back in this thread, at once
      * (the throttle filter's waiting requests). */
     void (*drain)(struct vblk_bdev *b, struct vblk_engine *eng);
+    /* Control thread, no I/O in flight, optional: blocking I/O for a format's open and final
+     * write-back (vblk_bdev_pread_sync/pwrite_sync; NULL: pread/pwrite on fd). */
+    ssize_t (*pread_sync)(struct vblk_bdev *b, void *buf, size_t len, uint64_t off);
+    int (*pwrite_sync)(struct vblk_bdev *b, const void *buf, size_t len, uint64_t off);
 };
 
 struct vblk_bdev {
@@ -180,6 +186,7 @@ extern const struct vblk_bdev_ops vblk_bdev_null;
 extern const struct vblk_bdev_ops vblk_bdev_qcow2;
 extern const struct vblk_bdev_ops vblk_bdev_faulty;
 extern const struct vblk_bdev_ops vblk_bdev_throttle;
+extern const struct vblk_bdev_ops vblk_bdev_nbd;
 
 /* Open the driver stack c asks for into *out (the protocol driver, a format driver on it, the
  * filters on top): the top driver is returned, its children hang below.  0, or -errno with err
@@ -207,6 +214,11 @@ static inline bool vblk_bdev_readonly(const struct vblk_bdev *b)
 
 /* Control thread, no I/O in flight: flush the stack.  0 or -errno. */
 int vblk_bdev_flush_sync(struct vblk_bdev *b);
+
+/* Control thread, no I/O in flight: blocking I/O on a protocol driver (a format's metadata).
+ * pread: bytes read (short at the end of the storage) or -errno; pwrite: 0 or -errno. */
+ssize_t vblk_bdev_pread_sync(struct vblk_bdev *b, void *buf, size_t len, uint64_t off);
+int vblk_bdev_pwrite_sync(struct vblk_bdev *b, const void *buf, size_t len, uint64_t off);
 
 /* The driver of type ops in the stack topped by b, or NULL. */
 struct vblk_bdev *vblk_bdev_find(struct vblk_bdev *b, const struct vblk_bdev_ops *ops);

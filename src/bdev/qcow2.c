@@ -10,8 +10,9 @@
  * types; writable use of a corrupt image or of a dirty one (lazy refcounts after a crash).
  * Lazy refcounts are never used: refcounts are always exact, the image is never left dirty.
  *
- * Threads: control thread only (blocking pread/pwrite on the child's fd).  The backing-chain
- * loop check keeps the chain being opened in a static array: opens are never concurrent.
+ * Threads: control thread only (blocking vblk_bdev_pread_sync/pwrite_sync on the child).  The
+ * backing-chain loop check keeps the chain being opened in a static array: opens are never
+ * concurrent.
  */
 #include "bdev/qcow2.h"
 
@@ -406,42 +407,6 @@ static bool in_chain(const struct stat *st)
     return false;
 }
 
-/* pread up to len bytes at off into an aligned buffer (O_DIRECT: len and off aligned by the
- * caller); returns bytes read (short at the end of the file) or -errno. */
-static ssize_t pread_all(int fd, void *buf, size_t len, uint64_t off)
-{
-    size_t done = 0;
-
-    while (done < len) {
-        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
-    return (ssize_t)done;
-}
-
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    size_t done = 0;
-
-    while (done < len) {
-        ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        done += (size_t)n;
-    }
-    return 0;
-}
-
 void *qcow2_alloc_aligned(size_t len)
 {
     void *p = NULL;
@@ -461,7 +426,7 @@ static int read_table(struct qcow2 *s, uint64_t off, size_t len, uint8_t **out)
 
     if (!buf)
         return -ENOMEM;
-    n = pread_all(s->file->fd, buf, alen, off);
+    n = vblk_bdev_pread_sync(s->file, buf, alen, off);
     if (n < 0) {
         free(buf);
         return (int)n;
@@ -593,9 +558,9 @@ static int update_autoclear(struct qcow2 *s, const struct vblk_bdev_conf *c, cha
     if (s->in.version < 3 || keep == s->in.autoclear)
         return 0;
     q2_put_be64(s->hdr + 88, keep);
-    r = pwrite_all(s->file->fd, s->hdr, s->chunk, 0);
-    if (r == 0 && fdatasync(s->file->fd) < 0)
-        r = -errno;
+    r = vblk_bdev_pwrite_sync(s->file, s->hdr, s->chunk, 0);
+    if (r == 0)
+        r = s->file->ops->flush_sync(s->file);
     if (r < 0) {
         snprintf(err, errlen, "'%s': cannot update the header: %s", c->file, strerror(-r));
         return r;
@@ -662,7 +627,8 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
     ssize_t n;
     int r;
 
-    if (fstat(f->fd, &st) < 0) {
+    memset(&st, 0, sizeof(st)); /* no file (nbd): nothing for the loop check to find */
+    if (f->fd >= 0 && fstat(f->fd, &st) < 0) {
         r = -errno;
         snprintf(err, errlen, "cannot stat '%s': %s", c->file, strerror(-r));
         return r;
@@ -702,7 +668,7 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
     s->hdr = qcow2_alloc_aligned(s->chunk);
     if (!first || !s->hdr)
         goto err_oom;
-    n = pread_all(f->fd, first, 4096 > s->chunk ? 4096 : s->chunk, 0);
+    n = vblk_bdev_pread_sync(f, first, 4096 > s->chunk ? 4096 : s->chunk, 0);
     if (n < 0) {
         r = (int)n;
         snprintf(err, errlen, "cannot read '%s': %s", c->file, strerror(-r));
@@ -713,7 +679,7 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
 
         want = (want + s->chunk - 1) / s->chunk * s->chunk;
         if (want > (size_t)n && (size_t)n == (4096 > s->chunk ? 4096 : s->chunk))
-            n = pread_all(f->fd, first, want, 0);
+            n = vblk_bdev_pread_sync(f, first, want, 0);
         if (n < 0) {
             r = (int)n;
             snprintf(err, errlen, "cannot read '%s': %s", c->file, strerror(-r));
@@ -839,6 +805,15 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
         goto err_oom;
     qcow2_meta_sort(s);
 
+    if ((s->in.backing[0] || s->in.data_file[0]) && f->fd < 0) {
+        snprintf(err, errlen,
+                 "the qcow2 image on %s names a %s ('%s'): not supported on a network driver",
+                 c->uri && c->uri[0] ? c->uri : c->file,
+                 s->in.backing[0] ? "backing file" : "data file",
+                 s->in.backing[0] ? s->in.backing : s->in.data_file);
+        r = -ENOTSUP;
+        goto err;
+    }
     if (s->in.backing[0] && (r = open_backing(s, c, err, errlen)) < 0)
         goto err;
     if (s->in.data_file[0] && (r = open_data_file(s, c, err, errlen)) < 0)

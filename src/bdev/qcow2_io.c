@@ -2055,22 +2055,6 @@ void qcow2_io_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_b
 
 /* --- blocking write-back (control thread, nothing in flight) --- */
 
-static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
-{
-    while (len) {
-        ssize_t n = pwrite(fd, buf, len, (off_t)off);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        buf = (const char *)buf + n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 static int wb_cache_blocking(struct qcow2 *s, struct q2_cache *c)
 {
     for (unsigned i = 0; i < c->n; i++) {
@@ -2079,7 +2063,7 @@ static int wb_cache_blocking(struct qcow2 *s, struct q2_cache *c)
 
         if (!e->valid || !e->dirty)
             continue;
-        r = pwrite_full(s->file->fd, e->buf, s->cs, e->off);
+        r = vblk_bdev_pwrite_sync(s->file, e->buf, s->cs, e->off);
         if (r < 0)
             return r;
         e->dirty = false;
@@ -2091,7 +2075,7 @@ static int fsync_file(const struct vblk_bdev *f)
 {
     if (f->cache == VBLK_CACHE_UNSAFE)
         return 0;
-    return fdatasync(f->fd) < 0 ? -errno : 0;
+    return f->ops->flush_sync ? f->ops->flush_sync((struct vblk_bdev *)f) : 0;
 }
 
 int qcow2_sync_blocking(struct qcow2 *s)
@@ -2111,8 +2095,8 @@ int qcow2_sync_blocking(struct qcow2 *s)
     for (size_t i = 0; i < nch; i++) {
         if (!s->l1_dirty[i])
             continue;
-        r = pwrite_full(s->file->fd, s->l1 + i * s->chunk, s->chunk,
-                        s->in.l1_offset + i * s->chunk);
+        r = vblk_bdev_pwrite_sync(s->file, s->l1 + i * s->chunk, s->chunk,
+                                  s->in.l1_offset + i * s->chunk);
         if (r < 0)
             return r;
         s->l1_dirty[i] = 0;
@@ -2135,7 +2119,7 @@ int qcow2_sync_blocking(struct qcow2 *s)
         }
         if (!tmp && !(tmp = qcow2_alloc_aligned(s->cs)))
             return -ENOMEM;
-        if (pread(s->file->fd, tmp, s->cs, (off_t)off) != (ssize_t)s->cs) {
+        if (vblk_bdev_pread_sync(s->file, tmp, s->cs, off) != (ssize_t)s->cs) {
             free(tmp);
             return -EIO;
         }
@@ -2147,7 +2131,7 @@ int qcow2_sync_blocking(struct qcow2 *s)
                 j--;
             }
         }
-        r = pwrite_full(s->file->fd, tmp, s->cs, off);
+        r = vblk_bdev_pwrite_sync(s->file, tmp, s->cs, off);
         if (r < 0) {
             free(tmp);
             return r;

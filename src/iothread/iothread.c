@@ -70,6 +70,13 @@ int vblk_iothread_add_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source
     return epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
+int vblk_iothread_mod_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src, bool out)
+{
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0u), .data.ptr = src};
+
+    return epoll_ctl(t->epfd, EPOLL_CTL_MOD, fd, &ev) < 0 ? -errno : 0;
+}
+
 void vblk_iothread_del_fd(struct vblk_iothread *t, int fd)
 {
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, fd, NULL);
@@ -339,6 +346,7 @@ static void *iothread_main(void *arg)
                 }
                 if (src != &t->eng_src)
                     t->work = true; /* a kick */
+                src->revents = evs[i].events;
                 src->fn(src);
             }
             if (cmd)

@@ -10,7 +10,7 @@
  * epoll event gathered before a call changed the sources (a stale event).
  *
  * Called from the control (main) thread: create, destroy, call, wedged.
- * Called from the I/O thread only: add_fd, del_fd, defer, again, engine, now.
+ * Called from the I/O thread only: add_fd, mod_fd, del_fd, defer, again, engine, now.
  * Called from any thread: self.
  */
 #ifndef VBLK_IOTHREAD_H
@@ -26,6 +26,7 @@ struct vblk_iothread;
 /* An fd the loop watches; fn runs in the I/O thread. */
 struct vblk_iot_source {
     void (*fn)(struct vblk_iot_source *src);
+    uint32_t revents; /* the EPOLL* events of this call (set by the loop before fn) */
 };
 
 /* Something the loop checks without a syscall while it polls (a queue's avail ring). */
@@ -80,6 +81,9 @@ int vblk_iothread_set_poll(struct vblk_iothread *t, unsigned poll_us);
 
 /* I/O thread only. */
 int vblk_iothread_add_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src);
+/* Watch an added fd for writability too (out) or for readability only (a network driver whose
+ * socket buffer filled up). */
+int vblk_iothread_mod_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src, bool out);
 void vblk_iothread_del_fd(struct vblk_iothread *t, int fd);
 void vblk_iothread_defer(struct vblk_iothread *t, struct vblk_iot_hook *h);
 /* Run h at the start of the next loop iteration, after a look at every fd (no sleep): for work

@@ -96,7 +96,8 @@ backend_start() {
 	rm -f "$sock"
 	case "$BACKEND" in
 	vblkd)
-		local spec="id=$name,file=$img,socket=$sock,aio=${aio:-io_uring},cache=$cache"
+		# IMG "": no file (driver=nbd,uri=... among the KEY=VALUEs)
+		local spec="id=$name${img:+,file=$img},socket=$sock,aio=${aio:-io_uring},cache=$cache"
 		[ "$ro" = on ] && spec+=",readonly=on"
 		[ "$nq" != 1 ] && spec+=",num-queues=$nq"
 		[ -n "$discard" ] && spec+=",discard=$discard"

@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 migrate policy live (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 nbd migrate policy live (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 migrate policy live"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 nbd migrate policy live"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${VBLKCTL:=$(dirname "$VBLKD")/../tools/vblkctl/vblkctl}"
@@ -383,6 +383,37 @@ t_qcow2() {
 	fi
 	if [ "$(qemu-img convert -O raw "$base" /dev/stdout 2>/dev/null | md5sum)" != "$sum" ]; then
 		FAIL_REASON="the backing file changed under the overlay"
+		return 1
+	fi
+}
+
+# nbd: the guest makes and checks ext4 on an export of vblkd's driver=nbd, the disk served by
+# qemu-nbd from a raw file on a unix socket; then e2fsck of the file on the host
+t_nbd() {
+	vblkd_only driver=nbd || return
+	command -v qemu-nbd >/dev/null || { SKIP_REASON="qemu-nbd not installed"; return 77; }
+	local img=$E2E_TMP/nbd.img nsock=$E2E_TMP/nbd-server.sock npid rc=0
+	LOGS=("$E2E_TMP/nbd.log" "$E2E_TMP/nbd.log.qemu" "$E2E_TMP/nbd.daemon.log" "$E2E_TMP/nbd-server.log" "$E2E_TMP/nbd.fsck")
+	mkimg "$img" $DISK_SIZE
+	qemu-nbd -k "$nsock" -f raw --discard=unmap --cache=writeback "$img" >"$E2E_TMP/nbd-server.log" 2>&1 &
+	npid=$!
+	for _ in $(seq 100); do [ -S "$nsock" ] && break; sleep 0.05; done
+	if backend_start nbd "" driver=nbd "uri=nbd+unix:///?socket=$nsock"; then
+		if guest_run "$E2E_TMP/nbd.log" "${BACKEND_SOCK[nbd]}" fs "vblk.size=$DISK_SIZE" &&
+			expect_counters nbd 'errors -eq 0'; then
+			backend_stop nbd || rc=1
+		else
+			backend_stop nbd
+			rc=1
+		fi
+	else
+		rc=1
+	fi
+	kill -TERM "$npid" 2>/dev/null
+	wait "$npid" 2>/dev/null
+	[ $rc = 0 ] || return 1
+	if ! e2fsck -fn "$img" >"$E2E_TMP/nbd.fsck" 2>&1; then
+		FAIL_REASON="host: e2fsck -fn of the file behind the NBD server found errors"
 		return 1
 	fi
 }
