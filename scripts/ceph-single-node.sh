@@ -98,7 +98,6 @@ auth_service_required = cephx
 auth_client_required = cephx
 auth_allow_insecure_global_id_reclaim = false
 run_dir = $dir/run
-admin_socket = $dir/run/\$cluster-\$name.asok
 log_file = $dir/log/\$cluster-\$name.log
 pid_file = $dir/run/\$cluster-\$name.pid
 crash_dir = $dir/crash

@@ -56,6 +56,11 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
     case VBLK_PROTO_NULL:
         r = open_one(&proto, &vblk_bdev_null, NULL, c, err, errlen);
         break;
+#ifdef VBLK_HAVE_RBD
+    case VBLK_PROTO_RBD:
+        r = open_one(&proto, &vblk_bdev_rbd, NULL, c, err, errlen);
+        break;
+#endif
     default:
         snprintf(err, errlen, "driver=%s is not available in this build",
                  c->protocol == VBLK_PROTO_NBD ? "nbd" : "rbd");
@@ -71,12 +76,15 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
         void *buf = NULL; /* aligned: the file may be open with O_DIRECT */
 
         format = VBLK_FORMAT_RAW;
-        if (proto->fd >= 0 && posix_memalign(&buf, 4096, 4096) == 0) {
-            if (pread(proto->fd, buf, 4096, 0) >= 4 && !memcmp(buf, "QFI\xfb", 4))
+        if ((proto->fd >= 0 || proto->ops->pread_sync) && posix_memalign(&buf, 4096, 4096) == 0) {
+            ssize_t n = proto->fd >= 0 ? pread(proto->fd, buf, 4096, 0)
+                                       : proto->ops->pread_sync(proto, buf, 4096, 0);
+
+            if (n >= 4 && !memcmp(buf, "QFI\xfb", 4))
                 format = VBLK_FORMAT_QCOW2;
             free(buf);
         }
-        log_info(c->name, "format=auto: '%s' is %s", c->file,
+        log_info(c->name, "format=auto: '%s' is %s", c->file[0] ? c->file : c->image,
                  format == VBLK_FORMAT_QCOW2 ? "qcow2" : "raw");
     }
     switch (format) {

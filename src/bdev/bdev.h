@@ -8,7 +8,8 @@
  * driver and reach storage only through it; filters sit on top and pass requests down: "faulty"
  * (fault injection for tests) on the format, and "throttle" (I/O limits, throttle.h), always
  * the top of every stack so that limits can be set while an export runs: throttle, [faulty],
- * [qcow2], file|null.  Network protocols (nbd, rbd) are later drivers of the same table.
+ * [qcow2], file|null|rbd.  "rbd" (driver=rbd: a Ceph RBD image through librbd's AIO, rbd.c)
+ * completes requests in the submitting I/O thread through an eventfd of its own.
  *
  * What belongs to a driver and not to virtio-blk: how a cache mode treats a durable write (FUA)
  * and a flush (`unsafe` ignores both), fallbacks (write-zeroes without ZERO_RANGE punches a hole
@@ -28,6 +29,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "bdev/throttle.h"
@@ -149,6 +151,10 @@ struct vblk_bdev_ops {
      * shrink the storage, else it must hold size bytes already.  NULL: not resizable.  0, or
      * -errno with err set.  The driver stores the new b->size itself (atomically). */
     int (*resize)(struct vblk_bdev *b, uint64_t size, bool truncate, char *err, size_t errlen);
+    /* Control thread, optional: read len bytes at off synchronously, for a protocol driver
+     * without an fd (a format's metadata at open, format=auto's probe); bytes read (short at
+     * the end) or -errno. */
+    ssize_t (*pread_sync)(struct vblk_bdev *b, void *buf, size_t len, uint64_t off);
     bool filter; /* passes requests to its child over the same range (faulty, throttle) */
     /* I/O thread, optional: a queue served by the calling thread stops and waits for its
      * requests; hand down (or fail) every request the driver holds back in this thread, at once
@@ -180,6 +186,7 @@ extern const struct vblk_bdev_ops vblk_bdev_null;
 extern const struct vblk_bdev_ops vblk_bdev_qcow2;
 extern const struct vblk_bdev_ops vblk_bdev_faulty;
 extern const struct vblk_bdev_ops vblk_bdev_throttle;
+extern const struct vblk_bdev_ops vblk_bdev_rbd; /* rbd.c, built with librbd (VBLK_HAVE_RBD) */
 
 /* Open the driver stack c asks for into *out (the protocol driver, a format driver on it, the
  * filters on top): the top driver is returned, its children hang below.  0, or -errno with err

@@ -408,9 +408,13 @@ static bool in_chain(const struct stat *st)
 
 /* pread up to len bytes at off into an aligned buffer (O_DIRECT: len and off aligned by the
  * caller); returns bytes read (short at the end of the file) or -errno. */
-static ssize_t pread_all(int fd, void *buf, size_t len, uint64_t off)
+static ssize_t pread_all(struct vblk_bdev *f, void *buf, size_t len, uint64_t off)
 {
+    int fd = f->fd;
     size_t done = 0;
+
+    if (fd < 0) /* a driver without a file (rbd) */
+        return f->ops->pread_sync ? f->ops->pread_sync(f, buf, len, off) : -ENOTSUP;
 
     while (done < len) {
         ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
@@ -461,7 +465,7 @@ static int read_table(struct qcow2 *s, uint64_t off, size_t len, uint8_t **out)
 
     if (!buf)
         return -ENOMEM;
-    n = pread_all(s->file->fd, buf, alen, off);
+    n = pread_all(s->file, buf, alen, off);
     if (n < 0) {
         free(buf);
         return (int)n;
@@ -662,12 +666,24 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
     ssize_t n;
     int r;
 
-    if (fstat(f->fd, &st) < 0) {
+    if (f->fd < 0) {
+        /* a protocol without a file (driver=rbd): no chain to loop, metadata through the
+         * driver's pread_sync; the blocking metadata writes and the file growing under
+         * allocating writes need a file */
+        if (!c->readonly) {
+            snprintf(err, errlen,
+                     "format=qcow2 on driver=%s is read-only: add readonly=on (or import the "
+                     "image as raw)",
+                     f->ops->name);
+            return -ENOTSUP;
+        }
+        memset(&st, 0, sizeof(st));
+    } else if (fstat(f->fd, &st) < 0) {
         r = -errno;
         snprintf(err, errlen, "cannot stat '%s': %s", c->file, strerror(-r));
         return r;
     }
-    if (in_chain(&st)) {
+    if (f->fd >= 0 && in_chain(&st)) {
         snprintf(err, errlen, "'%s': backing chain loops", c->file);
         return -ELOOP;
     }
@@ -702,7 +718,7 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
     s->hdr = qcow2_alloc_aligned(s->chunk);
     if (!first || !s->hdr)
         goto err_oom;
-    n = pread_all(f->fd, first, 4096 > s->chunk ? 4096 : s->chunk, 0);
+    n = pread_all(f, first, 4096 > s->chunk ? 4096 : s->chunk, 0);
     if (n < 0) {
         r = (int)n;
         snprintf(err, errlen, "cannot read '%s': %s", c->file, strerror(-r));
@@ -713,7 +729,7 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
 
         want = (want + s->chunk - 1) / s->chunk * s->chunk;
         if (want > (size_t)n && (size_t)n == (4096 > s->chunk ? 4096 : s->chunk))
-            n = pread_all(f->fd, first, want, 0);
+            n = pread_all(f, first, want, 0);
         if (n < 0) {
             r = (int)n;
             snprintf(err, errlen, "cannot read '%s': %s", c->file, strerror(-r));
@@ -839,6 +855,14 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
         goto err_oom;
     qcow2_meta_sort(s);
 
+    if ((s->in.backing[0] || s->in.data_file[0]) && f->fd < 0) {
+        snprintf(err, errlen,
+                 "format=qcow2 on driver=%s: a backing file or an external data "
+                 "file is not supported",
+                 f->ops->name);
+        r = -ENOTSUP;
+        goto err;
+    }
     if (s->in.backing[0] && (r = open_backing(s, c, err, errlen)) < 0)
         goto err;
     if (s->in.data_file[0] && (r = open_data_file(s, c, err, errlen)) < 0)
