@@ -263,12 +263,12 @@ static void rbd_teardown(struct rbd_dev *d)
     free(d);
 }
 
-/* Set a librados option to val unless the configuration changed it from its default. */
-static void conf_default(rados_t cl, const char *key, const char *def, const char *val)
+/* Set a librados option (seconds) to val unless the configuration changed it from def. */
+static void conf_default(rados_t cl, const char *key, double def, const char *val)
 {
     char buf[64];
 
-    if (rados_conf_get(cl, key, buf, sizeof(buf)) == 0 && strcmp(buf, def))
+    if (rados_conf_get(cl, key, buf, sizeof(buf)) == 0 && strtod(buf, NULL) != def)
         return;
     rados_conf_set(cl, key, val);
 }
@@ -318,8 +318,8 @@ static int rbd_open_(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char *
         goto fail;
     }
     /* a dead cluster is an error within seconds (unless the conf says otherwise) */
-    conf_default(d->cluster, "client_mount_timeout", "300.000000", "10");
-    conf_default(d->cluster, "rados_mon_op_timeout", "0.000000", "10");
+    conf_default(d->cluster, "client_mount_timeout", 300, "10");
+    conf_default(d->cluster, "rados_mon_op_timeout", 0, "10");
     if (c->cache == VBLK_CACHE_NONE || c->cache == VBLK_CACHE_DIRECTSYNC)
         rados_conf_set(d->cluster, "rbd_cache", "false");
     r = rados_connect(d->cluster);
