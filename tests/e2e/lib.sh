@@ -96,7 +96,8 @@ backend_start() {
 	rm -f "$sock"
 	case "$BACKEND" in
 	vblkd)
-		local spec="id=$name,file=$img,socket=$sock,aio=${aio:-io_uring},cache=$cache"
+		# an empty image: a driver without a file (driver=rbd,pool=,image= in the extra args)
+		local spec="id=$name,${img:+file=$img,}socket=$sock,aio=${aio:-io_uring},cache=$cache"
 		[ "$ro" = on ] && spec+=",readonly=on"
 		[ "$nq" != 1 ] && spec+=",num-queues=$nq"
 		[ -n "$discard" ] && spec+=",discard=$discard"

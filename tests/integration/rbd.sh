@@ -89,6 +89,14 @@ check "a read-only export of it opens" add a3 "$base,image=a,readonly=on"
 ctl export del a3 >/dev/null 2>&1
 check "locking=off opens while the lock is held" add a4 "$base,image=a,locking=off"
 ctl export del a4 >/dev/null 2>&1
+# two locking=off exports of one image (a migration): librbd hands the lock to whichever writes
+check "export add b1 locking=off" add b1 "$base,image=b,locking=off"
+check "export add b2 locking=off" add b2 "$base,image=b,locking=off"
+check "b1 writes (takes the lock)" bench --socket "$tmp/b1.sock" --verify-phase=write --size=8M --seed=3
+check "b2 writes after it (the lock moves)" bench --socket "$tmp/b2.sock" --verify-phase=write --size=4M --seed=4
+check "b1 reads b2's data (writes it again, taking the lock back)" sh -c "'$BENCH' --socket '$tmp/b1.sock' --verify-phase=read --size=4M --seed=4 && '$BENCH' --socket '$tmp/b1.sock' --verify --size=4M --seed=6"
+ctl export del b1 >/dev/null 2>&1
+ctl export del b2 >/dev/null 2>&1
 
 # live resize: the image grows under vblkd, then the export follows
 check "rbd resize to 384M" R resize --no-progress --size 384M rbd/a
