@@ -90,6 +90,7 @@ ctl export del a3 >/dev/null 2>&1
 check "locking=off opens while the lock is held" add a4 "$base,image=a,locking=off"
 ctl export del a4 >/dev/null 2>&1
 # two locking=off exports of one image (a migration): librbd hands the lock to whichever writes
+check "export del b (releases its lock)" ctl export del b
 check "export add b1 locking=off" add b1 "$base,image=b,locking=off"
 check "export add b2 locking=off" add b2 "$base,image=b,locking=off"
 check "b1 writes (takes the lock)" bench --socket "$tmp/b1.sock" --verify-phase=write --size=8M --seed=3
