@@ -249,12 +249,14 @@ static void rbd_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk
 
 static void rbd_teardown(struct rbd_dev *d)
 {
+    /* the image first: rbd_close returns once every completion's callback has returned (the
+     * last may still be writing to its context's eventfd when its request is already done) */
+    if (d->image)
+        rbd_close(d->image); /* releases the exclusive lock */
     for (unsigned i = 0; i < d->nctx; i++) {
         close(d->ctx[i]->efd); /* leaves the loop's epoll set with it */
         free(d->ctx[i]);
     }
-    if (d->image)
-        rbd_close(d->image); /* waits for librbd's in-flight work, releases the lock */
     if (d->ioctx)
         rados_ioctx_destroy(d->ioctx);
     if (d->cluster)
