@@ -3,9 +3,10 @@
 #
 #   scripts/test.sh            all suites
 #   scripts/test.sh unit       only the given suites (unit asan tsan integration
-#                              asan-integration qcow2 service bench e2e libvirt soak fuzz)
+#                              asan-integration qcow2 rbd service bench e2e libvirt soak fuzz)
 #
-# Suites (qcow2: tests/integration/qcow2.sh, normal and ASan builds): unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), tsan (the unit tests
+# Suites (qcow2: tests/integration/qcow2.sh, normal and ASan builds; rbd:
+# tests/integration/rbd.sh, driver=rbd on a throw-away single-node Ceph cluster, normal and ASan): unit (cmocka, meson test), asan (the unit tests under ASan+UBSan), tsan (the unit tests
 # built with clang's ThreadSanitizer: the I/O thread, its control calls, queues served for real), integration (vblkd
 # driven over its socket by vblk-bench and a hostile front-end; vblkctl against a mock control
 # socket; then tests/integration/metrics.sh: the --metrics endpoint scraped with curl and checked
@@ -22,7 +23,7 @@ set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration qcow2 service bench e2e libvirt soak fuzz)
+[ ${#suites[@]} -gt 0 ] || suites=(unit asan tsan integration asan-integration qcow2 rbd service bench e2e libvirt soak fuzz)
 passed=0
 failed=0
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/vblk-test.XXXXXX")
@@ -78,7 +79,7 @@ script_suite() {
     fi
 }
 
-# the ASan+UBSan build, shared by the asan, asan-integration, qcow2 and soak suites
+# the ASan+UBSan build, shared by the asan, asan-integration, qcow2, rbd and soak suites
 asan_build() {
     scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
         >"$logdir/build-asan.log" 2>&1
@@ -177,6 +178,21 @@ for s in "${suites[@]}"; do
             count soak 0 1
         fi
         ;;
+    rbd)
+        # driver=rbd against a throw-away single-node Ceph cluster (scripts/ceph-single-node.sh);
+        # then the same with ASan+UBSan
+        script_suite rbd bash tests/integration/rbd.sh build
+        if asan_build; then
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
+                VBLKCTL=build-asan/tools/vblkctl/vblkctl \
+                script_suite asan-rbd bash tests/integration/rbd.sh build-asan
+        else
+            tail -40 "$logdir/build-asan.log"
+            count asan-rbd 0 1
+        fi
+        ;;
     bench)
         script_suite bench bash tools/vblk-bench/tests/test-bench.sh build/tools/vblk-bench/vblk-bench
         ;;
@@ -202,7 +218,7 @@ for s in "${suites[@]}"; do
         fi
         ;;
     *)
-        echo "unknown suite '$s' (unit asan tsan integration asan-integration qcow2 service bench e2e libvirt soak fuzz)"
+        echo "unknown suite '$s' (unit asan tsan integration asan-integration qcow2 rbd service bench e2e libvirt soak fuzz)"
         count "$s" 0 1
         ;;
     esac

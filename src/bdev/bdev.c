@@ -70,6 +70,11 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
     case VBLK_PROTO_NBD:
         r = open_one(&proto, &vblk_bdev_nbd, NULL, c, err, errlen);
         break;
+#ifdef VBLK_HAVE_RBD
+    case VBLK_PROTO_RBD:
+        r = open_one(&proto, &vblk_bdev_rbd, NULL, c, err, errlen);
+        break;
+#endif
     default:
         snprintf(err, errlen, "driver=rbd is not available in this build");
         r = -ENOTSUP;
@@ -90,7 +95,9 @@ int vblk_bdev_open_stack(struct vblk_bdev **out, const struct vblk_bdev_conf *c,
             free(buf);
         }
         log_info(c->name, "format=auto: '%s' is %s",
-                 c->protocol == VBLK_PROTO_NBD ? c->uri : c->file,
+                 c->protocol == VBLK_PROTO_NBD   ? c->uri
+                 : c->protocol == VBLK_PROTO_RBD ? c->image
+                                                 : c->file,
                  format == VBLK_FORMAT_QCOW2 ? "qcow2" : "raw");
     }
     switch (format) {

@@ -8,8 +8,9 @@
  * driver and reach storage only through it; filters sit on top and pass requests down: "faulty"
  * (fault injection for tests) on the format, and "throttle" (I/O limits, throttle.h), always
  * the top of every stack so that limits can be set while an export runs: throttle, [faulty],
- * [qcow2], file|null|nbd.  "nbd" (nbd.c) serves an NBD server's export through libnbd; rbd is
- * a later driver of the same table.
+ * [qcow2], file|null|nbd|rbd.  "nbd" (nbd.c) serves an NBD server's export through libnbd;
+ * "rbd" (driver=rbd: a Ceph RBD image through librbd's AIO, rbd.c) completes requests in the
+ * submitting I/O thread through an eventfd of its own.
  *
  * What belongs to a driver and not to virtio-blk: how a cache mode treats a durable write (FUA)
  * and a flush (`unsafe` ignores both), fallbacks (write-zeroes without ZERO_RANGE punches a hole
@@ -187,6 +188,7 @@ extern const struct vblk_bdev_ops vblk_bdev_qcow2;
 extern const struct vblk_bdev_ops vblk_bdev_faulty;
 extern const struct vblk_bdev_ops vblk_bdev_throttle;
 extern const struct vblk_bdev_ops vblk_bdev_nbd;
+extern const struct vblk_bdev_ops vblk_bdev_rbd; /* rbd.c, built with librbd (VBLK_HAVE_RBD) */
 
 /* Open the driver stack c asks for into *out (the protocol driver, a format driver on it, the
  * filters on top): the top driver is returned, its children hang below.  0, or -errno with err

@@ -627,13 +627,21 @@ static int qcow2_open(struct vblk_bdev *b, const struct vblk_bdev_conf *c, char 
     ssize_t n;
     int r;
 
-    memset(&st, 0, sizeof(st)); /* no file (nbd): nothing for the loop check to find */
+    memset(&st, 0, sizeof(st)); /* no file (nbd, rbd): nothing for the loop check to find */
+    if (f->fd < 0 && !f->ops->pwrite_sync && !c->readonly) {
+        /* metadata writes go through pwrite_sync; a driver without one (rbd) serves read-only */
+        snprintf(err, errlen,
+                 "format=qcow2 on driver=%s is read-only: add readonly=on (or import the "
+                 "image as raw)",
+                 f->ops->name);
+        return -ENOTSUP;
+    }
     if (f->fd >= 0 && fstat(f->fd, &st) < 0) {
         r = -errno;
         snprintf(err, errlen, "cannot stat '%s': %s", c->file, strerror(-r));
         return r;
     }
-    if (in_chain(&st)) {
+    if (f->fd >= 0 && in_chain(&st)) {
         snprintf(err, errlen, "'%s': backing chain loops", c->file);
         return -ELOOP;
     }

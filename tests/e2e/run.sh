@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 nbd migrate policy live (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 nbd migrate policy live rbd (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 nbd migrate policy live"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 nbd migrate policy live rbd"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${VBLKCTL:=$(dirname "$VBLKD")/../tools/vblkctl/vblkctl}"
@@ -150,6 +150,34 @@ t_fs() {
 		FAIL_REASON="host: e2fsck -fn of the image found errors"
 		return 1
 	fi
+}
+
+# rbd: ext4 made, used and checked by the guest on driver=rbd (a throw-away single-node Ceph
+# cluster, scripts/ceph-single-node.sh); then e2fsck of the image exported with `rbd export`
+t_rbd() {
+	vblkd_only driver=rbd || return
+	local dir=$E2E_TMP/ceph conf raw=$E2E_TMP/rbd.raw rc=1
+	LOGS=("$E2E_TMP/rbd.log" "$E2E_TMP/rbd.log.qemu" "$E2E_TMP/rbd.daemon.log" "$E2E_TMP/rbd.fsck" "$E2E_TMP/rbd.ceph")
+	if ! conf=$("$REPO/scripts/ceph-single-node.sh" start "$dir" 2>"$E2E_TMP/rbd.ceph"); then
+		FAIL_REASON="the Ceph cluster did not start (scripts/ceph-single-node.sh)"
+		return 1
+	fi
+	if ! rbd -c "$conf" create --size $((DISK_SIZE / 1024 / 1024))M rbd/fs >>"$E2E_TMP/rbd.ceph" 2>&1; then
+		FAIL_REASON="rbd create failed"
+	elif backend_start rbd "" driver=rbd pool=rbd image=fs "conf=$conf" discard=unmap &&
+		guest_run "$E2E_TMP/rbd.log" "${BACKEND_SOCK[rbd]}" fs "vblk.size=$DISK_SIZE" &&
+		expect_counters rbd 'errors -eq 0' 'writes -ge 8' && backend_stop rbd; then
+		if ! rbd -c "$conf" export --no-progress rbd/fs "$raw" >>"$E2E_TMP/rbd.ceph" 2>&1; then
+			FAIL_REASON="rbd export failed"
+		elif ! e2fsck -fn "$raw" >"$E2E_TMP/rbd.fsck" 2>&1; then
+			FAIL_REASON="host: e2fsck -fn of the exported image found errors"
+		else
+			rc=0
+		fi
+	fi
+	"$REPO/scripts/ceph-single-node.sh" stop "$dir"
+	rm -f "$raw"
+	return $rc
 }
 
 t_discard() {
