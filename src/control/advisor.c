@@ -257,6 +257,7 @@ struct dev {
     char dir[PATH_MAX];    /* its sysfs directory in the tree */
     char via[256];         /* how the file gets there: "vda1 on vda", "dm-0 (vg-root) over..." */
     bool blockdev;         /* file= is a block device itself */
+    bool layered;          /* device-mapper or md between the file and the disk */
     bool fast_unknown_rot; /* rotational flag could not be read */
 };
 
@@ -340,6 +341,7 @@ static bool walk_disk(const struct env *e, unsigned maj, unsigned min, struct de
         n = list_dir(path, names, 16);
         if (n == 0)
             break;
+        d->layered = true;
         join(path, sizeof(path), d->dir, "dm/name");
         if (read_line(path, tmp, 128) == 0 && tmp[0])
             append(d->via, sizeof(d->via), "%s (device-mapper %s) over ", base(d->dir), tmp);
@@ -453,12 +455,11 @@ static void find_device(const struct env *e, const struct vblk_export_opts *o, s
             o->file, d->via, back);
         return;
     }
-    add(r, id, strchr(d->via, ' ') && !d->blockdev ? VBLK_ADV_INFO : VBLK_ADV_OK, "device",
-        "%s is %s%s (%s%s%s)%s", o->file, d->blockdev ? "" : "on ", d->via, kind_names[d->kind],
-        d->fstype[0] ? ", " : "", d->fstype,
-        d->fast_unknown_rot   ? ": its queue/rotational is unreadable, speed unknown"
-        : strchr(d->via, ' ') ? ": the checks below look at that disk"
-                              : "");
+    add(r, id, d->layered ? VBLK_ADV_INFO : VBLK_ADV_OK, "device", "%s is %s%s (%s%s%s)%s", o->file,
+        d->blockdev ? "" : "on ", d->via, kind_names[d->kind], d->fstype[0] ? ", " : "", d->fstype,
+        d->fast_unknown_rot ? ": its queue/rotational is unreadable, speed unknown"
+        : d->layered        ? ": the checks below look at that disk"
+                            : "");
 }
 
 static bool direct(enum vblk_cache c)
