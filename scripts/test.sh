@@ -9,7 +9,8 @@
 # built with clang's ThreadSanitizer: the I/O thread, its control calls, queues served for real), integration (vblkd
 # driven over its socket by vblk-bench and a hostile front-end; vblkctl against a mock control
 # socket; then tests/integration/metrics.sh: the --metrics endpoint scraped with curl and checked
-# with promtool; tests/integration/control.sh: the control socket driven by vblkctl),
+# with promtool; tests/integration/control.sh: the control socket driven by vblkctl;
+# tests/integration/advisor.sh: vblkd --check-host and the check-host method on this machine),
 # asan-integration (the same with vblkd, vblk-bench and vblkctl built with ASan+UBSan, stopping at
 # the first report), bench (vblk-bench's own tests
 # against qemu-storage-daemon), service (vblkd's sd_notify READY/STOPPING under a stand-in
@@ -121,6 +122,7 @@ for s in "${suites[@]}"; do
         script_suite vblkctl bash tests/integration/vblkctl.sh build
         script_suite metrics bash tests/integration/metrics.sh build
         script_suite control bash tests/integration/control.sh build
+        script_suite advisor bash tests/integration/advisor.sh build
         ;;
     asan-integration)
         if asan_build; then

@@ -859,18 +859,25 @@ static void check_governor(const struct env *e, struct vblk_adv_report *r)
 static void check_cpus(const struct env *e, const struct vblk_export_opts *exps, size_t n,
                        struct vblk_adv_report *r)
 {
-    unsigned total = 0;
+    unsigned total = 0, polling = 0;
 
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         total += exps[i].iothreads;
+        if (exps[i].poll_us)
+            polling += exps[i].iothreads;
+    }
     if (n < 2 || !e->ncpu)
         return;
-    if (total > e->ncpu)
+    if (polling > e->ncpu)
         add(r, "", VBLK_ADV_WARN, "iothreads",
-            "the %zu exports have %u I/O threads on %u CPUs: fewer iothreads, or exports that "
-            "share "
-            "a CPU without polling (poll-us=0), keep them from preempting each other",
-            n, total, e->ncpu);
+            "the %zu exports have %u polling I/O threads on %u CPUs: they spin against each "
+            "other; poll-us=0 on the less busy exports, or fewer iothreads",
+            n, polling, e->ncpu);
+    else if (total > e->ncpu)
+        add(r, "", VBLK_ADV_INFO, "iothreads",
+            "the %zu exports have %u I/O threads on %u CPUs (%u polling): fine while they sleep "
+            "between requests; busy ones will take turns",
+            n, total, e->ncpu, polling);
     else
         add(r, "", VBLK_ADV_OK, "iothreads", "the %zu exports have %u I/O threads on %u CPUs", n,
             total, e->ncpu);

@@ -420,10 +420,15 @@ static void test_iothreads_vs_cpus(void **state)
                      0);
     vblk_advisor_free(&f->rep);
     assert_int_equal(vblk_advisor_check(o, 2, f->root, &f->rep), 0);
-    expect(f, "", "iothreads", VBLK_ADV_WARN, "4 I/O threads on 2 CPUs");
+    expect(f, "", "iothreads", VBLK_ADV_WARN, "4 polling I/O threads on 2 CPUs");
+    /* not polling, they sleep between requests: no warning */
+    o[0].poll_us = o[1].poll_us = 0;
+    vblk_advisor_free(&f->rep);
+    assert_int_equal(vblk_advisor_check(o, 2, f->root, &f->rep), 0);
+    expect(f, "", "iothreads", VBLK_ADV_INFO, "4 I/O threads on 2 CPUs (0 polling)");
     expect(f, "a", "iothreads", VBLK_ADV_OK, NULL);
     expect(f, "a", "device", VBLK_ADV_OK, "null://");
-    expect(f, "b", "polling", VBLK_ADV_OK, NULL);
+    expect(f, "b", "polling", VBLK_ADV_INFO, "poll-us=0 on a fast device");
     assert_null(find(f, "a", "cache")); /* nothing about storage for null:// */
 }
 
