@@ -11,7 +11,8 @@
 # driven over its socket by vblk-bench and a hostile front-end; vblkctl against a mock control
 # socket; then tests/integration/metrics.sh: the --metrics endpoint scraped with curl and checked
 # with promtool; tests/integration/control.sh: the control socket driven by vblkctl;
-# tests/integration/nbd.sh: driver=nbd against nbdkit and qemu-nbd),
+# tests/integration/nbd.sh: driver=nbd against nbdkit and qemu-nbd; tests/integration/advisor.sh:
+# vblkd --check-host and the check-host method on this machine),
 # asan-integration (the same with vblkd, vblk-bench and vblkctl built with ASan+UBSan, stopping at
 # the first report), bench (vblk-bench's own tests
 # against qemu-storage-daemon), service (vblkd's sd_notify READY/STOPPING under a stand-in
@@ -125,6 +126,7 @@ for s in "${suites[@]}"; do
         script_suite control bash tests/integration/control.sh build
         # driver=nbd against nbdkit and qemu-nbd (tests/integration/nbd.sh)
         script_suite nbd bash tests/integration/nbd.sh build
+        script_suite advisor bash tests/integration/advisor.sh build
         ;;
     asan-integration)
         if asan_build; then

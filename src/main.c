@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <json-c/json.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include <grp.h>
 #include <pwd.h>
 
+#include "control/advisor.h"
 #include "control/daemon.h"
 #include "mem/guest_mem.h"
 #include "util/log.h"
@@ -75,6 +77,11 @@ static void usage(FILE *f)
         "  -m, --metrics ADDR:PORT   serve the counters in Prometheus format at\n"
         "                            http://ADDR:PORT/metrics (127.0.0.1:9100, [::1]:9100,\n"
         "                            :9100 for every address; port 0: any free port)\n"
+        "      --check-host          start nothing: for each export (--export, --config),\n"
+        "                            say what of its set-up and of this host to change for\n"
+        "                            the best performance, one line per finding; exit 0\n"
+        "                            without warnings, 1 with some, 2 on usage errors\n"
+        "      --json                with --check-host: the findings as JSON\n"
         "  -v, --verbose             log every vhost-user message\n"
         "  -h, --help                this text\n"
         "  -V, --version             print the version\n"
@@ -89,6 +96,7 @@ struct args {
     unsigned nexp;
     const char *config;
     struct vblk_daemon_conf dc;
+    bool check_host, json; /* --check-host [--json] */
 };
 
 static int parse_owner(const char *s, uid_t *uid, gid_t *gid)
@@ -119,11 +127,18 @@ static int parse_owner(const char *s, uid_t *uid, gid_t *gid)
 static int parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option longopts[] = {
-        {"export", required_argument, NULL, 'e'},    {"config", required_argument, NULL, 'c'},
-        {"rpc", required_argument, NULL, 'r'},       {"rpc-mode", required_argument, NULL, 'M'},
-        {"rpc-owner", required_argument, NULL, 'O'}, {"metrics", required_argument, NULL, 'm'},
-        {"verbose", no_argument, NULL, 'v'},         {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},         {NULL, 0, NULL, 0},
+        {"export", required_argument, NULL, 'e'},
+        {"config", required_argument, NULL, 'c'},
+        {"rpc", required_argument, NULL, 'r'},
+        {"rpc-mode", required_argument, NULL, 'M'},
+        {"rpc-owner", required_argument, NULL, 'O'},
+        {"metrics", required_argument, NULL, 'm'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"check-host", no_argument, NULL, 'C'},
+        {"json", no_argument, NULL, 'J'},
+        {NULL, 0, NULL, 0},
     };
     char err[512], *end;
     int c;
@@ -169,6 +184,12 @@ static int parse_args(int argc, char **argv, struct args *a)
                 return 1;
             }
             break;
+        case 'C':
+            a->check_host = true;
+            break;
+        case 'J':
+            a->json = true;
+            break;
         case 'v':
             vblk_log_level = VBLK_LOG_DEBUG;
             break;
@@ -187,12 +208,69 @@ static int parse_args(int argc, char **argv, struct args *a)
         fprintf(stderr, "vblkd: unexpected argument '%s'\n", argv[optind]);
         return 1;
     }
-    if (a->nexp == 0 && !a->config && !a->dc.rpc_path) {
+    if (a->json && !a->check_host) {
+        fprintf(stderr, "vblkd: --json goes with --check-host\n");
+        return 1;
+    }
+    if (a->check_host && (a->dc.rpc_path || a->dc.metrics)) {
+        fprintf(stderr, "vblkd: --check-host starts nothing: no --rpc or --metrics with it\n");
+        return 1;
+    }
+    if (a->nexp == 0 && !a->config && !a->dc.rpc_path && !a->check_host) {
         fprintf(stderr, "vblkd: nothing to serve: give at least one --export, a --config or an "
                         "--rpc socket (see --help)\n");
         return 1;
     }
     return 0;
+}
+
+static int add_checked(void *opaque, const struct vblk_export_opts *o, char *err, size_t errlen)
+{
+    struct args *a = opaque;
+
+    for (unsigned i = 0; i < a->nexp; i++) {
+        if (!strcmp(a->exps[i].id, o->id)) {
+            snprintf(err, errlen, "export %s exists already", o->id);
+            return -EEXIST;
+        }
+    }
+    if (a->nexp == VBLK_MAX_EXPORTS) {
+        snprintf(err, errlen, "export %s: at most %d exports", o->id, VBLK_MAX_EXPORTS);
+        return -ENOSPC;
+    }
+    a->exps[a->nexp++] = *o;
+    return 0;
+}
+
+/* --check-host: the advisor on the exports given, nothing started.  0 (no warnings), 1, 2. */
+static int check_host(struct args *a)
+{
+    struct vblk_adv_report rep = {0};
+    char err[1024];
+    int status;
+
+    if (a->config && vblk_config_read(a->config, add_checked, a, err, sizeof(err)) < 0) {
+        fprintf(stderr, "vblkd: %s\n", err);
+        return 2;
+    }
+    if (vblk_advisor_check(a->exps, a->nexp, NULL, &rep) < 0) {
+        fprintf(stderr, "vblkd: --check-host: out of memory\n");
+        vblk_advisor_free(&rep);
+        return 2;
+    }
+    if (a->json) {
+        struct json_object *o = vblk_advisor_json(&rep);
+
+        if (o)
+            printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                                 JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(o);
+    } else {
+        vblk_advisor_print(stdout, &rep);
+    }
+    status = rep.count[VBLK_ADV_WARN] ? 1 : 0;
+    vblk_advisor_free(&rep);
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -203,8 +281,14 @@ int main(int argc, char **argv)
     char err[1024];
     int status = 1;
 
+    for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) {
+        if (!strcmp(argv[i], "--check-host"))
+            a.check_host = true; /* usage errors exit 2 then, not 1 */
+    }
     if (parse_args(argc, argv, &a))
-        return 1;
+        return a.check_host ? 2 : 1;
+    if (a.check_host)
+        return check_host(&a);
 
     signal(SIGPIPE, SIG_IGN);
     if (vblk_mem_sigbus_guard_install() < 0) {

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "control/advisor.h"
 #include "control/metrics.h"
 #include "control/rpc.h"
 #include "export.h"
@@ -177,7 +178,20 @@ static void accept_conn(struct vblk_daemon *d, struct dexp *x)
 
 /* ---- config file ---- */
 
+static int add_cb(void *opaque, const struct vblk_export_opts *o, char *err, size_t errlen)
+{
+    return vblk_daemon_add_export(opaque, o, err, errlen);
+}
+
 int vblk_daemon_load_config(struct vblk_daemon *d, const char *path, char *err, size_t errlen)
+{
+    return vblk_config_read(path, add_cb, d, err, errlen);
+}
+
+int vblk_config_read(const char *path,
+                     int (*fn)(void *opaque, const struct vblk_export_opts *o, char *err,
+                               size_t errlen),
+                     void *opaque, char *err, size_t errlen)
 {
     struct json_object *root, *list = NULL;
     char msg[512];
@@ -225,7 +239,7 @@ int vblk_daemon_load_config(struct vblk_daemon *d, const char *path, char *err, 
         vblk_opts_defaults(o);
         r = vblk_opts_from_json(json_object_array_get_idx(list, i), o, NULL, msg, sizeof(msg));
         if (r == 0)
-            r = vblk_daemon_add_export(d, o, msg, sizeof(msg));
+            r = fn(opaque, o, msg, sizeof(msg));
         free(o);
         if (r < 0) {
             snprintf(err, errlen, "config %s: exports[%zu]: %s", path, i, msg);
@@ -603,6 +617,35 @@ out:
     return code;
 }
 
+static int m_check_host(void *ctx, struct json_object *params, struct json_object **result,
+                        char *err, size_t errlen)
+{
+    static const char *const allowed[] = {"id", NULL};
+    struct vblk_daemon *d = ctx;
+    struct vblk_adv_report rep = {0};
+    struct vblk_export_opts *opts;
+    struct dexp *one = NULL;
+    size_t n = 0;
+
+    if (!only_keys(params, allowed, err, errlen, "check-host"))
+        return VBLK_RPC_INVALID_PARAMS;
+    if (json_object_object_get_ex(params, "id", NULL) &&
+        !(one = param_export(d, params, err, errlen)))
+        return VBLK_RPC_INVALID_PARAMS;
+    opts = malloc((d->nexp ? d->nexp : 1) * sizeof(*opts));
+    if (!opts)
+        return FAIL(VBLK_RPC_FAILED, "out of memory");
+    for (unsigned i = 0; i < d->nexp; i++) {
+        if (!one || d->exps[i] == one)
+            opts[n++] = d->exps[i]->e.opts;
+    }
+    if (vblk_advisor_check(opts, n, NULL, &rep) == 0)
+        *result = vblk_advisor_json(&rep);
+    vblk_advisor_free(&rep);
+    free(opts);
+    return *result ? 0 : FAIL(VBLK_RPC_FAILED, "out of memory");
+}
+
 static struct json_object *lat_json(const struct vblk_blk_stats *s)
 {
     struct json_object *o = json_object_new_object();
@@ -708,15 +751,11 @@ static int m_stats(void *ctx, struct json_object *params, struct json_object **r
 }
 
 const struct vblk_rpc_method vblk_daemon_methods[] = {
-    {"version", m_version},
-    {"shutdown", m_shutdown},
-    {"export-add", m_export_add},
-    {"export-del", m_export_del},
-    {"export-list", m_export_list},
-    {"export-resize", m_export_resize},
-    {"export-set", m_export_set},
-    {"stats", m_stats},
-    {NULL, NULL},
+    {"version", m_version},         {"shutdown", m_shutdown},
+    {"export-add", m_export_add},   {"export-del", m_export_del},
+    {"export-list", m_export_list}, {"export-resize", m_export_resize},
+    {"export-set", m_export_set},   {"stats", m_stats},
+    {"check-host", m_check_host},   {NULL, NULL},
 };
 
 /* ---- the loop ---- */

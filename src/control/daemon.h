@@ -5,8 +5,8 @@
  * by export-del or at exit), the main thread's epoll loop (signals, listening sockets, front-end
  * connections, the SIGBUS guard, the control socket, the metrics server), and the methods of the
  * control socket (see rpc-protocol in README: export-add, export-del, export-list, export-resize,
- * export-set, stats, version, shutdown).  An export removed while its events are still in the
- * current batch is freed only after the batch.
+ * export-set, stats, check-host, version, shutdown).  An export removed while its events are still
+ * in the current batch is freed only after the batch.
  *
  * Threads: the main (control) thread only.  I/O threads are reached through the exports.
  */
@@ -41,6 +41,12 @@ int vblk_daemon_add_export(struct vblk_daemon *d, const struct vblk_export_opts 
 /* Add the exports of a config file: {"exports": [{key: value, ...}, ...]}, the objects as
  * export-add takes them.  0, or -errno with err naming the file, the entry and the problem. */
 int vblk_daemon_load_config(struct vblk_daemon *d, const char *path, char *err, size_t errlen);
+/* Read a config file as vblk_daemon_load_config does, calling fn with each export's checked
+ * options (err: its message).  0, or the first error (fn's, or -EINVAL) with err set. */
+int vblk_config_read(const char *path,
+                     int (*fn)(void *opaque, const struct vblk_export_opts *o, char *err,
+                               size_t errlen),
+                     void *opaque, char *err, size_t errlen);
 unsigned vblk_daemon_num_exports(const struct vblk_daemon *d);
 /* Serve until SIGINT/SIGTERM or the shutdown method.  0, or 1 after a fatal loop error. */
 int vblk_daemon_run(struct vblk_daemon *d);

@@ -367,6 +367,26 @@ static void test_export_set_resize_del(void **state)
     assert_int_equal(json_object_get_int64(member(result_of(r), "exports.0.ops.read.ops")), 0);
     json_object_put(r);
 
+    /* check-host: the host's findings (export null) and n9's, none of f1's */
+    r = dcall("check-host", "{\"id\":\"n9\"}");
+    {
+        struct json_object *list = member(result_of(r), "findings"), *e;
+        bool n9 = false;
+
+        assert_true(json_object_array_length(list) > 0);
+        for (size_t i = 0; i < json_object_array_length(list); i++) {
+            assert_true(
+                json_object_object_get_ex(json_object_array_get_idx(list, i), "export", &e));
+            assert_true(!e || !strcmp(json_object_get_string(e), "n9"));
+            if (e)
+                n9 = true;
+        }
+        assert_true(n9);
+    }
+    json_object_put(r);
+    expect_error(dcall("check-host", "{\"verbose\":true}"), VBLK_RPC_INVALID_PARAMS,
+                 "unknown parameter");
+
     /* del: unknown, bad force, then for real; the socket goes away */
     expect_error(dcall("export-del", "{\"id\":\"nope\"}"), VBLK_RPC_INVALID_PARAMS,
                  "no such export");
