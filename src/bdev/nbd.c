@@ -46,6 +46,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -77,6 +79,10 @@ struct nbd_dev {
     uint64_t max_data;
     int sock; /* h's fd in the loop, -1 */
     bool out; /* also watching for writability */
+    /* TCP: commands of one I/O-thread batch leave in as few segments as possible (TCP_CORK
+     * from the first submit to the end of the batch), as QEMU corks its NBD socket */
+    bool corked, no_cork;
+    struct vblk_iot_hook uncork_hook;
 
     struct vblk_iothread *iot; /* bound I/O thread (atomic: read by the control thread) */
     struct vblk_iot_source sock_src, tmr_src, efd_src;
@@ -599,6 +605,31 @@ static int bind_thread(struct nbd_dev *d)
     return 0;
 }
 
+static void uncork(struct vblk_iot_hook *h)
+{
+    struct nbd_dev *d = container_of(h, struct nbd_dev, uncork_hook);
+    int off = 0;
+
+    d->corked = false;
+    if (d->sock >= 0)
+        (void)setsockopt(d->sock, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
+}
+
+static void cork(struct nbd_dev *d)
+{
+    int on = 1;
+
+    if (d->corked || d->no_cork || d->sock < 0)
+        return;
+    if (setsockopt(d->sock, IPPROTO_TCP, TCP_CORK, &on, sizeof(on)) < 0) {
+        d->no_cork = true; /* a unix socket */
+        return;
+    }
+    d->corked = true;
+    d->uncork_hook.fn = uncork;
+    vblk_iothread_defer(d->iot, &d->uncork_hook);
+}
+
 static void nbd_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk_bdev_req *r)
 {
     struct nbd_dev *d = b->priv;
@@ -618,6 +649,8 @@ static void nbd_submit(struct vblk_bdev *b, struct vblk_engine *eng, struct vblk
         r->done(r, 0);
         return;
     }
+    if (d->up)
+        cork(d);
     route(d, r);
     settle(d);
 }
