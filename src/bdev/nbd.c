@@ -431,16 +431,6 @@ static void handle_done(struct nbd_dev *d, struct vblk_bdev_req *r)
     finish(r, 0);
 }
 
-static struct vblk_io *pop(struct vblk_io_list *l)
-{
-    struct vblk_io *io = l->head;
-
-    l->head = io->next;
-    if (!l->head)
-        l->tail = &l->head;
-    return io;
-}
-
 /* After anything happened: notice a dead connection, complete what came back, (re)send what is
  * held when a server is there.  Re-entered from a completion (a driver above submits): the
  * outer call goes on. */
@@ -457,12 +447,12 @@ static void settle(struct nbd_dev *d)
         if (d->up && conn_dead(d->h))
             conn_lost(d);
         if (d->done.head) {
-            io = pop(&d->done);
+            io = vblk_io_list_pop(&d->done);
             handle_done(d, container_of(io, struct vblk_bdev_req, io));
             continue;
         }
         if (d->held.head && (d->up || d->failfast)) {
-            io = pop(&d->held);
+            io = vblk_io_list_pop(&d->held);
             route(d, container_of(io, struct vblk_bdev_req, io));
             continue;
         }
@@ -663,7 +653,7 @@ static void nbd_drain(struct vblk_bdev *b, struct vblk_engine *eng)
     if (!d->iot || d->iot != vblk_iothread_self())
         return;
     while (d->held.head) {
-        finish(container_of(pop(&d->held), struct vblk_bdev_req, io), -EIO);
+        finish(container_of(vblk_io_list_pop(&d->held), struct vblk_bdev_req, io), -EIO);
         n++;
     }
     if (n)

@@ -329,16 +329,6 @@ static void disarm(struct tctx *c)
     c->deadline = 0;
 }
 
-static struct vblk_io *pop(struct vblk_io_list *l)
-{
-    struct vblk_io *io = l->head;
-
-    l->head = io->next;
-    if (!l->head)
-        l->tail = &l->head;
-    return io;
-}
-
 /* State lock: let go every head that may start now, oldest first; the current context's go on
  * mine (returned: how many), the others' to their ready lists.  Arm the timers of the heads that
  * must wait. */
@@ -367,7 +357,7 @@ static unsigned dispatch(struct tstate *st, uint64_t now, struct tctx *cur,
                 arm(c, now + w);
                 continue;
             }
-            pop(&st->q[d]);
+            vblk_io_list_pop(&st->q[d]);
             vblk_tb_account(&st->tb, d, io->len);
             if (c == cur) {
                 vblk_io_list_add(mine, io);

@@ -114,6 +114,17 @@ static inline void vblk_io_list_add(struct vblk_io_list *l, struct vblk_io *io)
     l->tail = &io->next;
 }
 
+/* Take the first io off a non-empty list. */
+static inline struct vblk_io *vblk_io_list_pop(struct vblk_io_list *l)
+{
+    struct vblk_io *io = l->head;
+
+    l->head = io->next;
+    if (!l->head)
+        l->tail = &l->head;
+    return io;
+}
+
 /* Call done() for every io on the list, emptying it; returns how many. */
 unsigned vblk_io_list_drain(struct vblk_io_list *l, vblk_io_done_fn done, void *arg);
 

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <sched.h>
 #include <linux/virtio_config.h>
 #include <stdlib.h>
 #include <string.h>
@@ -958,7 +959,7 @@ static void *stats_reader_fn(void *arg)
             cur.inflight > NUM)
             sr->went_backwards = 1;
         prev = cur;
-        sr->reads++;
+        __atomic_add_fetch(&sr->reads, 1, __ATOMIC_RELEASE);
     }
     return NULL;
 }
@@ -977,6 +978,9 @@ static void test_stats_read_while_serving(void **state)
             fg_post(&fb.g, 0, r.head); /* one head, taken again as soon as it is published */
         fb_run(&fb, 0);
     }
+    /* on a loaded machine the reader may not have run yet: let it take one snapshot */
+    while (__atomic_load_n(&sr.reads, __ATOMIC_ACQUIRE) == 0)
+        sched_yield();
     __atomic_store_n(&sr.stop, 1, __ATOMIC_RELEASE);
     pthread_join(tid, NULL);
     assert_false(sr.went_backwards);
