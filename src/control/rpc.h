@@ -46,8 +46,8 @@ struct vblk_rpc_method {
 struct vblk_rpc;
 
 /* Listen on path (a stale socket is replaced, anything else there is an error), chmod it to mode
- * (0: 0600, only vblkd's user: the socket controls the daemon) and chown it to uid/gid if not -1.  methods ends with a NULL name and outlives the
- * server.  0, or -errno with err set. */
+ * (0: 0600, only vblkd's user: the socket controls the daemon) and chown it to uid/gid if not -1.
+ * methods ends with a NULL name and outlives the server.  0, or -errno with err set. */
 int vblk_rpc_start(struct vblk_rpc **out, const char *path, mode_t mode, uid_t uid, gid_t gid,
                    const struct vblk_rpc_method *methods, void *ctx, char *err, size_t errlen);
 /* The fd to watch for input (EPOLLIN). */
