@@ -587,6 +587,16 @@ static bool queue_poll(struct vblk_iot_poller *p)
     return true;
 }
 
+static uint64_t queue_progress(struct vblk_iot_poller *p)
+{
+    const struct blk_queue *q = container_of(p, struct blk_queue, poller);
+    uint64_t n = 0;
+
+    for (unsigned i = 0; i < VBLK_OP_COUNT; i++)
+        n += q->stats.ops[i]; /* this thread writes them */
+    return n;
+}
+
 static bool queue_arm(struct vblk_iot_poller *p)
 {
     struct blk_queue *q = container_of(p, struct blk_queue, poller);
@@ -732,6 +742,7 @@ int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *
         q->again_hook.fn = again_hook;
         q->poller.poll = queue_poll;
         q->poller.arm = queue_arm;
+        q->poller.progress = queue_progress;
     }
     vblk_blk_reset(d);
     return 0;

@@ -665,6 +665,28 @@ static struct json_object *lat_json(const struct vblk_blk_stats *s)
 }
 
 /* The counters of one queue or of the export (s), as the stats method shows them. */
+/* The polling policy of the queue's I/O thread (iothread/poll_policy.h). */
+static void poll_json(struct json_object *o, const struct vblk_iothread *t)
+{
+    struct vblk_iot_poll_info pi;
+    struct json_object *p;
+
+    if (!t)
+        return;
+    vblk_iothread_poll_info(t, &pi);
+    p = json_object_new_object();
+    json_object_object_add(p, "mode",
+                           json_object_new_string(!pi.polls      ? "off"
+                                                  : pi.spinning  ? "spin"
+                                                  : pi.window_ns ? "window"
+                                                                 : "sleep"));
+    json_object_object_add(p, "window_ns", json_object_new_uint64(pi.window_ns));
+    json_object_object_add(p, "sleep_cost_ns", json_object_new_uint64(pi.sleep_cost_ns));
+    json_object_object_add(p, "trials", json_object_new_uint64(pi.trials));
+    json_object_object_add(p, "spin_wins", json_object_new_uint64(pi.spin_wins));
+    json_object_object_add(o, "poll", p);
+}
+
 static void stats_json(struct json_object *o, const struct vblk_blk_stats *s)
 {
     struct json_object *ops = json_object_new_object();
@@ -739,6 +761,7 @@ static int m_stats(void *ctx, struct json_object *params, struct json_object **r
                     jq, "cpu",
                     json_object_new_int(x->e.opts.cpus[(q % x->e.niot) % x->e.opts.ncpus]));
             stats_json(jq, &per_queue[q]);
+            poll_json(jq, x->e.niot ? x->e.iot[q % x->e.niot] : NULL);
             json_object_array_add(qs, jq);
         }
         json_object_object_add(o, "queues", qs);

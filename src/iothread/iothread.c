@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "iothread/poll_policy.h"
 #include "util/compiler.h"
 #include "util/log.h"
 
@@ -28,10 +29,13 @@ struct vblk_iothread {
     struct vblk_iot_hook *hooks;
     struct vblk_iot_hook *again; /* run at the start of the next iteration */
     struct vblk_iot_poller *pollers;
-    uint64_t poll_max_ns; /* 0: never poll */
-    uint64_t poll_ns;     /* current window, adapted between 0 and poll_max_ns */
-    bool work;            /* this iteration did something */
-    bool now_valid;       /* now holds this phase's time (vblk_iothread_now) */
+    uint64_t poll_max_ns;         /* 0: never poll (read by the control thread in set_poll) */
+    struct vblk_poll_policy poll; /* the window, adapted between 0 and poll_max_ns */
+    unsigned sleeps;              /* to sample the cost of one in 8 */
+    uint64_t gone_progress;       /* with the pollers' progress: a count that never goes back */
+    struct vblk_iot_poll_info poll_pub; /* published by the thread with relaxed stores */
+    bool work;                          /* this iteration did something */
+    bool now_valid;                     /* now holds this phase's time (vblk_iothread_now) */
     uint64_t now;
 
     /* control channel: one call at a time (the control thread is single) */
@@ -93,12 +97,16 @@ void vblk_iothread_defer(struct vblk_iothread *t, struct vblk_iot_hook *h)
 
 void vblk_iothread_add_poller(struct vblk_iothread *t, struct vblk_iot_poller *p)
 {
+    if (p->progress) /* what it did before does not count (mod 2^64, as the sum is) */
+        t->gone_progress -= p->progress(p);
     p->next = t->pollers;
     t->pollers = p;
 }
 
 void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p)
 {
+    if (p->progress)
+        t->gone_progress += p->progress(p);
     for (struct vblk_iot_poller **pp = &t->pollers; *pp; pp = &(*pp)->next) {
         if (*pp == p) {
             *pp = p->next;
@@ -126,8 +134,7 @@ static int set_poll_fn(void *arg)
     struct set_poll_arg *a = arg;
 
     __atomic_store_n(&a->t->poll_max_ns, a->ns, __ATOMIC_RELAXED);
-    if (a->t->poll_ns > a->ns)
-        a->t->poll_ns = a->ns;
+    vblk_poll_set_max(&a->t->poll, a->ns);
     return 0;
 }
 
@@ -158,30 +165,17 @@ bool vblk_iothread_polls(const struct vblk_iothread *t)
     return t->poll_max_ns != 0;
 }
 
-/*
- * Adaptive polling, as QEMU's aio-posix does: if work came within poll_max_ns of going to
- * sleep, a longer window would have caught it without a wake-up, so grow the window; if it came
- * later, polling would have been wasted, so shrink it.
- */
-static void poll_adapt(struct vblk_iothread *t, uint64_t slept)
+static uint64_t clock_ns(clockid_t clk)
 {
-    if (slept <= t->poll_max_ns) {
-        t->poll_ns = t->poll_ns ? t->poll_ns * 2 : 4000;
-        if (t->poll_ns > t->poll_max_ns)
-            t->poll_ns = t->poll_max_ns;
-    } else {
-        t->poll_ns /= 2;
-        if (t->poll_ns < 1000)
-            t->poll_ns = 0;
-    }
+    struct timespec ts;
+
+    clock_gettime(clk, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t now_ns(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return clock_ns(CLOCK_MONOTONIC);
 }
 
 uint64_t vblk_iothread_now(struct vblk_iothread *t)
@@ -270,6 +264,41 @@ static void poll_once(struct vblk_iothread *t)
         t->work = true;
 }
 
+static void poll_publish(struct vblk_iothread *t)
+{
+    struct vblk_iot_poll_info *o = &t->poll_pub;
+
+    __atomic_store_n(&o->spinning, t->poll.spin, __ATOMIC_RELAXED);
+    __atomic_store_n(&o->window_ns, t->poll.window_ns, __ATOMIC_RELAXED);
+    __atomic_store_n(&o->sleep_cost_ns, t->poll.wake_ns, __ATOMIC_RELAXED);
+    __atomic_store_n(&o->trials, t->poll.trials, __ATOMIC_RELAXED);
+    __atomic_store_n(&o->spin_wins, t->poll.spin_wins, __ATOMIC_RELAXED);
+}
+
+void vblk_iothread_poll_info(const struct vblk_iothread *t, struct vblk_iot_poll_info *out)
+{
+    const struct vblk_iot_poll_info *o = &t->poll_pub;
+
+    out->polls = __atomic_load_n(&t->poll_max_ns, __ATOMIC_RELAXED) != 0;
+    out->spinning = __atomic_load_n(&o->spinning, __ATOMIC_RELAXED);
+    out->window_ns = __atomic_load_n(&o->window_ns, __ATOMIC_RELAXED);
+    out->sleep_cost_ns = __atomic_load_n(&o->sleep_cost_ns, __ATOMIC_RELAXED);
+    out->trials = __atomic_load_n(&o->trials, __ATOMIC_RELAXED);
+    out->spin_wins = __atomic_load_n(&o->spin_wins, __ATOMIC_RELAXED);
+}
+
+/* The polling policy's trial moves on (every few ms; see poll_policy.h). */
+static __attribute__((noinline)) void poll_tick(struct vblk_iothread *t, uint64_t now)
+{
+    uint64_t count = 0;
+
+    for (struct vblk_iot_poller *p = t->pollers; p; p = p->next)
+        count += p->progress ? p->progress(p) : 0;
+    count += t->gone_progress;
+    vblk_poll_tick(&t->poll, now, count, clock_ns(CLOCK_THREAD_CPUTIME_ID));
+    poll_publish(t);
+}
+
 /* Polling ends: turn notifications back on; true if work slipped in meanwhile. */
 static bool arm_all(struct vblk_iothread *t)
 {
@@ -308,14 +337,14 @@ static void *iothread_main(void *arg)
 {
     struct vblk_iothread *t = arg;
     struct epoll_event evs[IOT_MAX_EVENTS];
-    bool polling = false;
-    uint64_t last_work = 0;
+    bool polling = false, idle = false;
+    uint64_t last_work = 0, prev_end = 0;
     unsigned spins = 0;
 
     while (!t->stop) {
         struct vblk_engine *e = t->eng;
         bool slept = false;
-        uint64_t sleep_start = 0;
+        uint64_t woke = 0;
 
         t->work = false;
         /* While polling, fds are looked at only when a call waits or every 64 passes (a stray
@@ -329,10 +358,24 @@ static void *iothread_main(void *arg)
             if (timeout)
                 t->now_valid = false; /* it may sleep: what comes next needs a new time */
             if (timeout && t->poll_max_ns) {
+                /* a sleep ends the episode begun at last_work; one in 8 has its CPU cost
+                 * measured (only if it really blocked: woken later than it ran) */
+                uint64_t cpu0 = (++t->sleeps & 7) ? 0 : clock_ns(CLOCK_THREAD_CPUTIME_ID);
+                uint64_t t0 = cpu0 ? now_ns() : 0;
+
                 slept = true;
-                sleep_start = now_ns();
+                n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
+                woke = t->now = now_ns();
+                t->now_valid = true;
+                if (cpu0) {
+                    uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+
+                    if (t->now - t0 > cpu + 2000)
+                        vblk_poll_wake_sample(&t->poll, cpu);
+                }
+            } else {
+                n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
             }
-            n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
             if (n < 0 && errno != EINTR) {
                 log_err(t->name, "epoll_wait failed: %s", strerror(errno));
                 break;
@@ -370,16 +413,30 @@ static void *iothread_main(void *arg)
             uint64_t now = vblk_iothread_now(t);
 
             if (t->work) {
+                /* an episode: work after a sleep (gap up to the wake-up), or found by spinning
+                 * after at least one idle pass (gap up to the end of the last idle pass) */
+                bool ch = false;
+
                 if (slept)
-                    poll_adapt(t, now - sleep_start);
+                    ch = vblk_poll_episode(&t->poll, woke - last_work, false);
+                else if (idle)
+                    ch = vblk_poll_episode(&t->poll, prev_end - last_work, true);
+                if (ch)
+                    poll_publish(t);
                 polling = true;
+                idle = false;
                 last_work = now;
-            } else if (polling && now - last_work >= t->poll_ns) {
+            } else if (polling && now - last_work >= vblk_poll_window(&t->poll)) {
                 if (arm_all(t))
                     last_work = now;
                 else
                     polling = false;
+            } else {
+                idle = true;
             }
+            prev_end = now;
+            if (unlikely(vblk_poll_tick_due(&t->poll, now)))
+                poll_tick(t, now);
         }
     }
     return NULL;
@@ -468,6 +525,8 @@ int vblk_iothread_create(struct vblk_iothread **out, const char *name,
     t->timeout_ms = timeout_ms;
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->poll_max_ns = (uint64_t)poll_us * 1000;
+    vblk_poll_init(&t->poll, t->poll_max_ns);
+    poll_publish(t);
     t->cmd_src.fn = cmd_ready;
     t->eng_src.fn = engine_ready;
     pthread_mutex_init(&t->lock, NULL);

@@ -35,6 +35,8 @@ struct vblk_iot_poller {
     bool (*poll)(struct vblk_iot_poller *p);
     /* polling stops: re-enable notifications; true if work arrived meanwhile (keep polling) */
     bool (*arm)(struct vblk_iot_poller *p);
+    /* optional: requests done so far (monotonic), for the polling policy's trials */
+    uint64_t (*progress)(struct vblk_iot_poller *p);
     struct vblk_iot_poller *next;
 };
 
@@ -78,6 +80,17 @@ int vblk_iothread_pin(struct vblk_iothread *t, int cpu);
  * on a running thread (queues set their notifications up for one or the other): -EINVAL if
  * poll_us is 0 and the thread polls or the reverse.  0 or -errno (of the call). */
 int vblk_iothread_set_poll(struct vblk_iothread *t, unsigned poll_us);
+
+/* What the polling policy decided last (iothread/poll_policy.h), as the thread published it at
+ * its last trial (every ~2 s) or window change: relaxed loads, never a call into the thread. */
+struct vblk_iot_poll_info {
+    bool polls;             /* poll-us > 0 */
+    bool spinning;          /* the last trial kept spinning for the whole limit */
+    uint64_t window_ns;     /* the priced window otherwise */
+    uint64_t sleep_cost_ns; /* measured CPU cost of one sleep */
+    uint64_t trials, spin_wins;
+};
+void vblk_iothread_poll_info(const struct vblk_iothread *t, struct vblk_iot_poll_info *out);
 
 /* I/O thread only. */
 int vblk_iothread_add_fd(struct vblk_iothread *t, int fd, struct vblk_iot_source *src);
