@@ -643,21 +643,21 @@ static void check_polling(const struct vblk_export_opts *o, const struct dev *d,
             kind_names[d->kind]);
         break;
     case DK_HDD:
-        add(r, id, VBLK_ADV_WARN, "polling",
-            "poll-us=%u on %s, a rotational disk: use poll-us=0: it answers in milliseconds and "
-            "polling burns a CPU per I/O thread for nothing",
+        add(r, id, VBLK_ADV_INFO, "polling",
+            "poll-us=%u on %s, a rotational disk: it answers in milliseconds, so the polling "
+            "policy sleeps, but still tries spinning for 40 ms every 2 s; use poll-us=0",
             o->poll_us, what);
         break;
     case DK_NET:
         add(r, id, VBLK_ADV_INFO, "polling",
-            "poll-us=%u on network storage: round trips usually outlast the polling window; "
-            "poll-us=0 saves the CPU",
+            "poll-us=%u on network storage: round trips usually outlast what a sleep costs, so "
+            "the polling policy mostly sleeps (see stats: poll); poll-us=0 skips its trials",
             o->poll_us);
         break;
     default:
         add(r, id, VBLK_ADV_INFO, "polling",
-            "poll-us=%u on %s (%s): polling pays only if it answers within tens of microseconds "
-            "(a host NVMe); otherwise poll-us=0 saves a CPU",
+            "poll-us=%u on %s (%s): the polling policy spins only where it pays (it measures "
+            "each I/O thread; see stats: poll); poll-us=0 turns it off",
             o->poll_us, what, kind_names[d->kind]);
         break;
     }

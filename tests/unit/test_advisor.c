@@ -380,7 +380,7 @@ static void test_polling_vs_device(void **state)
     link_dev(f, "devices/pci0000:00/ata1/block/sda");
     run(f, "");
     expect(f, "d1", "device", VBLK_ADV_OK, "on sda (rotational disk");
-    expect(f, "d1", "polling", VBLK_ADV_WARN, "use poll-us=0");
+    expect(f, "d1", "polling", VBLK_ADV_INFO, "use poll-us=0");
     run(f, "poll-us=0");
     expect(f, "d1", "polling", VBLK_ADV_OK, NULL);
     /* NVMe: polling pays */
