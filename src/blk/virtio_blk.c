@@ -429,18 +429,28 @@ static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
         req_finish(req, VIRTIO_BLK_S_IOERR);
         return;
     }
-    vblk_iov_to_buf(c.iov, c.out_cnt, &hdr, sizeof(hdr));
+    /* the header is read once (the guest may change it meanwhile); every driver we know puts
+     * it in a descriptor of its own and the status byte in one of its own: no iovec walks */
+    out = c.iov;
+    out_cnt = c.out_cnt;
+    if (likely(out->iov_len == sizeof(hdr))) {
+        memcpy(&hdr, out->iov_base, sizeof(hdr));
+        out++;
+        out_cnt--;
+    } else {
+        vblk_iov_to_buf(c.iov, c.out_cnt, &hdr, sizeof(hdr));
+        vblk_iov_skip_head(&out, &out_cnt, sizeof(hdr));
+    }
     type = le32toh(hdr.type);
     sector = le64toh(hdr.sector);
     req->type = (uint8_t)type;
-
-    out = c.iov;
-    out_cnt = c.out_cnt;
-    vblk_iov_skip_head(&out, &out_cnt, sizeof(hdr));
     out_len = c.out_len - sizeof(hdr);
     in = c.iov + c.out_cnt;
     in_cnt = c.in_cnt;
-    vblk_iov_drop_tail(in, &in_cnt, 1);
+    if (likely(in_cnt && in[in_cnt - 1].iov_len == 1))
+        in_cnt--;
+    else
+        vblk_iov_drop_tail(in, &in_cnt, 1);
     in_len = c.in_len - 1;
 
     switch (type) {
