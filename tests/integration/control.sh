@@ -85,6 +85,7 @@ check "the file grew" test "$(stat -c %s "$tmp/f1.img")" = $((96 << 20))
 # stats
 check "stats count reads" sh -c "'$CTL' -s '$sock' --json stats d1 | python3 -c \"import json,sys; j=json.load(sys.stdin); assert j['exports'][0]['ops']['read']['ops'] > 1000, j\""
 check "stats as a table" sh -c "'$CTL' -s '$sock' stats | grep -q d1"
+check "stats show the polling policy of each queue" sh -c "'$CTL' -s '$sock' --json stats d1 | python3 -c \"import json,sys; p=json.load(sys.stdin)['exports'][0]['queues'][0]['poll']; assert p['mode'] in ('sleep','window','spin') and p['trials'] >= 1 and p['sleep_cost_ns'] > 0, p\""
 
 # export-del under I/O: refused without force, done with it; what was written stays
 "$BENCH" --socket "$tmp/f1.sock" --rw=randread --runtime=30 --size=16M >"$tmp/bg.out" 2>&1 &
