@@ -264,6 +264,8 @@ static int h_set_features(struct vblk_vu_dev *v)
     if (f & ~offered_features(v))
         return PROTO_ERR(v, "SET_FEATURES: 0x%llx has bits we did not offer (0x%llx)",
                          (unsigned long long)f, (unsigned long long)offered_features(v));
+    if (f & ~v->features & (1ull << VIRTIO_F_RING_PACKED))
+        log_info(v->name, "packed virtqueues (VIRTIO_F_RING_PACKED)");
     if ((f ^ v->features) & (1ull << VHOST_F_LOG_ALL)) {
         log_info(v->name, "dirty logging %s (live migration)",
                  (f & (1ull << VHOST_F_LOG_ALL)) ? "on" : "off");
