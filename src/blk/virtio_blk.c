@@ -255,7 +255,9 @@ static void queue_flush(struct blk_queue *q)
 {
     if (!vblk_vq_publish(&q->vq))
         return;
-    if (unlikely(q->log && q->log_used))
+    if (unlikely(q->log && q->vq.packed)) /* used elements go into the descriptor ring */
+        log_host(q, q->vq.pdesc, vblk_vqp_desc_size(q->vq.num));
+    else if (unlikely(q->log && q->log_used))
         log_gpa(q, q->log_used_gpa, vblk_vq_used_size(q->vq.num) + 2);
     if (vblk_vq_should_notify(&q->vq) && q->call_fd >= 0)
         (void)eventfd_write(q->call_fd, 1);
@@ -388,70 +390,61 @@ static void count_op(struct blk_req *req, enum vblk_blk_op op)
     req->lat_rec |= op_lat_class[op];
 }
 
-/* Take head off the ring; start: the time of this pass (vblk_iothread_now). */
-static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
+/* Serve req, whose chain was walked into c (c->iov is req->iov). */
+static inline __attribute__((always_inline)) void
+handle_chain(struct blk_queue *q, struct blk_req *req, const struct vblk_chain *c, uint64_t start)
 {
     struct vblk_blk_dev *d = q->dev;
     const struct vblk_bdev *b = d->bdev;
-    struct blk_req *req = &q->reqs[head];
-    struct vblk_chain c = {.iov = req->iov, .iov_cap = q->iov_cap};
     struct virtio_blk_outhdr hdr;
     struct iovec *out, *in;
     unsigned out_cnt, in_cnt;
     uint64_t out_len, in_len, sector;
     uint32_t type;
 
-    if (unlikely(req->busy)) {
-        queue_broken(q, "a head already in flight was made available again", head);
-        return;
-    }
-    if (unlikely(vblk_vq_walk(&q->vq, head, &c) < 0)) {
-        queue_broken(q, "corrupt descriptor chain", head);
-        return;
-    }
     req->busy = true;
     q->inflight++;
     req->lat_rec = start << 2; /* the class: count_op(), which every path below calls */
-    req->status = c.status;
-    req->in_first = (uint16_t)c.out_cnt;
-    req->in_cnt = (uint16_t)c.in_cnt;
+    req->status = c->status;
+    req->in_first = (uint16_t)c->out_cnt;
+    req->in_cnt = (uint16_t)c->in_cnt;
     req->used_len = 1;
     req->type = 0xff;
 
-    if (unlikely(!c.status)) {
+    if (unlikely(!c->status)) {
         req->used_len = 0; /* nowhere to put a status: the driver sees no bytes written */
         count_op(req, VBLK_OP_OTHER);
         req_finish(req, VIRTIO_BLK_S_IOERR);
         return;
     }
-    if (unlikely(c.err || c.out_len < sizeof(hdr))) {
+    if (unlikely(c->err || c->out_len < sizeof(hdr))) {
         count_op(req, VBLK_OP_OTHER);
         req_finish(req, VIRTIO_BLK_S_IOERR);
         return;
     }
     /* the header is read once (the guest may change it meanwhile); every driver we know puts
      * it in a descriptor of its own and the status byte in one of its own: no iovec walks */
-    out = c.iov;
-    out_cnt = c.out_cnt;
+    out = c->iov;
+    out_cnt = c->out_cnt;
     if (likely(out->iov_len == sizeof(hdr))) {
         memcpy(&hdr, out->iov_base, sizeof(hdr));
         out++;
         out_cnt--;
     } else {
-        vblk_iov_to_buf(c.iov, c.out_cnt, &hdr, sizeof(hdr));
+        vblk_iov_to_buf(c->iov, c->out_cnt, &hdr, sizeof(hdr));
         vblk_iov_skip_head(&out, &out_cnt, sizeof(hdr));
     }
     type = le32toh(hdr.type);
     sector = le64toh(hdr.sector);
     req->type = (uint8_t)type;
-    out_len = c.out_len - sizeof(hdr);
-    in = c.iov + c.out_cnt;
-    in_cnt = c.in_cnt;
+    out_len = c->out_len - sizeof(hdr);
+    in = c->iov + c->out_cnt;
+    in_cnt = c->in_cnt;
     if (likely(in_cnt && in[in_cnt - 1].iov_len == 1))
         in_cnt--;
     else
         vblk_iov_drop_tail(in, &in_cnt, 1);
-    in_len = c.in_len - 1;
+    in_len = c->in_len - 1;
 
     switch (type) {
     case VIRTIO_BLK_T_IN:
@@ -460,7 +453,7 @@ static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
             req_finish(req, VIRTIO_BLK_S_IOERR);
             return;
         }
-        req->used_len = (uint32_t)c.in_len;
+        req->used_len = (uint32_t)c->in_len;
         submit(req, VBLK_BDEV_READ, 0, in, in_cnt, sector << SECTOR_SHIFT, in_len);
         return;
     case VIRTIO_BLK_T_OUT:
@@ -505,13 +498,56 @@ static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
     }
 }
 
+/* Take head off the ring; start: the time of this pass (vblk_iothread_now). */
+static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
+{
+    struct blk_req *req = &q->reqs[head];
+    struct vblk_chain c = {.iov = req->iov, .iov_cap = q->iov_cap};
+
+    if (unlikely(req->busy)) {
+        queue_broken(q, "a head already in flight was made available again", head);
+        return;
+    }
+    if (unlikely(vblk_vq_walk(&q->vq, head, &c) < 0)) {
+        queue_broken(q, "corrupt descriptor chain", head);
+        return;
+    }
+    handle_chain(q, req, &c, start);
+}
+
+/* Packed ring: the buffer id is known only once the chain is walked, so walk into the spare
+ * iovec array and trade it for the request's. */
+static __attribute__((noinline)) void handle_packed(struct blk_queue *q, uint64_t start)
+{
+    struct vblk_chain c = {.iov = q->spare_iov, .iov_cap = q->iov_cap};
+    struct blk_req *req;
+    uint16_t id;
+
+    if (unlikely(vblk_vqp_pop(&q->vq, &id, &c) < 0)) {
+        queue_broken(q,
+                     "corrupt descriptor chain, buffer id out of range or in flight, or more "
+                     "descriptors in flight than the ring holds",
+                     q->vq.avail_pos);
+        return;
+    }
+    req = &q->reqs[id];
+    if (unlikely(req->busy)) { /* vblk_vqp_pop checks this; a request held by a policy */
+        queue_broken(q, "a buffer id already in flight was made available again", id);
+        return;
+    }
+    q->spare_iov = req->iov;
+    req->iov = c.iov;
+    handle_chain(q, req, &c, start);
+}
+
 /*
  * Take the available requests of a started queue, at most VBLK_QUEUE_BUDGET: the rest is taken
  * in the thread's next iteration, so a guest that keeps its ring full cannot keep the thread
  * from its other queues and its control calls.  rearm: finish with guest notifications enabled
  * (false while the I/O thread polls the ring).
  */
-static void queue_process(struct blk_queue *q, bool rearm)
+static inline __attribute__((always_inline)) void queue_process_ring(struct blk_queue *q,
+                                                                     bool rearm, const bool packed)
 {
     struct vblk_vq *vq = &q->vq;
     unsigned budget = VBLK_QUEUE_BUDGET;
@@ -543,11 +579,15 @@ static void queue_process(struct blk_queue *q, bool rearm)
                 vblk_iothread_again(q->iot, &q->again_hook);
                 return;
             }
-            if (unlikely(vblk_vq_pop(vq, &head) < 0)) {
-                queue_broken(q, "avail ring entry out of range", vq->last_avail);
-                return;
+            if (packed) {
+                handle_packed(q, start);
+            } else {
+                if (unlikely(vblk_vq_pop(vq, &head) < 0)) {
+                    queue_broken(q, "avail ring entry out of range", vq->last_avail);
+                    return;
+                }
+                handle(q, head, start);
             }
-            handle(q, head, start);
             if (unlikely(vq->broken))
                 return;
             /* Requests that completed at once (errors, null device) are handed back in chunks
@@ -565,6 +605,20 @@ static void queue_process(struct blk_queue *q, bool rearm)
             }
         }
     }
+}
+
+/* The loop above, compiled once per ring layout: the split loop pays nothing for packed rings. */
+static __attribute__((noinline)) void queue_process_packed(struct blk_queue *q, bool rearm)
+{
+    queue_process_ring(q, rearm, true);
+}
+
+static void queue_process(struct blk_queue *q, bool rearm)
+{
+    if (unlikely(q->vq.packed))
+        queue_process_packed(q, rearm);
+    else
+        queue_process_ring(q, rearm, false);
 }
 
 /* ---- I/O thread: queue control ---- */
@@ -792,20 +846,31 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
     q = &d->queues[qidx];
     if (q->started)
         return -EBUSY;
-    r = vblk_vq_setup(&q->vq, p->mem, p->num, p->desc_uva, p->avail_uva, p->used_uva);
+    if (p->packed)
+        r = vblk_vqp_setup(&q->vq, p->mem, p->num, p->desc_uva, p->avail_uva, p->used_uva);
+    else if (p->last_avail > 0xffff)
+        r = -EINVAL;
+    else
+        r = vblk_vq_setup(&q->vq, p->mem, p->num, p->desc_uva, p->avail_uva, p->used_uva);
     if (r < 0)
         return r;
     q->vq.event_idx = p->event_idx;
     q->vq.indirect = p->indirect;
     q->vq.max_desc = VBLK_SEG_MAX + 2;
     q->vq.max_seg = VBLK_SIZE_MAX;
-    vblk_vq_start(&q->vq, p->last_avail);
+    if (p->packed) {
+        r = vblk_vqp_start(&q->vq, p->last_avail);
+        if (r < 0)
+            return r;
+    } else {
+        vblk_vq_start(&q->vq, (uint16_t)p->last_avail);
+    }
     q->broken_reported = false;
 
     queue_free(q);
     q->iov_cap = VBLK_SEG_MAX + VBLK_IOV_SLACK;
     q->reqs = calloc(p->num, sizeof(*q->reqs));
-    q->iov_pool = calloc((size_t)p->num * q->iov_cap, sizeof(*q->iov_pool));
+    q->iov_pool = calloc(((size_t)p->num + 1) * q->iov_cap, sizeof(*q->iov_pool));
     q->resubmit = calloc(p->num, sizeof(*q->resubmit));
     q->lat_pending = calloc(p->num, sizeof(*q->lat_pending));
     q->lat_cap = p->num;
@@ -822,8 +887,9 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
     q->log_size = p->log_size;
     q->log_used = p->log_used;
     q->log_used_gpa = p->log_used_gpa;
-    q->vq.inflight = p->inflight;
-    if (p->inflight) {
+    q->spare_iov = q->iov_pool + (size_t)p->num * q->iov_cap; /* packed: see handle_packed() */
+    q->vq.inflight = p->packed ? NULL : p->inflight;
+    if (q->vq.inflight) {
         r = vblk_vq_inflight_resume(&q->vq, q->resubmit, &q->nresubmit);
         if (r == -EIO)
             queue_broken(q, "corrupt in-flight record", 0);
@@ -845,7 +911,7 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
     return vblk_iothread_call(q->iot, queue_start_fn, q);
 }
 
-int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_avail)
+int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint32_t *last_avail)
 {
     struct blk_queue *q;
     int r;
@@ -854,13 +920,13 @@ int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_av
         return -EINVAL;
     q = &d->queues[qidx];
     if (!q->started) {
-        *last_avail = q->vq.last_avail;
+        *last_avail = vblk_vq_base(&q->vq);
         return 0;
     }
     r = vblk_iothread_call(q->iot, queue_stop_fn, q);
     if (r < 0)
         return r; /* timed out: q is still the I/O thread's */
-    *last_avail = q->vq.last_avail;
+    *last_avail = vblk_vq_base(&q->vq);
     q->kick_fd = q->call_fd = q->err_fd = -1;
     return 0;
 }

@@ -116,6 +116,7 @@ struct blk_queue {
     uint16_t *resubmit;   /* heads a previous daemon left in flight, taken first at start */
     unsigned nresubmit;
     struct iovec *iov_pool;
+    struct iovec *spare_iov; /* packed: walked into, then traded for the request's iov */
     unsigned iov_cap;
     unsigned inflight;
     struct blk_lat_run *lat_pending;     /* completions not yet timed, as runs */
@@ -142,10 +143,11 @@ struct blk_queue {
 struct vblk_queue_params {
     const struct vblk_mem *mem;
     uint16_t num;
-    uint16_t last_avail;
-    uint64_t desc_uva, avail_uva, used_uva;
-    int kick_fd, call_fd, err_fd; /* owned by the caller; -1 if none */
+    uint32_t last_avail; /* split: avail index; packed: the vring base (vblk_vqp_start) */
+    uint64_t desc_uva, avail_uva, used_uva; /* packed: desc ring, driver and device areas */
+    int kick_fd, call_fd, err_fd;           /* owned by the caller; -1 if none */
     bool event_idx, indirect;
+    bool packed; /* VIRTIO_F_RING_PACKED: no in-flight record is kept (inflight ignored) */
     struct vblk_inflight_split *inflight; /* in-flight record to keep (and resume), or NULL */
     uint8_t *log;      /* dirty log to mark what the device writes (migration), or NULL */
     uint64_t log_size; /* bytes of log */
@@ -179,7 +181,7 @@ void vblk_blk_reset(struct vblk_blk_dev *d);
 int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vblk_queue_params *p);
 /* Stop taking requests, wait for in-flight ones, return the next avail index.  -ETIMEDOUT: the
  * I/O thread did not answer in time (the queue and its memory stay the thread's forever). */
-int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint16_t *last_avail);
+int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint32_t *last_avail);
 int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd);
 /* Serve queue qidx on iot instead of the device's thread (before the queue starts). */
 void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vblk_iothread *iot);

@@ -91,6 +91,7 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
         .err_fd = vr->err_fd,
         .event_idx = !!(v->features & (1ull << VIRTIO_RING_F_EVENT_IDX)),
         .indirect = !!(v->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)),
+        .packed = !!(v->features & (1ull << VIRTIO_F_RING_PACKED)),
     };
     if ((v->features & (1ull << VHOST_F_LOG_ALL)) && v->log.map) {
         p.log = v->log.host;
@@ -98,7 +99,10 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
         p.log_used = vr->log_used;
         p.log_used_gpa = vr->log_guest_addr;
     }
-    if (v->inflight.map && i < v->inflight_queues) {
+    if (v->inflight.map && i < v->inflight_queues && p.packed) {
+        /* the packed record keeps copies of descriptors (vhost-user.rst): not implemented */
+        log_dbg(v->name, "queue %u: packed ring, no in-flight tracking", i);
+    } else if (v->inflight.map && i < v->inflight_queues) {
         if (vr->num != v->inflight_qsize) {
             log_err(v->name, "queue %u has %u entries but its in-flight record %u", i, vr->num,
                     v->inflight_qsize);
@@ -115,13 +119,14 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
     if (r < 0) {
         log_err(v->name, "cannot start queue %u: %s", i,
                 r == -EFAULT   ? "ring addresses outside guest memory"
-                : r == -EINVAL ? "ring size, or ring addresses misaligned (in the front-end's "
-                                 "memory or in ours: check the region's mmap_offset)"
+                : r == -EINVAL ? "ring size or base, or ring addresses misaligned (in the "
+                                 "front-end's memory or in ours: check the region's mmap_offset)"
                                : strerror(-r));
         return r;
     }
     vr->started = true;
-    log_dbg(v->name, "queue %u started: %u entries from avail index %u", i, vr->num, vr->base);
+    log_dbg(v->name, "queue %u started: %u entries from %s 0x%x", i, vr->num,
+            p.packed ? "packed base" : "avail index", vr->base);
     return 0;
 }
 
@@ -129,7 +134,7 @@ static int ring_try_start(struct vblk_vu_dev *v, unsigned i)
 static int ring_stop(struct vblk_vu_dev *v, unsigned i)
 {
     struct vu_vring *vr = &v->vrings[i];
-    uint16_t base;
+    uint32_t base;
 
     if (v->wedged)
         return -ETIMEDOUT;
@@ -230,7 +235,7 @@ static int vring_index(struct vblk_vu_dev *v, uint32_t idx)
 static uint64_t offered_features(struct vblk_vu_dev *v)
 {
     return vblk_blk_features(v->blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
-           (1ull << VHOST_F_LOG_ALL);
+           (1ull << VHOST_F_LOG_ALL) | (1ull << VIRTIO_F_RING_PACKED);
 }
 
 /* Stop every running ring and start it again (it picks up the log and features now in v). */
@@ -259,6 +264,8 @@ static int h_set_features(struct vblk_vu_dev *v)
     if (f & ~offered_features(v))
         return PROTO_ERR(v, "SET_FEATURES: 0x%llx has bits we did not offer (0x%llx)",
                          (unsigned long long)f, (unsigned long long)offered_features(v));
+    if (f & ~v->features & (1ull << VIRTIO_F_RING_PACKED))
+        log_info(v->name, "packed virtqueues (VIRTIO_F_RING_PACKED)");
     if ((f ^ v->features) & (1ull << VHOST_F_LOG_ALL)) {
         log_info(v->name, "dirty logging %s (live migration)",
                  (f & (1ull << VHOST_F_LOG_ALL)) ? "on" : "off");
@@ -555,7 +562,9 @@ static int h_set_vring_num(struct vblk_vu_dev *v)
 
     if (need_size(v, sizeof(*s)) < 0 || vring_index(v, s->index) < 0)
         return -EPROTO;
-    if (s->num == 0 || s->num > v->blk->max_queue_size || (s->num & (s->num - 1)))
+    /* packed rings need not be a power of two */
+    if (s->num == 0 || s->num > v->blk->max_queue_size ||
+        (!(v->features & (1ull << VIRTIO_F_RING_PACKED)) && (s->num & (s->num - 1))))
         return PROTO_ERR(v, "SET_VRING_NUM: queue %u size %u is not a power of two up to %u",
                          s->index, s->num, v->blk->max_queue_size);
     if (v->vrings[s->index].started)
@@ -593,11 +602,12 @@ static int h_set_vring_base(struct vblk_vu_dev *v)
 
     if (need_size(v, sizeof(*s)) < 0 || vring_index(v, s->index) < 0)
         return -EPROTO;
-    if (s->num > 0xffff)
+    /* packed: avail position and wrap counter in bits 0-15, used in 16-31 (checked at start) */
+    if (s->num > 0xffff && !(v->features & (1ull << VIRTIO_F_RING_PACKED)))
         return PROTO_ERR(v, "SET_VRING_BASE: queue %u base %u out of range", s->index, s->num);
     if (v->vrings[s->index].started)
         return PROTO_ERR(v, "SET_VRING_BASE: queue %u is running", s->index);
-    v->vrings[s->index].base = (uint16_t)s->num;
+    v->vrings[s->index].base = s->num;
     return 0;
 }
 

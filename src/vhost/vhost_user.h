@@ -32,7 +32,7 @@
 
 struct vu_vring {
     uint16_t num;
-    uint16_t base;
+    uint32_t base; /* split: avail index; packed: avail and used positions with wrap counters */
     uint64_t desc_uva, avail_uva, used_uva;
     bool addr_set;
     bool kick_set;

@@ -7,6 +7,11 @@
 
 #include "util/compiler.h"
 
+static int vqp_avail(struct vblk_vq *vq);
+static bool vqp_should_notify(struct vblk_vq *vq);
+static bool vqp_enable_notify(struct vblk_vq *vq);
+static void vqp_disable_notify(struct vblk_vq *vq);
+
 int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, uint64_t desc_uva,
                   uint64_t avail_uva, uint64_t used_uva)
 {
@@ -30,7 +35,16 @@ int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, 
     vq->used = u;
     vq->mem = mem;
     vq->num = num;
+    vq->packed = false;
     return 0;
+}
+
+uint32_t vblk_vq_base(const struct vblk_vq *vq)
+{
+    if (vq->packed)
+        return (uint32_t)vq->avail_pos | (uint32_t)vq->avail_wrap << 15 |
+               (uint32_t)vq->used_pos << 16 | (uint32_t)vq->used_wrap << 31;
+    return vq->last_avail;
 }
 
 void vblk_vq_start(struct vblk_vq *vq, uint16_t last_avail)
@@ -54,6 +68,8 @@ int vblk_vq_avail(struct vblk_vq *vq)
 
     if (unlikely(vq->broken))
         return -EIO;
+    if (unlikely(vq->packed))
+        return vqp_avail(vq);
     if (vq->shadow_avail == vq->last_avail) {
         idx = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
         vq->shadow_avail = idx;
@@ -244,6 +260,57 @@ static inline void chain_fail(struct vblk_chain *c, int err)
 }
 
 /*
+ * One data descriptor of a chain (split or packed): content problems fail the request only.  The
+ * last writable descriptor is remembered for the status byte, even an over-long one.
+ */
+static inline void desc_data(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t addr,
+                             uint32_t len, bool writable, uint64_t *status_gpa,
+                             uint32_t *status_len)
+{
+    c->ndesc++;
+    if (c->ndesc > vq->max_desc)
+        chain_fail(c, -E2BIG);
+
+    if (len == 0) {
+        chain_fail(c, -EINVAL);
+    } else if (writable) {
+        *status_gpa = addr;
+        *status_len = len;
+        if (len > vq->max_seg)
+            chain_fail(c, -E2BIG);
+        if (!c->err)
+            chain_fail(c, chain_add(vq, c, addr, len, true));
+    } else if (len > vq->max_seg) {
+        chain_fail(c, -E2BIG);
+    } else {
+        if (c->in_cnt)
+            chain_fail(c, -EINVAL); /* readable after writable */
+        if (!c->err)
+            chain_fail(c, chain_add(vq, c, addr, len, false));
+    }
+}
+
+static inline void chain_init(struct vblk_chain *c)
+{
+    c->out_cnt = c->in_cnt = 0;
+    c->out_len = c->in_len = 0;
+    c->status = NULL;
+    c->ndesc = 0;
+    c->err = 0;
+}
+
+static inline void chain_status(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t status_gpa,
+                                uint32_t status_len)
+{
+    if (status_len) {
+        uint64_t gpa = status_gpa + status_len - 1;
+
+        if (gpa >= status_gpa) /* no wrap */
+            c->status = vblk_mem_gpa_range(vq->mem, gpa, 1);
+    }
+}
+
+/*
  * Walk one chain.  Structure problems (indices, loops, indirect tables) break the ring; content
  * problems only fail the request, and the walk goes on so that the status byte is still found.
  */
@@ -256,12 +323,7 @@ int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
     bool indirect = false;
     struct desc_copy d;
 
-    c->out_cnt = c->in_cnt = 0;
-    c->out_len = c->in_len = 0;
-    c->status = NULL;
-    c->ndesc = 0;
-    c->err = 0;
-
+    chain_init(c);
     for (;;) {
         if (unlikely(i >= max))
             goto broken;
@@ -288,39 +350,13 @@ int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
 
         if (unlikely(++count > max))
             goto broken; /* a loop */
-        c->ndesc++;
-        if (c->ndesc > vq->max_desc)
-            chain_fail(c, -E2BIG);
-
-        if (d.len == 0) {
-            chain_fail(c, -EINVAL);
-        } else if (d.flags & VRING_DESC_F_WRITE) {
-            status_gpa = d.addr; /* even an over-long one can still take the status */
-            status_len = d.len;
-            if (d.len > vq->max_seg)
-                chain_fail(c, -E2BIG);
-            if (!c->err)
-                chain_fail(c, chain_add(vq, c, d.addr, d.len, true));
-        } else if (d.len > vq->max_seg) {
-            chain_fail(c, -E2BIG);
-        } else {
-            if (c->in_cnt)
-                chain_fail(c, -EINVAL); /* readable after writable */
-            if (!c->err)
-                chain_fail(c, chain_add(vq, c, d.addr, d.len, false));
-        }
+        desc_data(vq, c, d.addr, d.len, d.flags & VRING_DESC_F_WRITE, &status_gpa, &status_len);
 
         if (!(d.flags & VRING_DESC_F_NEXT))
             break;
         i = d.next;
     }
-
-    if (status_len) {
-        uint64_t gpa = status_gpa + status_len - 1;
-
-        if (gpa >= status_gpa) /* no wrap */
-            c->status = vblk_mem_gpa_range(vq->mem, gpa, 1);
-    }
+    chain_status(vq, c, status_gpa, status_len);
     return 0;
 
 broken:
@@ -338,6 +374,8 @@ bool vblk_vq_should_notify(struct vblk_vq *vq)
     bool valid;
 
     smp_mb();
+    if (unlikely(vq->packed))
+        return vqp_should_notify(vq);
     if (!vq->event_idx)
         return !(READ_ONCE(vq->avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
     old = vq->signalled_used;
@@ -351,6 +389,8 @@ bool vblk_vq_should_notify(struct vblk_vq *vq)
 
 bool vblk_vq_enable_notify(struct vblk_vq *vq)
 {
+    if (unlikely(vq->packed))
+        return vqp_enable_notify(vq);
     if (vq->event_idx) {
         /* avail_event lives right after the used ring */
         uint16_t *avail_event = (uint16_t *)&vq->used->ring[vq->num];
@@ -366,6 +406,259 @@ bool vblk_vq_enable_notify(struct vblk_vq *vq)
 
 void vblk_vq_disable_notify(struct vblk_vq *vq)
 {
+    if (unlikely(vq->packed)) {
+        vqp_disable_notify(vq);
+        return;
+    }
     if (!vq->event_idx)
         WRITE_ONCE(vq->used->flags, VRING_USED_F_NO_NOTIFY);
+}
+
+/* ---- packed rings ---- */
+
+#define PF_AVAIL (1u << VRING_PACKED_DESC_F_AVAIL)
+#define PF_USED  (1u << VRING_PACKED_DESC_F_USED)
+
+int vblk_vqp_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, uint64_t desc_uva,
+                   uint64_t driver_uva, uint64_t device_uva)
+{
+    void *d, *drv, *dev;
+
+    if (num == 0 || num > VBLK_VQ_MAX_SIZE)
+        return -EINVAL;
+    if ((desc_uva & 15) || (driver_uva & 3) || (device_uva & 3))
+        return -EINVAL;
+    d = vblk_mem_uva_range(mem, desc_uva, vblk_vqp_desc_size(num));
+    drv = vblk_mem_uva_range(mem, driver_uva, VBLK_VQP_EVENT_SIZE);
+    dev = vblk_mem_uva_range(mem, device_uva, VBLK_VQP_EVENT_SIZE);
+    if (!d || !drv || !dev)
+        return -EFAULT;
+    if (((uintptr_t)d & 15) || ((uintptr_t)drv & 3) || ((uintptr_t)dev & 3))
+        return -EINVAL;
+    vq->desc = NULL;
+    vq->avail = NULL;
+    vq->used = NULL;
+    vq->pdesc = d;
+    vq->driver_event = drv;
+    vq->device_event = dev;
+    vq->mem = mem;
+    vq->num = num;
+    vq->packed = true;
+    return 0;
+}
+
+/*
+ * A position and its wrap counter as one number in [0, 2 * num): the counter starts at 1 and
+ * flips each time the position passes the end, so the pair runs through 2 * num states.
+ */
+static inline unsigned lin(const struct vblk_vq *vq, uint16_t pos, bool wrap)
+{
+    return pos + (wrap ? 0u : vq->num);
+}
+
+/* Steps from a to b on that cycle. */
+static inline unsigned dist(const struct vblk_vq *vq, unsigned a, unsigned b)
+{
+    return b >= a ? b - a : b + 2u * vq->num - a;
+}
+
+int vblk_vqp_start(struct vblk_vq *vq, uint32_t base)
+{
+    uint16_t a = (uint16_t)base, u = (uint16_t)(base >> 16);
+
+    if (u == 0)
+        u = a;
+    if ((a & 0x7fff) >= vq->num || (u & 0x7fff) >= vq->num)
+        return -EINVAL;
+    vq->avail_pos = a & 0x7fff;
+    vq->avail_wrap = a >> 15;
+    vq->used_pos = u & 0x7fff;
+    vq->used_wrap = u >> 15;
+    if (dist(vq, lin(vq, vq->used_pos, vq->used_wrap), lin(vq, vq->avail_pos, vq->avail_wrap)) >
+        vq->num)
+        return -EINVAL;
+    vq->broken = false;
+    vq->last_avail = vq->shadow_avail = 0;
+    vq->used_idx = vq->published_used = 0;
+    vq->signalled_valid = false;
+    vq->signalled_used = (uint16_t)lin(vq, vq->used_pos, vq->used_wrap);
+    vq->device_flags = 0xffff; /* unknown: written on the first enable/disable */
+    vq->inflight = NULL;
+    memset(vq->chain_len, 0, sizeof(vq->chain_len));
+    return 0;
+}
+
+/* Available: AVAIL matches the driver's wrap counter and USED does not. */
+static int vqp_avail(struct vblk_vq *vq)
+{
+    uint16_t f = __atomic_load_n(&vq->pdesc[vq->avail_pos].flags, __ATOMIC_ACQUIRE);
+
+    return (!!(f & PF_AVAIL) == vq->avail_wrap && !!(f & PF_USED) != vq->avail_wrap) ? 1 : 0;
+}
+
+/* Fetch a packed descriptor exactly once. */
+static inline void pdesc_read(const struct vring_packed_desc *d, struct vring_packed_desc *out)
+{
+    const uint64_t *w = (const uint64_t *)d;
+    uint64_t w0 = __atomic_load_n(&w[0], __ATOMIC_RELAXED);
+    uint64_t w1 = __atomic_load_n(&w[1], __ATOMIC_RELAXED);
+
+    out->addr = w0;
+    out->len = (uint32_t)w1;
+    out->id = (uint16_t)(w1 >> 32);
+    out->flags = (uint16_t)(w1 >> 48);
+}
+
+/*
+ * The descriptors after the first need no availability check: the driver makes the first one
+ * available last, and our acquire load of its flags (vqp_avail) orders the reads that follow.
+ */
+int vblk_vqp_pop(struct vblk_vq *vq, uint16_t *id, struct vblk_chain *c)
+{
+    uint16_t pos = vq->avail_pos;
+    bool wrap = vq->avail_wrap;
+    unsigned in_flight, count = 0;
+    uint64_t status_gpa = 0;
+    uint32_t status_len = 0;
+    struct vring_packed_desc d, t;
+
+    chain_init(c);
+    in_flight = dist(vq, lin(vq, vq->used_pos, vq->used_wrap), lin(vq, pos, wrap));
+    for (;;) {
+        /* a chain longer than the ring, or running into descriptors not handed back yet */
+        if (unlikely(in_flight + ++count > vq->num))
+            goto broken;
+        pdesc_read(&vq->pdesc[pos], &d);
+
+        if (d.flags & VRING_DESC_F_INDIRECT) {
+            const struct vring_packed_desc *table;
+            uint32_t n = d.len / 16;
+
+            /* alone in the ring (no chain around it) */
+            if (!vq->indirect || count != 1 || (d.flags & VRING_DESC_F_NEXT))
+                goto broken;
+            if (d.len == 0 || (d.len & 15) || n > VBLK_VQ_MAX_INDIRECT)
+                goto broken;
+            if (n > vq->max_desc)
+                chain_fail(c, -E2BIG);
+            table = vblk_mem_gpa_range(vq->mem, d.addr, d.len);
+            if (!table || ((uintptr_t)table & 7))
+                goto broken;
+            for (uint32_t i = 0; i < n; i++) {
+                pdesc_read(&table[i], &t);
+                if (t.flags & VRING_DESC_F_INDIRECT)
+                    goto broken; /* no nesting; NEXT and id are ignored in a table */
+                desc_data(vq, c, t.addr, t.len, t.flags & VRING_DESC_F_WRITE, &status_gpa,
+                          &status_len);
+            }
+            break;
+        }
+        desc_data(vq, c, d.addr, d.len, d.flags & VRING_DESC_F_WRITE, &status_gpa, &status_len);
+        if (!(d.flags & VRING_DESC_F_NEXT))
+            break;
+        if (++pos == vq->num) {
+            pos = 0;
+            wrap = !wrap;
+        }
+    }
+    /* the buffer id is the last descriptor's; one buffer in flight per id */
+    if (unlikely(d.id >= vq->num || vq->chain_len[d.id]))
+        goto broken;
+    vq->chain_len[d.id] = (uint16_t)count;
+    *id = d.id;
+    if (++pos == vq->num) {
+        pos = 0;
+        wrap = !wrap;
+    }
+    vq->avail_pos = pos;
+    vq->avail_wrap = wrap;
+    chain_status(vq, c, status_gpa, status_len);
+    return 0;
+
+broken:
+    vq->broken = true;
+    return -EIO;
+}
+
+/*
+ * A used element goes at the device's own position (completion order), then the position skips
+ * the chain's descriptors.  The first element of a batch gets its flags at publish time, so the
+ * driver sees the batch whole; the others are written now (the driver reads them only after it).
+ */
+void vblk_vqp_push(struct vblk_vq *vq, uint16_t id, uint32_t len)
+{
+    struct vring_packed_desc *e = &vq->pdesc[vq->used_pos];
+    uint16_t flags = vq->used_wrap ? (PF_AVAIL | PF_USED) : 0;
+    unsigned n = id < vq->num ? vq->chain_len[id] : 0;
+
+    WRITE_ONCE(e->id, id);
+    WRITE_ONCE(e->len, len);
+    if (vq->used_idx == vq->published_used) {
+        vq->pending_pos = vq->used_pos;
+        vq->pending_flags = flags;
+    } else {
+        WRITE_ONCE(e->flags, flags);
+    }
+    if (unlikely(n == 0))
+        n = 1; /* not taken by vblk_vqp_pop: a caller bug, keep the ring consistent */
+    else
+        vq->chain_len[id] = 0;
+    vq->used_pos = (uint16_t)(vq->used_pos + n);
+    if (vq->used_pos >= vq->num) {
+        vq->used_pos = (uint16_t)(vq->used_pos - vq->num);
+        vq->used_wrap = !vq->used_wrap;
+    }
+    vq->used_idx++;
+}
+
+bool vblk_vqp_publish(struct vblk_vq *vq)
+{
+    __atomic_store_n(&vq->pdesc[vq->pending_pos].flags, vq->pending_flags, __ATOMIC_RELEASE);
+    vq->published_used = vq->used_idx;
+    return true;
+}
+
+/* The driver's event structure, read as one 32-bit word (off_wrap, flags). */
+static bool vqp_should_notify(struct vblk_vq *vq)
+{
+    uint32_t w = __atomic_load_n((const uint32_t *)vq->driver_event, __ATOMIC_RELAXED);
+    uint16_t off_wrap = (uint16_t)w, flags = (uint16_t)(w >> 16) & 3;
+    unsigned old = vq->signalled_used, new = lin(vq, vq->used_pos, vq->used_wrap), ev, a;
+    bool valid = vq->signalled_valid;
+
+    vq->signalled_used = (uint16_t) new;
+    vq->signalled_valid = true;
+    if (flags == VRING_PACKED_EVENT_FLAG_DISABLE)
+        return false;
+    /* ENABLE, reserved 3, or DESC without EVENT_IDX: notify */
+    if (flags != VRING_PACKED_EVENT_FLAG_DESC || !vq->event_idx || !valid)
+        return true;
+    if ((off_wrap & 0x7fff) >= vq->num)
+        return true; /* nonsense offset: better a spurious interrupt than a hang */
+    ev = lin(vq, off_wrap & 0x7fff, off_wrap >> 15);
+    /* the event position was written over in [old, new) */
+    a = dist(vq, ev, new);
+    return a >= 1 && a <= dist(vq, old, new);
+}
+
+static bool vqp_enable_notify(struct vblk_vq *vq)
+{
+    uint16_t off = 0, flags = VRING_PACKED_EVENT_FLAG_ENABLE;
+
+    if (vq->event_idx) {
+        off = (uint16_t)(vq->avail_pos | (unsigned)vq->avail_wrap << 15);
+        flags = VRING_PACKED_EVENT_FLAG_DESC;
+    }
+    __atomic_store_n((uint32_t *)vq->device_event, off | (uint32_t)flags << 16, __ATOMIC_RELAXED);
+    vq->device_flags = flags;
+    smp_mb(); /* the event store must be visible before we look at the ring again */
+    return vqp_avail(vq) > 0;
+}
+
+static void vqp_disable_notify(struct vblk_vq *vq)
+{
+    if (vq->device_flags != VRING_PACKED_EVENT_FLAG_DISABLE) {
+        WRITE_ONCE(vq->device_event->flags, VRING_PACKED_EVENT_FLAG_DISABLE);
+        vq->device_flags = VRING_PACKED_EVENT_FLAG_DISABLE;
+    }
 }

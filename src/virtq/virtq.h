@@ -1,9 +1,17 @@
-/* virtq.h - split virtqueue, device side.
+/* virtq.h - split and packed virtqueues, device side.
  *
  * Owns: reading the avail ring, walking descriptor chains (direct and indirect) into iovecs that
  * point into guest memory, writing the used ring, and deciding when the driver must be notified
  * (EVENT_IDX or flags).  Everything read from the ring is guest-controlled: indices are bounded,
  * each descriptor is fetched exactly once, loops and over-long chains are caught.
+ *
+ * Packed rings (VIRTIO_F_RING_PACKED, vq->packed): one descriptor ring that the driver makes
+ * available and the device hands back, and two event suppression structures (the driver's, read
+ * here to decide on interrupts; the device's, written here to ask for kicks).  Positions carry a
+ * wrap counter.  The same checks apply: a chain longer than the ring, a buffer id out of range or
+ * more descriptors in flight than the ring holds break the queue; descriptor contents fail one
+ * request.  The split fast path does not pay for it: the inline functions branch once on
+ * vq->packed (unlikely) to out-of-line packed code.  Packed queues keep no in-flight record.
  *
  * Errors come in two kinds:
  *  - ring errors (index out of range, loop, bad indirect table, avail index jump): the queue is
@@ -68,6 +76,7 @@ struct vblk_vq {
     uint16_t num;
     bool event_idx;
     bool indirect;
+    bool packed;       /* the fields under "packed" below are used, desc/avail/used are not */
     uint16_t max_desc; /* most descriptors one request may use (chain or indirect table) */
     uint32_t max_seg;  /* largest descriptor length accepted */
     /* data-plane state */
@@ -80,6 +89,16 @@ struct vblk_vq {
     uint16_t signalled_used;              /* used_idx at the last notification */
     struct vblk_inflight_split *inflight; /* NULL: no in-flight tracking */
     uint64_t inflight_counter;
+    /* packed: used_idx/published_used count used elements, signalled_used is a position */
+    struct vring_packed_desc *pdesc;
+    struct vring_packed_desc_event *driver_event; /* read: does the driver want interrupts */
+    struct vring_packed_desc_event *device_event; /* written: do we want kicks */
+    uint16_t avail_pos, used_pos; /* next descriptor to take / to write used, < num */
+    bool avail_wrap, used_wrap;
+    uint16_t pending_pos; /* first pushed, unpublished used element: its flags go last */
+    uint16_t pending_flags;
+    uint16_t device_flags;                /* last flags written to device_event */
+    uint16_t chain_len[VBLK_VQ_MAX_SIZE]; /* ring descriptors of the chain of each buffer id */
 };
 
 struct vblk_chain {
@@ -106,11 +125,34 @@ static inline uint64_t vblk_vq_used_size(unsigned num)
     return 6ull + 8ull * num;
 }
 
+/* Byte sizes of a packed ring's descriptor ring and each event suppression structure. */
+static inline uint64_t vblk_vqp_desc_size(unsigned num)
+{
+    return 16ull * num;
+}
+#define VBLK_VQP_EVENT_SIZE 4ull
+
 /* Point vq at rings given as front-end virtual addresses in mem.  0, -EINVAL if num is not a
  * power of two in [1, VBLK_VQ_MAX_SIZE] or a part is misaligned (in the front-end's addresses
  * or in our mapping of them), -EFAULT if a part is not inside one region. */
 int vblk_vq_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, uint64_t desc_uva,
                   uint64_t avail_uva, uint64_t used_uva);
+
+/* Packed: desc ring, driver event area, device event area (SET_VRING_ADDR's desc, avail and used
+ * addresses).  0, -EINVAL if num is not in [1, VBLK_VQ_MAX_SIZE] (any number: packed rings need
+ * not be a power of two) or a part is misaligned, -EFAULT if a part is not inside one region. */
+int vblk_vqp_setup(struct vblk_vq *vq, const struct vblk_mem *mem, uint16_t num, uint64_t desc_uva,
+                   uint64_t driver_uva, uint64_t device_uva);
+
+/* Packed: start from a vring base as vhost-user carries it: bits 0-14 the next descriptor to take
+ * and bit 15 its wrap counter, bits 16-30 and 31 the same for the next used descriptor (0 there,
+ * from a front-end that sends 16 bits: the same as the avail side, as nothing is in flight).
+ * 0, or -EINVAL if a position is out of the ring or more than num descriptors lie between. */
+int vblk_vqp_start(struct vblk_vq *vq, uint32_t base);
+
+/* The vring base to hand back on stop (GET_VRING_BASE): last_avail for split, the packed
+ * encoding above for packed. */
+uint32_t vblk_vq_base(const struct vblk_vq *vq);
 
 /* Start consuming at last_avail; used_idx continues from the ring's used->idx (as libvhost-user
  * does), since every request before a stop was completed. */
@@ -125,15 +167,27 @@ int vblk_vq_inflight_resume(struct vblk_vq *vq, uint16_t *heads, unsigned *n);
 /* Number of new avail entries (0..num), or -EIO (queue broken) if the index jumped too far. */
 int vblk_vq_avail(struct vblk_vq *vq);
 
-/* Take the next head.  Only call after vblk_vq_avail() > 0.  0, or -EIO (head out of range). */
+/* Take the next head.  Only call after vblk_vq_avail() > 0.  0, or -EIO (head out of range).
+ * Split only. */
 int vblk_vq_pop(struct vblk_vq *vq, uint16_t *head);
+
+/* Packed: take the next chain and walk it into c in one pass (the buffer id is in its last
+ * descriptor); *id < num.  Only call after vblk_vq_avail() > 0.  0 (check c->err), or -EIO. */
+int vblk_vqp_pop(struct vblk_vq *vq, uint16_t *id, struct vblk_chain *c);
 
 /* Walk the chain at head into c (c->iov/iov_cap set by caller).  0 (check c->err), or -EIO. */
 int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c);
 
+void vblk_vqp_push(struct vblk_vq *vq, uint16_t id, uint32_t len);
+bool vblk_vqp_publish(struct vblk_vq *vq);
+
 /* Put head on the used ring with len bytes written; not visible until vblk_vq_publish(). */
 static inline void vblk_vq_push(struct vblk_vq *vq, uint16_t head, uint32_t len)
 {
+    if (__builtin_expect(vq->packed, 0)) {
+        vblk_vqp_push(vq, head, len);
+        return;
+    }
     struct vring_used_elem *e = &vq->used->ring[vq->used_idx & (vq->num - 1)];
 
     e->id = head;
@@ -154,6 +208,8 @@ static inline bool vblk_vq_publish(struct vblk_vq *vq)
 
     if (n == 0)
         return false;
+    if (__builtin_expect(vq->packed, 0))
+        return vblk_vqp_publish(vq);
     __atomic_store_n(&vq->used->idx, vq->used_idx, __ATOMIC_RELEASE);
     vq->published_used = vq->used_idx;
     if (vq->inflight)
@@ -168,7 +224,7 @@ bool vblk_vq_should_notify(struct vblk_vq *vq);
  * meantime (caller must process them instead of sleeping). */
 bool vblk_vq_enable_notify(struct vblk_vq *vq);
 
-/* Tell the driver not to kick while we are busy (no-op with EVENT_IDX). */
+/* Tell the driver not to kick while we are busy (split: no-op with EVENT_IDX). */
 void vblk_vq_disable_notify(struct vblk_vq *vq);
 
 #endif

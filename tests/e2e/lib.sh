@@ -236,7 +236,8 @@ guest_info() {
 #
 # guest_start LOG SOCK "KERNEL-ARGS" [QEMU-ARGS...]
 #   Boots the test guest in the background against SOCK; serial console goes
-#   to LOG.  Environment: GUEST_SMP (default 1), GUEST_QUEUES (default 1),
+#   to LOG.  Environment: GUEST_SMP (default 1), GUEST_QUEUES (default 1), GUEST_PACKED
+#   (set: packed=on, packed virtqueues if the back-end offers VIRTIO_F_RING_PACKED),
 #   GUEST_RECONNECT (seconds between QEMU's attempts to reconnect to a back-end that went away;
 #   unset: no reconnect).
 #   Sets GUEST_PID (the QEMU process itself).
@@ -248,7 +249,7 @@ guest_start() {
 		-object memory-backend-memfd,id=mem,size="$E2E_MEM",share=on \
 		-numa node,memdev=mem \
 		-chardev socket,id=c0,path="$sock"${GUEST_RECONNECT:+,reconnect=$GUEST_RECONNECT} \
-		-device vhost-user-blk-pci,chardev=c0,num-queues="$nq" "$@" \
+		-device vhost-user-blk-pci,chardev=c0,num-queues="$nq"${GUEST_PACKED:+,packed=on} "$@" \
 		-kernel "$E2E_KERNEL" -initrd "$E2E_INITRD" \
 		-append "console=ttyS0 panic=-1 quiet $args" \
 		-nodefaults -display none -serial file:"$log" -no-reboot \

@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 nbd migrate policy live rbd (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 nbd migrate policy live rbd packed (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 nbd migrate policy live rbd"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 nbd migrate policy live rbd packed"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${VBLKCTL:=$(dirname "$VBLKD")/../tools/vblkctl/vblkctl}"
@@ -126,6 +126,17 @@ io_test() {
 }
 
 t_io() { io_test io restart; }
+
+# the io test (two guests, a back-end restart between them) over packed virtqueues (QEMU
+# packed=on, VIRTIO_F_RING_PACKED); vblkd must have negotiated them
+t_packed() {
+	vblkd_only packed || return
+	GUEST_PACKED=1 io_test packed restart || return 1
+	if ! grep -q 'packed virtqueues' "$E2E_TMP/packed.daemon.log"; then
+		FAIL_REASON="vblkd did not log packed virtqueues: the guest used split rings"
+		return 1
+	fi
+}
 
 vblkd_only() {
 	if [ "$BACKEND" != vblkd ]; then

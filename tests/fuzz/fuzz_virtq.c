@@ -7,8 +7,11 @@
  *   p[0]    ring size 1 << (p[0] % 9)                        (1..256)
  *   p[1]    bit 0 EVENT_IDX, 1 INDIRECT, 2 read-only, 3 discard, 4 write-zeroes, 5 the
  *           driver fails every request, 6 reads zero-filled, 7 4k logical blocks
- *   p[2..3] avail index to start from (little endian)
- *   p[4]    rounds - 1 (mod 4); bit 7: process without re-arming notifications (polling)
+ *   p[2..3] avail index to start from (little endian); packed: position (mod the ring size)
+ *           in bits 0-14, wrap counter in bit 15, the used side at the same place
+ *   p[4]    rounds - 1 (mod 4); bit 7: process without re-arming notifications (polling);
+ *           bit 6: packed ring (desc ring at 0x0, driver event at 0x1000, device event at
+ *           0x1800); bit 5 with bit 6: ring size 1 + p[0] (not a power of two)
  *   p[5..6] disk size in 4 KiB units - 1
  *   p[7]    cache mode (% 5); bit 7: tighter max_desc / max_seg limits
  * The next MEM_SIZE bytes fill guest memory: region 0 (gpa 0, 48 KiB) holding the rings
@@ -116,7 +119,11 @@ static int quiet_fn(void *arg)
 
     if (q->flush_hook.queued || q->again_hook.queued || q->inflight)
         return 0;
-    return q->vq.broken || q->vq.last_avail == __atomic_load_n(&q->vq.avail->idx, __ATOMIC_ACQUIRE);
+    if (q->vq.broken)
+        return 1;
+    if (q->vq.packed)
+        return vblk_vq_avail(&q->vq) == 0;
+    return q->vq.last_avail == __atomic_load_n(&q->vq.avail->idx, __ATOMIC_ACQUIRE);
 }
 
 static void run(struct blk_queue *q)
@@ -134,7 +141,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct blk_queue *q = &dev.queues[0];
     struct vblk_queue_params qp;
     uint8_t p[8] = {0};
-    uint16_t num, last_avail;
+    uint16_t num;
+    uint32_t last_avail;
+    bool packed;
     unsigned rounds;
     size_t img;
 
@@ -143,8 +152,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(p, data, sizeof(p));
     data += sizeof(p);
     size -= sizeof(p);
+    packed = p[4] & 0x40; /* mode: packed ring (VIRTIO_F_RING_PACKED) */
     num = (uint16_t)(1u << (p[0] % 9));
+    if (packed && (p[4] & 0x20))
+        num = (uint16_t)(1 + p[0] % 256); /* packed rings need not be a power of two */
     last_avail = (uint16_t)(p[2] | p[3] << 8);
+    if (packed) /* a valid base (the next position, its wrap counter); used at the same place */
+        last_avail = (uint32_t)((last_avail & 0x7fff) % num) | (last_avail & 0x8000);
     rounds = 1 + p[4] % 4;
 
     memset(r0, 0, R0_SIZE);
@@ -175,7 +189,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                     .call_fd = -1,
                                     .err_fd = -1,
                                     .event_idx = p[1] & 1,
-                                    .indirect = p[1] & 2};
+                                    .indirect = p[1] & 2,
+                                    .packed = packed};
     if (vblk_blk_queue_start(&dev, 0, &qp) < 0)
         abort();
     if (p[7] >= 128) {

@@ -37,8 +37,9 @@ class Mem:
         self.put(off, struct.pack('<IIQ', typ, 0, sector))
 
 
-def params(num_log2=4, flags=0x7b, last_avail=0, rounds=1, disk_4k=255, lim=0):
-    return struct.pack('<BBHBHB', num_log2, flags, last_avail, rounds - 1, disk_4k - 1, lim)
+def params(num_log2=4, flags=0x7b, last_avail=0, rounds=1, disk_4k=255, lim=0, mode=0):
+    return struct.pack('<BBHBHB', num_log2, flags, last_avail, (rounds - 1) | mode, disk_4k - 1,
+                       lim)
 
 
 def virtq_seeds():
@@ -115,6 +116,29 @@ def virtq_seeds():
     m.put(0x1000, struct.pack('<HH', 0, 1))
     m.put(0x1004 + 2 * 15, struct.pack('<H', 0))
     s['wrap'] = params(last_avail=65535) + bytes(m.b)
+
+    # packed rings (p[4] bit 6): descriptors are addr, len, id, flags; AVAIL (bit 7) set and
+    # USED (bit 15) clear make one available on the first lap (wrap counter 1, base 0x8000)
+    av = 0x80
+    m = Mem()  # IN chain of three, then FLUSH, on a packed ring
+    m.hdr(0x2000, T_IN, 8)
+    m.put(0x00, struct.pack('<QIHH', 0x2000, 16, 5, av | NEXT))
+    m.put(0x10, struct.pack('<QIHH', 0x2100, 512, 5, av | NEXT | WRITE))
+    m.put(0x20, struct.pack('<QIHH', 0x2400, 1, 5, av | WRITE))
+    m.hdr(0x2500, T_FLUSH, 0)
+    m.put(0x30, struct.pack('<QIHH', 0x2500, 16, 2, av | NEXT))
+    m.put(0x40, struct.pack('<QIHH', 0x2510, 1, 2, av | WRITE))
+    m.put(0x1000, struct.pack('<HH', 0, 0))  # driver event: ENABLE
+    s['packed-chain'] = params(last_avail=0x8000, mode=0x40) + bytes(m.b)
+
+    m = Mem()  # packed indirect, wrapping a 16-entry ring: starts at position 15
+    m.hdr(0x2000, T_IN, 0)
+    m.put(15 * 16, struct.pack('<QIHH', 0x2a00, 48, 3, av | INDIRECT))
+    m.put(0x2a00, struct.pack('<QIHH', 0x2000, 16, 0, 0))
+    m.put(0x2a10, struct.pack('<QIHH', 0x2100, 512, 0, WRITE))
+    m.put(0x2a20, struct.pack('<QIHH', 0x2400, 1, 0, WRITE))
+    m.put(0x1000, struct.pack('<HH', 0x8000 | 1, 2))  # driver event: DESC at 1, wrap 1
+    s['packed-indirect'] = params(last_avail=0x8000 | 15, mode=0x40) + bytes(m.b)
     return s
 
 

@@ -10,7 +10,80 @@ import socket
 import struct
 import sys
 
+import select
+import time
+
+import vu
 from vu import closed_after, get_features_ok, msg
+
+
+def packed_case(path, name, attack, expect):
+    """A packed ring (VIRTIO_F_RING_PACKED) that attack(ring) fills; expect is "ok" (the read
+    completes), "broken" (the queue breaks: the error eventfd fires, the connection stays) or
+    "closed" (the ring does not start: the connection is closed)."""
+    mem = vu.GuestMem(1 << 20, name="hostile-packed")
+    kick, call, err = os.eventfd(0), os.eventfd(0), os.eventfd(0)
+    ok = False
+    try:
+        with vu.Conn(path, timeout=5) as c:
+            f, _ = c.handshake()
+            if not f & vu.F_RING_PACKED:
+                print("FAIL hostile-packed-" + name + ": VIRTIO_F_RING_PACKED not offered")
+                return False
+            c.send(msg(vu.SET_FEATURES, vu.u64(f & (vu.F_VERSION_1 | vu.F_PROTOCOL_FEATURES | vu.F_RING_PACKED))))
+            c.call(vu.SET_MEM_TABLE, vu.mem_table(mem.region()), fds=(mem.fd,))
+            ring = vu.PackedRing(mem, 0, 16, 0x0, 0x10000)
+            base = attack(ring)
+            try:
+                ring.setup(c, kick=kick, call=call, err=err, base=base)
+            except vu.Closed:
+                ok = expect == "closed"
+            else:
+                if expect == "closed":
+                    ok = c.closes()
+                else:
+                    os.eventfd_write(kick, 1)
+                    deadline = time.monotonic() + 3
+                    while time.monotonic() < deadline:
+                        if expect == "ok" and ring.used(0, 1) and ring.status(0) == 0:
+                            ok = True
+                            break
+                        if expect == "broken" and select.select([err], [], [], 0.01)[0]:
+                            ok = not c.closes()  # only the queue breaks
+                            break
+                        time.sleep(0.01)
+    finally:
+        for fd in (kick, call, err):
+            os.close(fd)
+        mem.close()
+    print(("PASS" if ok else "FAIL") + " hostile-packed-" + name + ("" if ok else ": expected " + expect))
+    return ok
+
+
+def packed_cases(path):
+    def good(r):
+        r.post_read(0)
+        return 0x80008000
+
+    def id_out_of_range(r):
+        r.post_read(0, buf_id=16)
+        return 0x80008000
+
+    def endless_chain(r):  # every descriptor says NEXT: longer than the ring
+        for _ in range(16):
+            r.put_desc(r.data, 16, 0, vu.VRING_DESC_F_NEXT)
+        return 0x80008000
+
+    def indirect_not_negotiated(r):
+        r.put_desc(r.data, 48, 0, 4)
+        return 0x80008000
+
+    cases = [("read", good, "ok"), ("id-out-of-range", id_out_of_range, "broken"),
+             ("chain-longer-than-ring", endless_chain, "broken"),
+             ("indirect-not-negotiated", indirect_not_negotiated, "broken"),
+             ("base-beyond-ring", lambda r: 0x80008000 | 16, "closed"),
+             ("base-used-ahead-of-avail", lambda r: 0x80038000 | 1, "closed")]
+    return sum(not packed_case(path, n, a, e) for n, a, e in cases)
 
 
 def main():
@@ -99,6 +172,7 @@ def main():
     ok = closed_after(path, msg(1), fds=(r,))
     print(("PASS" if ok else "FAIL") + " hostile-unexpected-fd")
     failed += not ok
+    failed += packed_cases(path)
     ok = get_features_ok(path)
     print(("PASS" if ok else "FAIL") + " hostile-still-serving" + ("" if ok else ": no GET_FEATURES reply"))
     failed += not ok

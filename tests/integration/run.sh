@@ -65,6 +65,11 @@ check verify-native-directsync $BENCH --socket "$S/native.sock" --verify --wait
 check verify-threads-writeback $BENCH --socket "$S/threads.sock" --verify --no-indirect
 check verify-writethrough-4k-nopoll $BENCH --socket "$S/wt.sock" --verify --bs=4k --no-event-idx
 check verify-large-1m $BENCH --socket "$S/uring.sock" --verify --bs=1m --size=32M
+# packed virtqueues (VIRTIO_F_RING_PACKED): chains and indirect tables, poll and wait
+check verify-packed-io_uring-2q $BENCH --socket "$S/uring.sock" --verify --packed --numjobs=2 --bs=16k
+check verify-packed-threads-noindirect-wait $BENCH --socket "$S/threads.sock" --verify --packed --no-indirect --wait
+check verify-packed-writethrough-no-event-idx $BENCH --socket "$S/wt.sock" --verify --packed --bs=4k --no-event-idx --wait
+check randread-null-packed-wait $B --socket "$S/null.sock" --packed --wait
 check randrw-io_uring $B --socket "$S/uring.sock" --rw=randrw --iodepth=32
 check randrw-null-poll $B --socket "$S/null.sock" --rw=randrw --poll
 check randread-null-wait $B --socket "$S/null.sock" --rw=randread --wait --numjobs=1

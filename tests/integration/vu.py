@@ -37,6 +37,7 @@ ADD_MEM_REG = 37
 # feature bits
 F_PROTOCOL_FEATURES = 1 << 30
 F_VERSION_1 = 1 << 32
+F_RING_PACKED = 1 << 34
 PF_MQ = 1 << 0
 PF_REPLY_ACK = 1 << 3
 PF_CONFIGURE_MEM_SLOTS = 1 << 15
@@ -356,6 +357,69 @@ class Ring:
                 return True
             time.sleep(0.001)
         return self.used_idx() == target & 0xFFFF
+
+
+class PackedRing:
+    """A packed virtqueue in GuestMem driven by the test (VIRTIO_F_RING_PACKED negotiated):
+    descriptor ring at ring_gpa, driver event structure at +0x1000, device event structure at
+    +0x2000; request buffers as for Ring.  Both wrap counters start at 1 (vring base 0x80008000).
+    Descriptors are addr, len, id, flags; AVAIL (bit 7) equal to the wrap counter and USED
+    (bit 15) not make one available."""
+
+    AVAIL, USED = 1 << 7, 1 << 15
+
+    def __init__(self, mem, index, num, ring_gpa, data_gpa):
+        self.mem, self.index, self.num = mem, index, num
+        self.desc, self.driver, self.device = ring_gpa, ring_gpa + 0x1000, ring_gpa + 0x2000
+        self.data = data_gpa
+        self.pos, self.wrap = 0, 1
+
+    def setup(self, conn, kick=None, call=None, err=None, base=0x80008000):
+        i = self.index
+        conn.call(SET_VRING_NUM, state(i, self.num))
+        conn.call(SET_VRING_BASE, state(i, base))
+        conn.call(SET_VRING_ADDR, vring_addr(i, self.mem.to_uva(self.desc), self.mem.to_uva(self.device),
+                                             self.mem.to_uva(self.driver)))
+        if err is not None:
+            conn.call(SET_VRING_ERR, u64(i), fds=(err,))
+        if call is not None:
+            conn.call(SET_VRING_CALL, u64(i), fds=(call,))
+        if kick is not None:
+            conn.call(SET_VRING_KICK, u64(i), fds=(kick,))
+        conn.call(SET_VRING_ENABLE, state(i, 1))
+
+    def put_desc(self, addr, length, buf_id, flags):
+        """The next descriptor, made available now (flags get this lap's AVAIL/USED bits)."""
+        bits = self.AVAIL if self.wrap else self.USED
+        self.mem.put(self.desc + 16 * self.pos, "<QIHH", addr, length, buf_id, flags | bits)
+        self.pos += 1
+        if self.pos == self.num:
+            self.pos, self.wrap = 0, 1 - self.wrap
+
+    def post_read(self, slot, buf_id=None, length=512):
+        """A 3-descriptor read request in slot's buffers, with buffer id slot (or buf_id)."""
+        buf = self.data + slot * 0x1000
+        self.mem.put(buf, "<IIQ", BLK_T_IN, 0, slot * 8)
+        self.mem.put(buf + 0xF00, "<B", 0xFF)
+        first = (self.pos, self.wrap)
+        bid = slot if buf_id is None else buf_id
+        # the first descriptor last: write the rest, then it (x86 stores are ordered)
+        self.pos = (self.pos + 1) % self.num
+        if self.pos == 0:
+            self.wrap = 1 - self.wrap
+        self.put_desc(buf + 0x100, length, bid, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT)
+        self.put_desc(buf + 0xF00, 1, bid, VRING_DESC_F_WRITE)
+        bits = self.AVAIL if first[1] else self.USED
+        self.mem.put(self.desc + 16 * first[0], "<QIHH", buf, 16, bid, VRING_DESC_F_NEXT | bits)
+
+    def used(self, pos, wrap):
+        """(id, len) if the device wrote a used element at pos on the lap of wrap, else None."""
+        _, length, buf_id, flags = self.mem.get(self.desc + 16 * pos, "<QIHH")
+        want = (self.AVAIL | self.USED) if wrap else 0
+        return (buf_id, length) if flags & (self.AVAIL | self.USED) == want else None
+
+    def status(self, slot):
+        return self.mem.get(self.data + slot * 0x1000 + 0xF00, "<B")[0]
 
 
 def drain_eventfd(fd):

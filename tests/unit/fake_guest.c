@@ -171,6 +171,135 @@ uint16_t fg_used_idx(struct fake_guest *g, unsigned q)
     return __atomic_load_n(&g->ring[q].used->idx, __ATOMIC_ACQUIRE);
 }
 
+/* ---- packed rings ---- */
+
+#define PF_AVAIL (1u << VRING_PACKED_DESC_F_AVAIL)
+#define PF_USED  (1u << VRING_PACKED_DESC_F_USED)
+
+void fgp_init(struct fake_guest *g, unsigned q)
+{
+    struct fg_ring *r = &g->ring[q];
+    uint16_t num = r->num;
+
+    memset(g->r0 + (uint64_t)q * FG_RING_STRIDE, 0, FG_RING_STRIDE);
+    ring_layout(g, q, num);
+    r->packed = true;
+    r->pdesc = (struct vring_packed_desc *)r->desc;
+    r->driver_event = (struct vring_packed_desc_event *)r->avail;
+    r->device_event = (struct vring_packed_desc_event *)r->used;
+    r->pwrap = r->pused_wrap = true;
+}
+
+uint32_t fgp_base(struct fake_guest *g, unsigned q)
+{
+    struct fg_ring *r = &g->ring[q];
+
+    return (uint32_t)r->pnext | (uint32_t)r->pwrap << 15 | (uint32_t)r->pused << 16 |
+           (uint32_t)r->pused_wrap << 31;
+}
+
+uint16_t fgp_avail_bits(struct fake_guest *g, unsigned q, bool wrap)
+{
+    (void)g;
+    (void)q;
+    return (uint16_t)(wrap ? PF_AVAIL : PF_USED);
+}
+
+void fgp_desc(struct fake_guest *g, unsigned q, uint16_t pos, uint64_t addr, uint32_t len,
+              uint16_t id, uint16_t flags)
+{
+    struct vring_packed_desc *d = &g->ring[q].pdesc[pos];
+
+    d->addr = addr;
+    d->len = len;
+    d->id = id;
+    __atomic_store_n(&d->flags, flags, __ATOMIC_RELEASE);
+}
+
+static uint16_t fgp_lay(struct fake_guest *g, unsigned q, const struct vring_packed_desc *d,
+                        unsigned n, uint16_t id)
+{
+    struct fg_ring *r = &g->ring[q];
+    uint16_t first = r->pnext;
+
+    for (unsigned k = 0; k < n; k++) {
+        uint16_t fl = (uint16_t)(d[k].flags | fgp_avail_bits(g, q, r->pwrap));
+        struct vring_packed_desc *e = &r->pdesc[r->pnext];
+
+        e->addr = d[k].addr;
+        e->len = d[k].len;
+        e->id = id;
+        if (k == 0)
+            r->pflags[first] = fl;
+        else
+            __atomic_store_n(&e->flags, fl, __ATOMIC_RELEASE);
+        if (++r->pnext == r->num) {
+            r->pnext = 0;
+            r->pwrap = !r->pwrap;
+        }
+    }
+    r->chain_n[id % 1024] = (uint16_t)n;
+    return first;
+}
+
+uint16_t fgp_chain(struct fake_guest *g, unsigned q, const struct fg_seg *s, unsigned n,
+                   uint16_t id)
+{
+    struct vring_packed_desc d[64];
+
+    if (n > 64)
+        abort();
+    for (unsigned k = 0; k < n; k++)
+        d[k] =
+            (struct vring_packed_desc){.addr = s[k].addr,
+                                       .len = s[k].len,
+                                       .flags = (uint16_t)((s[k].write ? VRING_DESC_F_WRITE : 0) |
+                                                           (k + 1 < n ? VRING_DESC_F_NEXT : 0))};
+    return fgp_lay(g, q, d, n, id);
+}
+
+uint16_t fgp_chain_indirect(struct fake_guest *g, unsigned q, const struct fg_seg *s, unsigned n,
+                            uint16_t id)
+{
+    uint64_t tgpa = fg_alloc(g, 16ull * n);
+    struct vring_packed_desc *t = fg_ptr(g, tgpa);
+    struct vring_packed_desc d = {.addr = tgpa, .len = 16u * n, .flags = VRING_DESC_F_INDIRECT};
+
+    for (unsigned k = 0; k < n; k++) {
+        t[k].addr = s[k].addr;
+        t[k].len = s[k].len;
+        t[k].flags = s[k].write ? VRING_DESC_F_WRITE : 0;
+    }
+    return fgp_lay(g, q, &d, 1, id);
+}
+
+void fgp_post(struct fake_guest *g, unsigned q, uint16_t pos)
+{
+    struct fg_ring *r = &g->ring[q];
+
+    __atomic_store_n(&r->pdesc[pos].flags, r->pflags[pos], __ATOMIC_RELEASE);
+}
+
+bool fgp_used(struct fake_guest *g, unsigned q, uint16_t *id, uint32_t *len)
+{
+    struct fg_ring *r = &g->ring[q];
+    struct vring_packed_desc *e = &r->pdesc[r->pused];
+    uint16_t fl = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+    unsigned n;
+
+    if (!!(fl & PF_USED) != r->pused_wrap || !!(fl & PF_AVAIL) != r->pused_wrap)
+        return false;
+    *id = e->id;
+    *len = e->len;
+    n = r->chain_n[*id % 1024] ? r->chain_n[*id % 1024] : 1;
+    r->pused = (uint16_t)(r->pused + n);
+    if (r->pused >= r->num) {
+        r->pused = (uint16_t)(r->pused - r->num);
+        r->pused_wrap = !r->pused_wrap;
+    }
+    return true;
+}
+
 /* ---- virtio-blk ---- */
 
 /* ---- the hold driver: every request stays in flight until fb_release() ---- */
@@ -296,9 +425,9 @@ int fb_call(struct fake_blk *b, int (*fn)(void *arg), void *arg)
     return vblk_iothread_call(b->iot, fn, arg);
 }
 
-uint16_t fb_queue_stop(struct fake_blk *b, unsigned qi)
+uint32_t fb_queue_stop(struct fake_blk *b, unsigned qi)
 {
-    uint16_t last = 0;
+    uint32_t last = 0;
 
     if (b->nheld)
         fb_release(b, qi, -EIO); /* a queue stops only once its requests completed */
@@ -320,8 +449,11 @@ void fb_queue_start(struct fake_blk *b, unsigned qi, bool event_idx, bool indire
                                   .call_fd = b->call[qi],
                                   .err_fd = b->err[qi],
                                   .event_idx = event_idx,
-                                  .indirect = indirect};
+                                  .indirect = indirect,
+                                  .packed = r->packed};
 
+    if (r->packed)
+        p.last_avail = fgp_base(&b->g, qi);
     if (b->d.queues[qi].started)
         fb_queue_stop(b, qi);
     if (vblk_blk_queue_start(&b->d, qi, &p) < 0)
@@ -347,8 +479,11 @@ static int quiet_fn(void *arg)
         held++; /* held by an error policy until a resume */
     if (q->flush_hook.queued || q->again_hook.queued || q->inflight != held)
         return 0;
-    return q->vq.broken || !q->started ||
-           q->vq.last_avail == __atomic_load_n(&q->vq.avail->idx, __ATOMIC_ACQUIRE);
+    if (q->vq.broken || !q->started)
+        return 1;
+    if (q->vq.packed)
+        return vblk_vq_avail(&q->vq) == 0;
+    return q->vq.last_avail == __atomic_load_n(&q->vq.avail->idx, __ATOMIC_ACQUIRE);
 }
 
 static void wait_quiet(struct fake_blk *b, unsigned qi)
@@ -414,6 +549,13 @@ void fb_req_build(struct fake_blk *b, unsigned q, struct fb_req *r, uint32_t typ
     r->status_gpa = fg_alloc(&b->g, 1);
     *(uint8_t *)fg_ptr(&b->g, r->status_gpa) = FB_STATUS_UNSET;
     s[n++] = (struct fg_seg){r->status_gpa, 1, true};
+    if (b->g.ring[q].packed) {
+        struct fg_ring *ring = &b->g.ring[q];
+
+        r->head = (uint16_t)(ring->next_id++ % ring->num);
+        r->pos = fgp_chain(&b->g, q, s, n, r->head);
+        return;
+    }
     r->head = fg_chain(&b->g, q, s, n);
 }
 

@@ -36,6 +36,16 @@ struct fg_ring {
     uint64_t desc_uva, avail_uva, used_uva;
     uint16_t avail_idx; /* driver's next avail index */
     uint16_t next_desc; /* next free descriptor (bump, wraps) */
+    /* packed (fgp_*): desc_uva is the descriptor ring, avail_uva the driver event structure,
+     * used_uva the device's */
+    bool packed;
+    struct vring_packed_desc *pdesc;
+    struct vring_packed_desc_event *driver_event, *device_event;
+    uint16_t pnext, pused; /* driver's next position to fill / to read used from */
+    bool pwrap, pused_wrap;
+    uint16_t next_id;
+    uint16_t pflags[1024];  /* flags of a chain's first descriptor, until fgp_post() */
+    uint16_t chain_n[1024]; /* ring descriptors of each id's chain */
 };
 
 struct fake_guest {
@@ -75,6 +85,30 @@ void fg_post(struct fake_guest *g, unsigned q, uint16_t head);
 struct vring_used_elem fg_used_elem(struct fake_guest *g, unsigned q, uint16_t i);
 uint16_t fg_used_idx(struct fake_guest *g, unsigned q);
 
+/* ---- packed rings, driver side ---- */
+
+/* Switch ring q to the packed layout, zeroed, both wrap counters 1, positions 0. */
+void fgp_init(struct fake_guest *g, unsigned q);
+/* The vring base that starts a device on this ring (vblk_vqp_start). */
+uint32_t fgp_base(struct fake_guest *g, unsigned q);
+/* AVAIL/USED bits that make position pos available now (driver's wrap at pos for the next lap
+ * starting at pnext). */
+uint16_t fgp_avail_bits(struct fake_guest *g, unsigned q, bool wrap);
+/* Write n descriptors of buffer id at the next positions (NEXT on all but the last), all but the
+ * first marked available; returns the first's position, for fgp_post(). */
+uint16_t fgp_chain(struct fake_guest *g, unsigned q, const struct fg_seg *s, unsigned n,
+                   uint16_t id);
+/* One ring descriptor pointing at an indirect table of s[0..n). */
+uint16_t fgp_chain_indirect(struct fake_guest *g, unsigned q, const struct fg_seg *s, unsigned n,
+                            uint16_t id);
+/* Raw descriptor at pos (flags as given: add fgp_avail_bits() yourself). */
+void fgp_desc(struct fake_guest *g, unsigned q, uint16_t pos, uint64_t addr, uint32_t len,
+              uint16_t id, uint16_t flags);
+/* Make the chain at pos available (release store of its first flags). */
+void fgp_post(struct fake_guest *g, unsigned q, uint16_t pos);
+/* Take the next used element if there is one (advances by the id's chain length). */
+bool fgp_used(struct fake_guest *g, unsigned q, uint16_t *id, uint32_t *len);
+
 /* ---- virtio-blk ---- */
 
 #define FB_STATUS_UNSET 0xee /* what status bytes hold before the device writes them */
@@ -108,8 +142,8 @@ void fb_reopen(struct fake_blk *b);
 /* (Re)start queue q as the daemon does (stopping it first if it runs), from the ring's current
  * avail index. */
 void fb_queue_start(struct fake_blk *b, unsigned q, bool event_idx, bool indirect);
-/* Stop queue q (drains it); returns the next avail index. */
-uint16_t fb_queue_stop(struct fake_blk *b, unsigned q);
+/* Stop queue q (drains it); returns the next avail index (packed: the vring base). */
+uint32_t fb_queue_stop(struct fake_blk *b, unsigned q);
 /* Kick queue q and wait until its I/O thread has taken every available request (or the queue
  * broke), everything but held requests has completed and the used ring is published. */
 void fb_run(struct fake_blk *b, unsigned q);
@@ -119,9 +153,11 @@ void fb_release(struct fake_blk *b, unsigned q, int ret);
 int fb_call(struct fake_blk *b, int (*fn)(void *arg), void *arg);
 
 /* A request: header (16 readable bytes), data, status (1 writable byte, preset to
- * FB_STATUS_UNSET).  data_len 0: no data descriptor. */
+ * FB_STATUS_UNSET).  data_len 0: no data descriptor.  On a packed ring (fgp_init before
+ * fb_queue_start) the chain takes the next buffer id and is posted with fgp_post(r->pos). */
 struct fb_req {
-    uint16_t head;
+    uint16_t head; /* packed: the buffer id */
+    uint16_t pos;  /* packed: the chain's first position (fgp_post) */
     uint64_t hdr_gpa, data_gpa, status_gpa;
     uint8_t *data;
 };

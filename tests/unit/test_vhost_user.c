@@ -232,7 +232,7 @@ static void test_get_features_reply(void **state)
     assert_ok();
     assert_int_equal(recv_u64(VHOST_USER_GET_FEATURES),
                      vblk_blk_features(&blk) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
-                         (1ull << VHOST_F_LOG_ALL));
+                         (1ull << VHOST_F_LOG_ALL) | (1ull << VIRTIO_F_RING_PACKED));
 }
 
 static void test_get_protocol_features_queue_num_and_slots(void **state)

@@ -774,7 +774,7 @@ static void test_polling_thread_sleeps_after_queue_broke(void **state)
     struct vblk_blk_dev d;
     struct vblk_queue_params p;
     struct fb_req r;
-    uint16_t last;
+    uint32_t last;
     uint64_t c0, spent;
     bool broken;
     int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
@@ -826,7 +826,7 @@ static void test_polling_thread_serves_requests_and_sleeps_when_idle(void **stat
     struct vblk_blk_dev d;
     struct vblk_queue_params p;
     struct fb_req r;
-    uint16_t last;
+    uint32_t last;
     uint64_t c0, spent;
     int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 
@@ -1059,7 +1059,7 @@ static void test_full_ring_does_not_starve_control_calls(void **state)
     struct vblk_queue_params p;
     struct fb_req r;
     pthread_t tid;
-    uint16_t last;
+    uint32_t last;
     int kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 
     assert_int_equal(vblk_iothread_create(&iot, "budget-test", &vblk_engine_null, 256, 0,
@@ -1221,6 +1221,104 @@ static void test_features_and_config(void **state)
     assert_false(fb.d.wce);
 }
 
+/* ---- packed rings ---- */
+
+static void packed_start(unsigned q)
+{
+    fb_queue_stop(&fb, q);
+    fgp_init(&fb.g, q);
+    fb_queue_start(&fb, q, true, true);
+}
+
+static uint8_t run_req_packed(unsigned q, struct fb_req *r, uint32_t type, uint64_t sector,
+                              uint32_t len, bool data_write)
+{
+    fb_req_build(&fb, q, r, type, sector, len, data_write);
+    fgp_post(&fb.g, q, r->pos);
+    fb_run(&fb, q);
+    return fb_status(&fb, r);
+}
+
+static void test_packed_round_trip_on_a_file(void **state)
+{
+    struct fb_req w, r;
+    uint16_t id;
+    uint32_t len;
+
+    packed_start(0);
+    for (unsigned k = 0; k < 3 * NUM; k++) { /* laps: both wrap counters flip */
+        fb_req_build(&fb, 0, &w, VIRTIO_BLK_T_OUT, k, 512, false);
+        memset(w.data, (int)k, 512);
+        fgp_post(&fb.g, 0, w.pos);
+        fb_run(&fb, 0);
+        assert_int_equal(fb_status(&fb, &w), VIRTIO_BLK_S_OK);
+        assert_true(fgp_used(&fb.g, 0, &id, &len));
+        assert_int_equal(id, w.head);
+        assert_int_equal(len, 1);
+        assert_int_equal(run_req_packed(0, &r, VIRTIO_BLK_T_IN, k, 512, true), VIRTIO_BLK_S_OK);
+        for (unsigned i = 0; i < 512; i++)
+            assert_int_equal(r.data[i], (uint8_t)k);
+        assert_true(fgp_used(&fb.g, 0, &id, &len));
+        assert_int_equal(id, r.head);
+        assert_int_equal(len, 513);
+        assert_false(fgp_used(&fb.g, 0, &id, &len));
+    }
+    assert_false(Q(0)->vq.broken);
+    /* stop and start again from the vring base: the rings carry on */
+    assert_int_equal(fb_queue_stop(&fb, 0), fgp_base(&fb.g, 0));
+    fb_queue_start(&fb, 0, true, true);
+    assert_int_equal(run_req_packed(0, &r, VIRTIO_BLK_T_IN, 1, 512, true), VIRTIO_BLK_S_OK);
+    assert_int_equal(r.data[0], 1);
+}
+
+/* Completions in another order than the requests: used elements in completion order. */
+static void test_packed_out_of_order_completion(void **state)
+{
+    struct fb_req a, b;
+    uint16_t id;
+    uint32_t len;
+
+    packed_start(0);
+    fb_req_build(&fb, 0, &a, VIRTIO_BLK_T_IN, 0, 512, true);
+    fgp_post(&fb.g, 0, a.pos);
+    fb_run(&fb, 0);
+    assert_false(fgp_used(&fb.g, 0, &id, &len)); /* held */
+    fb_release(&fb, 0, 0);
+    assert_true(fgp_used(&fb.g, 0, &id, &len));
+    assert_int_equal(id, a.head);
+    /* a flush (two descriptors) held while a read (three) goes by: the read is used first */
+    fb_req_build(&fb, 0, &a, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    fb_req_build(&fb, 0, &b, VIRTIO_BLK_T_GET_ID, 0, 20, true);
+    fgp_post(&fb.g, 0, a.pos);
+    fgp_post(&fb.g, 0, b.pos);
+    fb_run(&fb, 0);
+    assert_true(fgp_used(&fb.g, 0, &id, &len)); /* GET_ID completes at once */
+    assert_int_equal(id, b.head);
+    assert_int_equal(len, 21);
+    assert_false(fgp_used(&fb.g, 0, &id, &len));
+    fb_release(&fb, 0, 0);
+    assert_true(fgp_used(&fb.g, 0, &id, &len));
+    assert_int_equal(id, a.head);
+    assert_int_equal(fb_status(&fb, &a), VIRTIO_BLK_S_OK);
+    assert_false(Q(0)->vq.broken);
+}
+
+/* A buffer id made available again while in flight breaks the queue (as a split head does). */
+static void test_packed_id_in_flight_again_breaks(void **state)
+{
+    struct fb_req a, b;
+
+    packed_start(0);
+    fb_req_build(&fb, 0, &a, VIRTIO_BLK_T_IN, 0, 512, true);
+    fb_req_build(&fb, 0, &b, VIRTIO_BLK_T_IN, 0, 512, true);
+    fb.g.ring[0].pdesc[(b.pos + 2) % NUM].id = a.head; /* the last descriptor carries the id */
+    fgp_post(&fb.g, 0, a.pos);
+    fgp_post(&fb.g, 0, b.pos);
+    fb_run(&fb, 0);
+    assert_true(Q(0)->vq.broken);
+    fb_release(&fb, 0, 0);
+}
+
 #define TN(f) cmocka_unit_test_setup_teardown(f, setup_null, teardown)
 #define TF(f) cmocka_unit_test_setup_teardown(f, setup_file, teardown)
 #define TH(f) cmocka_unit_test_setup_teardown(f, setup_hold, teardown)
@@ -1228,6 +1326,9 @@ static void test_features_and_config(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        TF(test_packed_round_trip_on_a_file),
+        TH(test_packed_out_of_order_completion),
+        TH(test_packed_id_in_flight_again_breaks),
         TN(test_budget_leaves_rest_for_next_pass),
         TN(test_full_ring_does_not_starve_control_calls),
         TF(test_out_in_round_trip_on_a_file),

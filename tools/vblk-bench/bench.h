@@ -26,6 +26,7 @@ struct options {
     bool verbose;
     bool no_indirect;
     bool no_event_idx;
+    bool packed; /* --packed: VIRTIO_F_RING_PACKED rings */
     bool force_write;
 };
 

@@ -54,8 +54,9 @@ static int blkq_carve_slots(struct blkq *q)
 
         s->hdr = (struct virtio_blk_outhdr *)m;
         s->status = m + sizeof(struct virtio_blk_outhdr);
-        s->table = q->indirect ? (struct vring_desc *)(m + sizeof(struct virtio_blk_outhdr) + 16)
-                               : &q->vq.desc[i * q->descs_per_req];
+        s->table = q->indirect || q->vq.packed
+                       ? (struct vring_desc *)(m + sizeof(struct virtio_blk_outhdr) + 16)
+                       : &q->vq.desc[i * q->descs_per_req];
         s->data = data_base + stride * i;
         q->free_list[q->nfree++] = (uint16_t)(q->nslots - 1 - i);
     }
@@ -78,9 +79,19 @@ int blkq_init(struct blkq *q, struct gmem *mem, const struct blkq_params *p)
                     : (uint32_t)p->nslots * q->descs_per_req > p->queue_size)
         return -ERANGE;
 
-    ret = virtq_init(&q->vq, mem, p->queue_size, p->event_idx, p->want_calls);
+    if (p->packed)
+        ret = virtq_init_packed(&q->vq, mem, p->queue_size, p->event_idx, p->want_calls);
+    else
+        ret = virtq_init(&q->vq, mem, p->queue_size, p->event_idx, p->want_calls);
     if (ret < 0)
         goto err;
+    if (p->packed) {
+        q->chain = calloc(q->descs_per_req, sizeof(*q->chain));
+        if (!q->chain) {
+            ret = -ENOMEM;
+            goto err;
+        }
+    }
     q->slots = calloc(q->nslots, sizeof(*q->slots));
     q->free_list = calloc(q->nslots, sizeof(*q->free_list));
     if (!q->slots || !q->free_list) {
@@ -102,6 +113,8 @@ void blkq_destroy(struct blkq *q)
     virtq_destroy(&q->vq);
     free(q->slots);
     free(q->free_list);
+    free(q->chain);
+    q->chain = NULL;
     q->slots = NULL;
     q->free_list = NULL;
 }
@@ -139,6 +152,47 @@ static uint16_t blkq_build_chain(struct blkq *q, struct blk_slot *s, struct vrin
     return (uint16_t)(n + 1);
 }
 
+/* The same chain in packed descriptors (no next: a chain is consecutive, in the ring or in an
+ * indirect table). */
+static uint16_t blkq_build_chain_packed(struct blkq *q, struct blk_slot *s,
+                                        struct vring_packed_desc *t)
+{
+    uint16_t n = 0;
+
+    t[n++] = (struct vring_packed_desc){
+        .addr = gmem_gpa(q->mem, s->hdr), .len = sizeof(*s->hdr), .flags = VRING_DESC_F_NEXT};
+    if (s->type == VIRTIO_BLK_T_IN || s->type == VIRTIO_BLK_T_OUT) {
+        uint16_t dflags = VRING_DESC_F_NEXT | (s->type == VIRTIO_BLK_T_IN ? VRING_DESC_F_WRITE : 0);
+
+        for (uint32_t off = 0; off < q->bs; off += q->seg_size) {
+            uint32_t len = q->bs - off < q->seg_size ? q->bs - off : q->seg_size;
+
+            t[n++] = (struct vring_packed_desc){
+                .addr = gmem_gpa(q->mem, s->data + off), .len = len, .flags = dflags};
+        }
+    }
+    t[n++] = (struct vring_packed_desc){
+        .addr = gmem_gpa(q->mem, s->status), .len = 1, .flags = VRING_DESC_F_WRITE};
+    return n;
+}
+
+static void blkq_queue_packed(struct blkq *q, uint16_t slot, struct blk_slot *s)
+{
+    if (q->indirect) {
+        struct vring_packed_desc *t = (struct vring_packed_desc *)s->table;
+        uint16_t n = blkq_build_chain_packed(q, s, t);
+        struct vring_packed_desc d = {.addr = gmem_gpa(q->mem, t),
+                                      .len = (uint32_t)(n * sizeof(*t)),
+                                      .flags = VRING_DESC_F_INDIRECT};
+
+        for (uint16_t i = 0; i < n; i++)
+            t[i].flags &= VRING_DESC_F_WRITE; /* the only flag valid in a table */
+        virtq_add_packed(&q->vq, &d, 1, slot);
+    } else {
+        virtq_add_packed(&q->vq, q->chain, blkq_build_chain_packed(q, s, q->chain), slot);
+    }
+}
+
 void blkq_queue(struct blkq *q, uint16_t slot, uint32_t type, uint64_t offset, uint64_t now_ns)
 {
     struct blk_slot *s = &q->slots[slot];
@@ -153,6 +207,10 @@ void blkq_queue(struct blkq *q, uint16_t slot, uint32_t type, uint64_t offset, u
     s->hdr->sector = type == VIRTIO_BLK_T_FLUSH ? 0 : offset >> 9;
     *s->status = 0xff; /* poison: a device that never writes status is caught */
 
+    if (q->vq.packed) {
+        blkq_queue_packed(q, slot, s); /* the slot is the buffer id */
+        return;
+    }
     if (q->indirect) {
         uint16_t n = blkq_build_chain(q, s, s->table, 0);
 
@@ -181,10 +239,38 @@ static int blkq_head_to_slot(struct blkq *q, uint32_t id)
     return (int)slot;
 }
 
+static int blkq_reap_packed(struct blkq *q, struct blk_done *done, int max)
+{
+    uint16_t id = 0;
+    uint32_t len = 0;
+    int n = 0;
+
+    while (n < max && virtq_used_packed(&q->vq, &id, &len)) {
+        if (id >= q->nslots || !q->slots[id].busy) {
+            len = 0xffffffffu;
+            break;
+        }
+        q->slots[id].busy = false;
+        done[n].slot = id;
+        done[n++].len = len;
+    }
+    virtq_consume(&q->vq, 0);
+    if (n < max && len == 0xffffffffu) {
+        fprintf(stderr, "vblk-bench: device returned bad used id %u\n", id);
+        q->bad_used++;
+        return -EPROTO;
+    }
+    return n;
+}
+
 int blkq_reap(struct blkq *q, struct blk_done *done, int max)
 {
-    uint16_t ready = virtq_used_ready(&q->vq);
+    uint16_t ready;
     int n = 0;
+
+    if (q->vq.packed)
+        return blkq_reap_packed(q, done, max);
+    ready = virtq_used_ready(&q->vq);
 
     if (ready > q->nslots) {
         fprintf(stderr, "vblk-bench: device advanced used->idx by %u with only %u slots\n", ready,

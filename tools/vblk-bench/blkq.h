@@ -24,12 +24,14 @@ struct blkq_params {
     bool indirect;       /* VIRTIO_RING_F_INDIRECT_DESC negotiated and wanted */
     bool event_idx;
     bool want_calls; /* wait mode */
+    bool packed;     /* VIRTIO_F_RING_PACKED negotiated and wanted */
 };
 
 struct blk_slot {
     struct virtio_blk_outhdr *hdr;
     uint8_t *status;
-    struct vring_desc *table; /* indirect table or the slot's part of the ring */
+    struct vring_desc *table; /* indirect table (packed: of packed descriptors) or the slot's
+                                 part of the split ring */
     uint8_t *data;
     uint64_t submit_ns;
     uint64_t offset; /* byte offset of the request on the disk */
@@ -53,7 +55,8 @@ struct blkq {
     uint32_t bs;
     uint32_t seg_size;
     bool indirect;
-    uint64_t bad_used; /* used ids/lengths the device got wrong */
+    struct vring_packed_desc *chain; /* packed, direct: a chain before it goes into the ring */
+    uint64_t bad_used;               /* used ids/lengths the device got wrong */
 };
 
 /* Descriptors one request needs for @bs bytes split into @seg_size segments. */

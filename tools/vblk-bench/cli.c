@@ -29,6 +29,7 @@ static void usage(FILE *f)
         "  --queue-size=N     virtqueue entries, power of two (default 128)\n"
         "  --no-indirect      do not use indirect descriptors even if offered\n"
         "  --no-event-idx     do not negotiate VIRTIO_RING_F_EVENT_IDX\n"
+        "  --packed           packed virtqueues (VIRTIO_F_RING_PACKED; fails if not offered)\n"
         "  --force-write      send writes even to a read-only device (tests its errors)\n"
         "  --json             print one JSON object instead of text\n"
         "  -v, --verbose      trace vhost-user messages and negotiated features\n"
@@ -104,6 +105,7 @@ enum {
     OPT_QSIZE,
     OPT_NO_INDIRECT,
     OPT_NO_EVENT_IDX,
+    OPT_PACKED,
     OPT_FORCE_WRITE,
     OPT_SOCKET,
 };
@@ -127,6 +129,7 @@ static const struct option long_opts[] = {
     {"queue-size", required_argument, NULL, OPT_QSIZE},
     {"no-indirect", no_argument, NULL, OPT_NO_INDIRECT},
     {"no-event-idx", no_argument, NULL, OPT_NO_EVENT_IDX},
+    {"packed", no_argument, NULL, OPT_PACKED},
     {"force-write", no_argument, NULL, OPT_FORCE_WRITE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
@@ -213,6 +216,9 @@ static int parse_one(struct options *o, int c, const char *arg)
         return 0;
     case OPT_NO_EVENT_IDX:
         o->no_event_idx = true;
+        return 0;
+    case OPT_PACKED:
+        o->packed = true;
         return 0;
     case 'v':
         o->verbose = true;

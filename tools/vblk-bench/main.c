@@ -45,6 +45,8 @@ static uint64_t wanted_features(const struct options *o)
         f |= 1ull << VIRTIO_RING_F_INDIRECT_DESC;
     if (!o->no_event_idx)
         f |= 1ull << VIRTIO_RING_F_EVENT_IDX;
+    if (o->packed)
+        f |= 1ull << VIRTIO_F_RING_PACKED;
     return f;
 }
 
@@ -148,6 +150,11 @@ static int validate(struct options *o, const struct device *d)
     bool writes = c->verify != VERIFY_OFF ? c->verify != VERIFY_READ_ONLY
                                           : (c->rw != RW_READ && c->rw != RW_RANDREAD);
 
+    if (o->packed && !vhc_has_feature(&d->vhc, VIRTIO_F_RING_PACKED)) {
+        fprintf(stderr,
+                "vblk-bench: --packed but the device does not offer VIRTIO_F_RING_PACKED\n");
+        return -ENOTSUP;
+    }
     if (c->bs % d->blk_size) {
         fprintf(stderr, "vblk-bench: --bs=%u is not a multiple of the device block size %u\n",
                 c->bs, d->blk_size);
@@ -207,6 +214,7 @@ static struct blkq_params queue_params(const struct options *o, const struct dev
         .indirect = vhc_has_feature(&d->vhc, VIRTIO_RING_F_INDIRECT_DESC),
         .event_idx = vhc_has_feature(&d->vhc, VIRTIO_RING_F_EVENT_IDX),
         .want_calls = !o->cfg.poll,
+        .packed = vhc_has_feature(&d->vhc, VIRTIO_F_RING_PACKED),
     };
 
     return p;
@@ -245,8 +253,8 @@ static int setup_jobs(const struct options *o, struct device *d, struct gmem *me
     for (unsigned i = 0; i < n; i++) {
         struct virtq *vq = &jobs[i].q.vq;
 
-        ret = vhc_setup_vring(&d->vhc, i, vq->num, vq->desc, vq->avail, vq->used, vq->kickfd,
-                              vq->callfd);
+        ret = vhc_setup_vring(&d->vhc, i, vq->num, virtq_base(vq), vq->desc, vq->avail, vq->used,
+                              vq->kickfd, vq->callfd);
         if (ret == 0)
             ret = vhc_enable_vring(&d->vhc, i, true);
         if (ret < 0) {
@@ -263,11 +271,12 @@ static void teardown_jobs(const struct options *o, struct device *d, struct job 
         uint32_t base;
 
         if (started && vhc_get_vring_base(&d->vhc, i, &base) == 0 &&
-            (uint16_t)base != jobs[i].q.vq.avail_idx)
+            (jobs[i].q.vq.packed ? base != virtq_base(&jobs[i].q.vq)
+                                 : (uint16_t)base != jobs[i].q.vq.avail_idx))
             fprintf(stderr,
-                    "vblk-bench: warning: queue %u: GET_VRING_BASE returned %u, driver "
-                    "published %u\n",
-                    i, base, jobs[i].q.vq.avail_idx);
+                    "vblk-bench: warning: queue %u: GET_VRING_BASE returned 0x%x, driver "
+                    "published 0x%x\n",
+                    i, base, virtq_base(&jobs[i].q.vq));
         job_fini(&jobs[i]);
         blkq_destroy(&jobs[i].q);
     }

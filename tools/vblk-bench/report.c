@@ -65,10 +65,11 @@ void print_json(const struct options *o, const struct device *d, const struct jo
            o->queue_size, o->cfg.poll ? "poll" : "wait", o->cfg.range);
     printf(", \"device\": {\"capacity_bytes\": %" PRIu64 ", \"blk_size\": %u, \"queues\": %u, "
            "\"features\": \"0x%" PRIx64 "\", \"protocol_features\": \"0x%" PRIx64 "\", "
-           "\"event_idx\": %s, \"indirect\": %s}",
+           "\"event_idx\": %s, \"indirect\": %s, \"packed\": %s}",
            d->capacity, d->blk_size, d->queues, d->vhc.features, d->vhc.protocol,
            vhc_has_feature(&d->vhc, VIRTIO_RING_F_EVENT_IDX) ? "true" : "false",
-           vhc_has_feature(&d->vhc, VIRTIO_RING_F_INDIRECT_DESC) ? "true" : "false");
+           vhc_has_feature(&d->vhc, VIRTIO_RING_F_INDIRECT_DESC) ? "true" : "false",
+           vhc_has_feature(&d->vhc, VIRTIO_F_RING_PACKED) ? "true" : "false");
     printf(", \"jobs\": [");
     for (unsigned i = 0; i < o->numjobs; i++) {
         printf("%s{\"job\": %u, ", i ? ", " : "", i);
@@ -85,11 +86,12 @@ void print_text(const struct options *o, const struct device *d, const struct jo
 
     static const char *const vnames[] = {"", "verify", "verify(write)", "verify(read)"};
 
-    printf("vblk-bench: %s bs=%u iodepth=%u numjobs=%u %s, %s%s, capacity %" PRIu64 " bytes\n",
+    printf("vblk-bench: %s bs=%u iodepth=%u numjobs=%u %s, %s%s%s, capacity %" PRIu64 " bytes\n",
            o->cfg.verify != VERIFY_OFF ? vnames[o->cfg.verify] : rw_name(o->cfg.rw), o->cfg.bs,
            o->cfg.iodepth, o->numjobs, o->cfg.poll ? "poll" : "wait",
            vhc_has_feature(&d->vhc, VIRTIO_RING_F_EVENT_IDX) ? "event_idx" : "no event_idx",
-           vhc_has_feature(&d->vhc, VIRTIO_RING_F_INDIRECT_DESC) ? ", indirect" : "", d->capacity);
+           vhc_has_feature(&d->vhc, VIRTIO_RING_F_INDIRECT_DESC) ? ", indirect" : "",
+           vhc_has_feature(&d->vhc, VIRTIO_F_RING_PACKED) ? ", packed" : "", d->capacity);
     for (unsigned i = 0; i < o->numjobs && o->numjobs > 1; i++) {
         snprintf(name, sizeof(name), "job%u", i);
         print_text_line(name, &jobs[i].stats);

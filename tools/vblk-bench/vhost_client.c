@@ -294,8 +294,8 @@ static int vhc_set_vring_fd(struct vhost_client *c, uint32_t req, uint32_t idx, 
     return vhc_request(c, req, &val, sizeof(val), &fd, 1);
 }
 
-int vhc_setup_vring(struct vhost_client *c, uint32_t idx, uint32_t num, void *desc, void *avail,
-                    void *used, int kickfd, int callfd)
+int vhc_setup_vring(struct vhost_client *c, uint32_t idx, uint32_t num, uint32_t base, void *desc,
+                    void *avail, void *used, int kickfd, int callfd)
 {
     struct vhost_user_vring_addr addr = {
         .index = idx,
@@ -309,7 +309,7 @@ int vhc_setup_vring(struct vhost_client *c, uint32_t idx, uint32_t num, void *de
 
     ret = vhc_set_state(c, VHOST_USER_SET_VRING_NUM, idx, num);
     if (ret == 0)
-        ret = vhc_set_state(c, VHOST_USER_SET_VRING_BASE, idx, 0);
+        ret = vhc_set_state(c, VHOST_USER_SET_VRING_BASE, idx, base);
     if (ret == 0)
         ret = vhc_request(c, VHOST_USER_SET_VRING_ADDR, &addr, sizeof(addr), NULL, 0);
     if (ret == 0)

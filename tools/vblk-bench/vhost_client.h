@@ -40,8 +40,8 @@ int vhc_get_config(struct vhost_client *c, void *buf, uint32_t size);
 /* SET_FEATURES with @wanted & offered (PROTOCOL_FEATURES is added automatically if offered). */
 int vhc_set_features(struct vhost_client *c, uint64_t wanted);
 int vhc_set_mem_table(struct vhost_client *c, int fd, uint64_t size, void *addr);
-int vhc_setup_vring(struct vhost_client *c, uint32_t idx, uint32_t num, void *desc, void *avail,
-                    void *used, int kickfd, int callfd);
+int vhc_setup_vring(struct vhost_client *c, uint32_t idx, uint32_t num, uint32_t base, void *desc,
+                    void *avail, void *used, int kickfd, int callfd);
 int vhc_enable_vring(struct vhost_client *c, uint32_t idx, bool enable);
 int vhc_get_vring_base(struct vhost_client *c, uint32_t idx, uint32_t *base);
 
