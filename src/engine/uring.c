@@ -78,8 +78,11 @@ static void uring_destroy(struct vblk_engine *e)
 static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
 {
     struct uring_engine *u = (struct uring_engine *)e;
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    struct io_uring_sqe *sqe;
 
+    if ((unsigned)io->op > VBLK_IO_DELAY)
+        return -EINVAL; /* before taking a ring slot: a taken one is submitted, prepared or not */
+    sqe = io_uring_get_sqe(&u->ring);
     if (!sqe)
         return -EAGAIN;
     switch (io->op) {
