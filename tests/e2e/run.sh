@@ -9,7 +9,7 @@
 # qemu-storage-daemon (qsd, reference implementation).
 #
 # Tests: io fs discard mq ro flush kill aio-native aio-threads cache-writeback
-# restart outage qcow2 nbd migrate policy live rbd packed (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
+# restart outage qcow2 nbd nbd-restart migrate policy live rbd packed (default: all).  Prints "PASS name (time)" / "FAIL name: reason" (+ log
 # tails) / "SKIP name: reason" per test and finally "N passed, N failed"
 # (skipped tests are counted on a line of their own before it).
 # Exit status 1 if any test failed, 2 on usage/setup errors.
@@ -25,7 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 BACKEND=vblkd
-ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 nbd migrate policy live rbd packed"
+ALL_TESTS="io fs discard mq ro flush kill aio-native aio-threads cache-writeback restart outage qcow2 nbd nbd-restart migrate policy live rbd packed"
 TESTS=()
 : "${VBLKD:=$REPO/build/src/vblkd}"
 : "${VBLKCTL:=$(dirname "$VBLKD")/../tools/vblkctl/vblkctl}"
@@ -455,6 +455,65 @@ t_nbd() {
 		FAIL_REASON="host: e2fsck -fn of the file behind the NBD server found errors"
 		return 1
 	fi
+}
+
+# nbd-restart: the NBD server behind vblkd's driver=nbd dies (kill -9) under a guest that writes and
+# verifies data, stays down E2E_NBD_DOWN seconds (default 3) and comes back on the same socket and
+# file; vblkd holds the requests, reconnects and sends them again: no I/O error in the guest, no
+# mismatch, error counter 0, and the daemon logged the reconnect.
+t_nbd-restart() {
+	vblkd_only driver=nbd || return
+	command -v qemu-nbd >/dev/null || { SKIP_REASON="qemu-nbd not installed"; return 77; }
+	local img=$E2E_TMP/nbdr.img nsock=$E2E_TMP/nbdr-server.sock nlog=$E2E_TMP/nbdr-server.log
+	local down=${E2E_NBD_DOWN:-3} secs npid='' rc
+	_nbd_restart
+	rc=$?
+	if [ -n "$npid" ] && kill -0 "$npid" 2>/dev/null; then
+		kill -TERM "$npid"
+		wait "$npid" 2>/dev/null
+	fi
+	[ -z "$npid" ] || _untrack "$npid"
+	return $rc
+}
+_nbd_restart() { # the body of t_nbd-restart (its locals); npid: the current qemu-nbd
+	LOGS=("$E2E_TMP/nbdr.log" "$E2E_TMP/nbdr.log.qemu" "$E2E_TMP/nbdr.daemon.log" "$nlog")
+	mkimg "$img" $DISK_SIZE
+	: >"$nlog"
+	_nbdr_server() { # start qemu-nbd (persistent) on $nsock, tracked by PID in npid
+		rm -f "$nsock"
+		qemu-nbd -t -k "$nsock" -f raw --cache=writeback "$img" >>"$nlog" 2>&1 &
+		npid=$!
+		_track "$npid" "qemu-nbd ($nsock)"
+		for _ in $(seq 100); do [ -S "$nsock" ] && return 0; sleep 0.05; done
+		FAIL_REASON="qemu-nbd did not create $nsock"
+		return 1
+	}
+	_nbdr_server || return 1
+	backend_start nbdr "" driver=nbd "uri=nbd+unix:///?socket=$nsock" timeout=30 \
+		reconnect-delay-ms=100 || return 1
+	secs=$((down + 12))
+	guest_start "$E2E_TMP/nbdr.log" "${BACKEND_SOCK[nbdr]}" \
+		"vblk.test=loop vblk.seed=87 vblk.secs=$secs vblk.size=$DISK_SIZE"
+	if ! wait_for_line "$E2E_TMP/nbdr.log" '^VBLK-E2E: LOOP running' 60; then
+		guest_kill
+		FAIL_REASON="loop guest did not start"
+		return 1
+	fi
+	sleep 2
+	kill -KILL "$npid"
+	wait "$npid" 2>/dev/null
+	_untrack "$npid"
+	sleep "$down"
+	kill -0 "$GUEST_PID" 2>/dev/null || { FAIL_REASON="QEMU exited while the NBD server was down"; return 1; }
+	_nbdr_server || { guest_kill; return 1; }
+	E2E_GUEST_TIMEOUT=$((secs + 60)) guest_wait "$E2E_TMP/nbdr.log" loop || return 1
+	expect_counters nbdr 'errors -eq 0' 'writes -ge 8' || return 1
+	if ! grep -q 'reconnected to' "${BACKEND_LOG[nbdr]}"; then
+		FAIL_REASON="vblkd did not log a reconnect to the NBD server"
+		return 1
+	fi
+	e2e_log "nbd-restart: ${down}s down, $(grep -o 'reconnected to.*' "${BACKEND_LOG[nbdr]}" | tail -1), $(guest_info "$E2E_TMP/nbdr.log" 'rounds: ') rounds"
+	backend_stop nbdr
 }
 
 # hmp SOCK CMD: one command to a QEMU human monitor on a unix socket; prints the answer
