@@ -302,6 +302,14 @@ static inline void chain_init(struct vblk_chain *c)
 static inline void chain_status(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t status_gpa,
                                 uint32_t status_len)
 {
+    if (likely(!c->err && c->in_cnt)) {
+        /* the request is good: its last writable descriptor was translated last, and the status
+         * is the last byte of the last segment */
+        const struct iovec *v = &c->iov[c->out_cnt + c->in_cnt - 1];
+
+        c->status = (uint8_t *)v->iov_base + v->iov_len - 1;
+        return;
+    }
     if (status_len) {
         uint64_t gpa = status_gpa + status_len - 1;
 
