@@ -222,8 +222,9 @@ static inline void desc_read(const struct vring_desc *d, struct desc_copy *out)
     out->next = (uint16_t)(w1 >> 48);
 }
 
-static int chain_add(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t gpa, uint32_t len,
-                     bool writable)
+/* chain_add's general case: a range over several regions, a full iovec array, or an error. */
+static __attribute__((noinline)) int chain_add_slow(const struct vblk_vq *vq, struct vblk_chain *c,
+                                                    uint64_t gpa, uint32_t len, bool writable)
 {
     uint64_t left = len;
 
@@ -250,6 +251,32 @@ static int chain_add(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t gp
         c->in_len += len;
     else
         c->out_len += len;
+    return 0;
+}
+
+/* Append the guest range [gpa, gpa + len) to the chain's iovecs.  0, -EFAULT or -E2BIG. */
+static inline int chain_add(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t gpa,
+                            uint32_t len, bool writable)
+{
+    unsigned n = c->out_cnt + c->in_cnt;
+    uint64_t l = len;
+    void *p;
+
+    /* the common case: room for one more segment, and the range inside one region */
+    if (unlikely(n >= c->iov_cap || gpa + len < gpa))
+        return chain_add_slow(vq, c, gpa, len, writable);
+    p = vblk_mem_gpa(vq->mem, gpa, &l);
+    if (unlikely(!p || l != len))
+        return chain_add_slow(vq, c, gpa, len, writable);
+    c->iov[n].iov_base = p;
+    c->iov[n].iov_len = len;
+    if (writable) {
+        c->in_cnt++;
+        c->in_len += len;
+    } else {
+        c->out_cnt++;
+        c->out_len += len;
+    }
     return 0;
 }
 
