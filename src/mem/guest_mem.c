@@ -115,17 +115,6 @@ bool vblk_mem_owner_lost(struct vblk_mem_owner *o)
     return __atomic_exchange_n(&o->lost, 0, __ATOMIC_ACQ_REL) != 0;
 }
 
-void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len)
-{
-    uint64_t got = len;
-    void *p;
-
-    if (len == 0 || gpa + len < gpa)
-        return NULL;
-    p = vblk_mem_gpa(m, gpa, &got);
-    return (p && got == len) ? p : NULL;
-}
-
 void *vblk_mem_uva_range(const struct vblk_mem *m, uint64_t uva, uint64_t len)
 {
     if (len == 0 || uva + len < uva)

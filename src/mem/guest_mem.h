@@ -12,6 +12,7 @@
 #define VBLK_GUEST_MEM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define VBLK_MEM_SLOTS_MAX 32
@@ -58,9 +59,10 @@ static inline void *vblk_mem_gpa(const struct vblk_mem *m, uint64_t gpa, uint64_
 {
     for (unsigned i = 0; i < m->nregions; i++) {
         const struct vblk_mem_region *r = &m->r[i];
+        /* below the region, off wraps to more than its size (no region wraps: region_check) */
         uint64_t off = gpa - r->gpa;
 
-        if (gpa >= r->gpa && off < r->size) {
+        if (off < r->size) {
             if (*len > r->size - off)
                 *len = r->size - off;
             return r->host + off;
@@ -70,7 +72,16 @@ static inline void *vblk_mem_gpa(const struct vblk_mem *m, uint64_t gpa, uint64_
 }
 
 /* Translate an exact range that must lie inside one region (rings).  NULL if it does not. */
-void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len);
+static inline void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len)
+{
+    uint64_t got = len;
+    void *p;
+
+    if (len == 0 || gpa + len < gpa)
+        return NULL;
+    p = vblk_mem_gpa(m, gpa, &got);
+    return (p && got == len) ? p : NULL;
+}
 void *vblk_mem_uva_range(const struct vblk_mem *m, uint64_t uva, uint64_t len);
 
 /* Check a region description from the front-end: non-empty, no wrap of gpa/uva/offset, at most
