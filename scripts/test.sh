@@ -80,6 +80,16 @@ script_suite() {
     fi
 }
 
+# asan_suite NAME CMD...: script_suite with the ASan+UBSan binaries (vblkd, vblk-bench, vblkctl)
+# and sanitizer options that stop at the first error
+asan_suite() {
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+        UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+        VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
+        VBLKCTL=build-asan/tools/vblkctl/vblkctl \
+        script_suite "$@"
+}
+
 # the ASan+UBSan build, shared by the asan, asan-integration, qcow2, rbd and soak suites
 asan_build() {
     scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
@@ -130,28 +140,11 @@ for s in "${suites[@]}"; do
         ;;
     asan-integration)
         if asan_build; then
-            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
-                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
-                script_suite asan-integration bash tests/integration/run.sh build-asan
-            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
-                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
-                script_suite asan-metrics bash tests/integration/metrics.sh build-asan
-            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
-                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
-                VBLKCTL=build-asan/tools/vblkctl/vblkctl \
-                script_suite asan-control bash tests/integration/control.sh build-asan
-            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
-                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
-                VBLKCTL=build-asan/tools/vblkctl/vblkctl \
-                script_suite asan-vblkctl bash tests/integration/vblkctl.sh build-asan
-            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
-                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
-                script_suite asan-nbd bash tests/integration/nbd.sh build-asan
+            asan_suite asan-integration bash tests/integration/run.sh build-asan
+            asan_suite asan-metrics bash tests/integration/metrics.sh build-asan
+            asan_suite asan-control bash tests/integration/control.sh build-asan
+            asan_suite asan-vblkctl bash tests/integration/vblkctl.sh build-asan
+            asan_suite asan-nbd bash tests/integration/nbd.sh build-asan
         else
             tail -40 "$logdir/build-asan.log"
             count asan-integration 0 1
@@ -161,10 +154,7 @@ for s in "${suites[@]}"; do
         # qcow2 images served by vblkd, checked with qemu-img; then the same with ASan+UBSan
         script_suite qcow2 bash tests/integration/qcow2.sh build
         if asan_build; then
-            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
-                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
-                script_suite asan-qcow2 bash tests/integration/qcow2.sh build-asan
+            asan_suite asan-qcow2 bash tests/integration/qcow2.sh build-asan
         else
             tail -40 "$logdir/build-asan.log"
             count asan-qcow2 0 1
@@ -185,11 +175,7 @@ for s in "${suites[@]}"; do
         # then the same with ASan+UBSan
         script_suite rbd bash tests/integration/rbd.sh build
         if asan_build; then
-            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-                UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
-                VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
-                VBLKCTL=build-asan/tools/vblkctl/vblkctl \
-                script_suite asan-rbd bash tests/integration/rbd.sh build-asan
+            asan_suite asan-rbd bash tests/integration/rbd.sh build-asan
         else
             tail -40 "$logdir/build-asan.log"
             count asan-rbd 0 1
