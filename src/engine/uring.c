@@ -8,21 +8,63 @@
  * submit() empties, and the qcow2 driver's metadata I/O is not counted in the depth (a flush
  * writes back every dirty table at once).  Completions that find the CQ full wait on the
  * kernel's overflow list (IORING_SQ_CQ_OVERFLOW); reap() fetches them as it makes room.
+ *
+ * Fixed buffers (register_bufs; guest memory with fixed-buffers=on): the engine keeps the
+ * registered ranges, sorted by address, each cut in pieces of at most 1 GiB (the most the
+ * kernel takes in one buffer) numbered in order.  queue() looks a read's or write's segments up
+ * there, by address, only while a set is registered (one predictable branch otherwise): one
+ * segment inside one piece goes as READ_FIXED/WRITE_FIXED, several inside one piece as
+ * READV_FIXED/WRITEV_FIXED where the kernel has them (Linux 6.15+, probed at create; liburing
+ * 2.3 does not know the opcodes: defined here), anything else as the plain op.  Nothing
+ * travels with the I/O: any memory outside the set simply goes the plain way.
  */
 #include <errno.h>
 #include <stdbool.h>
 #include <liburing.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
 
+/* include/uapi/linux/io_uring.h of Linux 6.15 (enum io_uring_op) */
+#define VBLK_IORING_OP_READV_FIXED  60
+#define VBLK_IORING_OP_WRITEV_FIXED 61
+
+#define BUF_SHIFT      30 /* a registered buffer is at most 1 GiB */
+#define BUF_PIECE      ((uintptr_t)1 << BUF_SHIFT)
+#define BUF_RANGES_MAX 32 /* guest memory regions (VBLK_MEM_SLOTS_MAX) */
+
+/* A registered range: pieces idx0, idx0 + 1, ... of BUF_PIECE bytes from base (the last one
+ * shorter) */
+struct buf_range {
+    uintptr_t base, end;
+    unsigned idx0;
+};
+
 struct uring_engine {
     struct vblk_engine e;
     struct io_uring ring;
-    bool defer; /* DEFER_TASKRUN: completions are run only when we ask */
+    bool defer;       /* DEFER_TASKRUN: completions are run only when we ask */
+    bool vec_fixed;   /* the kernel has READV_FIXED/WRITEV_FIXED */
+    unsigned nranges; /* registered ranges; 0: no fixed buffers */
+    struct buf_range ranges[BUF_RANGES_MAX]; /* sorted by base, disjoint */
 };
+
+static bool probe_vec_fixed(struct io_uring *ring)
+{
+    struct io_uring_probe *p = io_uring_get_probe_ring(ring);
+    bool ok;
+
+    if (!p)
+        return false;
+    ok = io_uring_opcode_supported(p, VBLK_IORING_OP_READV_FIXED) &&
+         io_uring_opcode_supported(p, VBLK_IORING_OP_WRITEV_FIXED);
+    io_uring_free_probe(p);
+    return ok;
+}
 
 static int uring_create(struct vblk_engine **out, unsigned depth)
 {
@@ -53,6 +95,7 @@ static int uring_create(struct vblk_engine **out, unsigned depth)
     r = io_uring_register_eventfd(&u->ring, u->e.efd);
     if (r < 0)
         goto err_close_efd;
+    u->vec_fixed = probe_vec_fixed(&u->ring);
     u->e.ops = &vblk_engine_uring;
     *out = &u->e;
     return 0;
@@ -75,6 +118,61 @@ static void uring_destroy(struct vblk_engine *e)
     free(u);
 }
 
+/* The registered piece holding [p, p + len): its index, and its bounds in *lo, *hi; -1 if
+ * none does (outside the set, or across a piece's end). */
+static int buf_find(const struct uring_engine *u, uintptr_t p, size_t len, uintptr_t *lo,
+                    uintptr_t *hi)
+{
+    for (unsigned i = 0; i < u->nranges && p >= u->ranges[i].base; i++) {
+        const struct buf_range *r = &u->ranges[i];
+        uintptr_t off = p - r->base, l, h;
+
+        if (p >= r->end)
+            continue;
+        l = r->base + (off & ~(BUF_PIECE - 1));
+        h = r->end - l > BUF_PIECE ? l + BUF_PIECE : r->end;
+        if (len > h - p)
+            return -1;
+        *lo = l;
+        *hi = h;
+        return (int)(r->idx0 + (off >> BUF_SHIFT));
+    }
+    return -1;
+}
+
+/* A read or write in the fixed-buffer form if its data lies in one registered piece; false:
+ * sqe untouched, use the plain form. */
+static bool prep_rw_fixed(const struct uring_engine *u, struct io_uring_sqe *sqe,
+                          const struct vblk_io *io, bool write)
+{
+    const struct iovec *iov = io->iov;
+    uintptr_t lo, hi;
+    int idx;
+
+    if (!io->iovcnt)
+        return false;
+    idx = buf_find(u, (uintptr_t)iov[0].iov_base, iov[0].iov_len, &lo, &hi);
+    if (idx < 0)
+        return false;
+    if (io->iovcnt == 1) {
+        io_uring_prep_rw(write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED, sqe, io->fd,
+                         iov[0].iov_base, (unsigned)iov[0].iov_len, io->offset);
+    } else {
+        if (!u->vec_fixed)
+            return false;
+        for (unsigned i = 1; i < io->iovcnt; i++) {
+            uintptr_t p = (uintptr_t)iov[i].iov_base;
+
+            if (p < lo || p >= hi || iov[i].iov_len > hi - p)
+                return false;
+        }
+        io_uring_prep_rw(write ? VBLK_IORING_OP_WRITEV_FIXED : VBLK_IORING_OP_READV_FIXED, sqe,
+                         io->fd, iov, io->iovcnt, io->offset);
+    }
+    sqe->buf_index = (uint16_t)idx;
+    return true;
+}
+
 static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
 {
     struct uring_engine *u = (struct uring_engine *)e;
@@ -87,6 +185,10 @@ static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
         return -EAGAIN;
     switch (io->op) {
     case VBLK_IO_READ:
+        if (__builtin_expect(u->nranges != 0, 0) && prep_rw_fixed(u, sqe, io, false)) {
+            sqe->rw_flags = io->rw_flags;
+            break;
+        }
         /* one segment (the common case): the plain op skips importing an iovec */
         if (io->iovcnt == 1)
             io_uring_prep_read(sqe, io->fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len,
@@ -96,6 +198,10 @@ static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
         sqe->rw_flags = io->rw_flags;
         break;
     case VBLK_IO_WRITE:
+        if (__builtin_expect(u->nranges != 0, 0) && prep_rw_fixed(u, sqe, io, true)) {
+            sqe->rw_flags = io->rw_flags;
+            break;
+        }
         if (io->iovcnt == 1)
             io_uring_prep_write(sqe, io->fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len,
                                 io->offset);
@@ -183,6 +289,94 @@ static bool uring_ready(struct vblk_engine *e)
     return io_uring_cq_ready(&u->ring) > 0 || uring_needs_enter(u);
 }
 
+/* What is queued and not yet taken by the kernel may name pieces of the set about to go: back
+ * to the plain ops (same addresses, so the data is the same) before the set changes. */
+static void unfix_queued(struct uring_engine *u)
+{
+    struct io_uring_sq *sq = &u->ring.sq;
+
+    for (unsigned i = IO_URING_READ_ONCE(*sq->khead); i != sq->sqe_tail; i++) {
+        struct io_uring_sqe *sqe = &sq->sqes[i & sq->ring_mask];
+
+        switch (sqe->opcode) {
+        case IORING_OP_READ_FIXED:
+            sqe->opcode = IORING_OP_READ;
+            break;
+        case IORING_OP_WRITE_FIXED:
+            sqe->opcode = IORING_OP_WRITE;
+            break;
+        case VBLK_IORING_OP_READV_FIXED:
+            sqe->opcode = IORING_OP_READV;
+            break;
+        case VBLK_IORING_OP_WRITEV_FIXED:
+            sqe->opcode = IORING_OP_WRITEV;
+            break;
+        default:
+            continue;
+        }
+        sqe->buf_index = 0;
+    }
+}
+
+static int uring_register_bufs(struct vblk_engine *e, const struct iovec *bufs, unsigned n,
+                               uint32_t gen)
+{
+    struct uring_engine *u = (struct uring_engine *)e;
+    struct buf_range r[BUF_RANGES_MAX];
+    struct iovec *pieces;
+    unsigned npieces = 0, k = 0;
+    int ret;
+
+    if (u->nranges) {
+        unfix_queued(u);
+        u->nranges = 0;
+        e->buf_gen = 0;
+        io_uring_unregister_buffers(&u->ring);
+    }
+    if (!n)
+        return 0;
+    if (n > BUF_RANGES_MAX)
+        return -E2BIG;
+    /* sorted by address (insertion: a handful), empty ones left out */
+    for (unsigned i = 0; i < n; i++) {
+        uintptr_t b = (uintptr_t)bufs[i].iov_base, len = bufs[i].iov_len;
+        unsigned j = k;
+
+        if (!len)
+            continue;
+        if (b + len < b)
+            return -EINVAL;
+        for (; j > 0 && r[j - 1].base > b; j--)
+            r[j] = r[j - 1];
+        r[j] = (struct buf_range){.base = b, .end = b + len};
+        k++;
+    }
+    for (unsigned i = 0; i < k; i++) {
+        if (i && r[i].base < r[i - 1].end)
+            return -EINVAL; /* overlap */
+        r[i].idx0 = npieces;
+        npieces += (unsigned)((r[i].end - r[i].base + BUF_PIECE - 1) >> BUF_SHIFT);
+    }
+    if (!npieces)
+        return 0;
+    pieces = malloc(npieces * sizeof(*pieces));
+    if (!pieces)
+        return -ENOMEM;
+    for (unsigned i = 0, p = 0; i < k; i++) {
+        for (uintptr_t b = r[i].base; b < r[i].end; b += BUF_PIECE)
+            pieces[p++] =
+                (struct iovec){(void *)b, r[i].end - b > BUF_PIECE ? BUF_PIECE : r[i].end - b};
+    }
+    ret = io_uring_register_buffers(&u->ring, pieces, npieces);
+    free(pieces);
+    if (ret < 0)
+        return ret;
+    memcpy(u->ranges, r, k * sizeof(r[0]));
+    u->nranges = k;
+    e->buf_gen = gen;
+    return 0;
+}
+
 const struct vblk_engine_ops vblk_engine_uring = {
     .name = "io_uring",
     .create = uring_create,
@@ -191,4 +385,5 @@ const struct vblk_engine_ops vblk_engine_uring = {
     .submit = uring_submit,
     .reap = uring_reap,
     .ready = uring_ready,
+    .register_bufs = uring_register_bufs,
 };

@@ -251,6 +251,15 @@ int vblk_mem_add(struct vblk_mem *m, const struct vblk_mem_region *r)
     return 0;
 }
 
+void vblk_mem_seal(struct vblk_mem *m)
+{
+    static uint32_t last_gen;
+
+    if (++last_gen == 0)
+        last_gen = 1;
+    m->gen = last_gen;
+}
+
 int vblk_mem_find(const struct vblk_mem *m, const struct vblk_mem_desc *d)
 {
     for (unsigned i = 0; i < m->nregions; i++) {
