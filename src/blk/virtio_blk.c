@@ -701,8 +701,16 @@ static void queue_fixed_bufs(struct blk_queue *q)
                                  : "set fixed-buffers=off to silence this");
         return;
     }
-    log_dbg(d->name, "queue %u: guest memory (%u regions) registered as fixed buffers", q->index,
-            m->nregions);
+    if (__atomic_exchange_n(&d->bufs_logged_gen, m->gen, __ATOMIC_RELAXED) != m->gen) {
+        uint64_t bytes = 0;
+
+        for (unsigned i = 0; i < m->nregions; i++)
+            bytes += m->r[i].size;
+        log_info(d->name,
+                 "guest memory registered as io_uring fixed buffers (%u regions, %llu MiB "
+                 "pinned)",
+                 m->nregions, (unsigned long long)(bytes >> 20));
+    }
 }
 
 static int queue_start_fn(void *arg)

@@ -169,6 +169,7 @@ struct vblk_blk_dev {
     bool fixed_bufs;
     uint32_t bufs_failed_gen; /* I/O threads (atomic): the table whose registration failed */
     bool bufs_warned;         /* I/O threads (atomic): a failure was logged */
+    uint32_t bufs_logged_gen; /* I/O threads (atomic): the table whose registration was logged */
     char serial[VIRTIO_BLK_ID_BYTES]; /* not NUL-terminated */
 };
 
