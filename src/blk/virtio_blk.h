@@ -173,6 +173,10 @@ struct vblk_blk_dev {
     char serial[VIRTIO_BLK_ID_BYTES]; /* not NUL-terminated */
 };
 
+/* fixed-buffers=on registers at most this much guest memory (pinning takes ~30 ms per GiB of
+ * small pages on the I/O thread, inside a bounded call) */
+#define VBLK_BLK_FIXED_BUFS_MAX (64ull << 30)
+
 /* Control thread. */
 int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *bdev,
                     struct vblk_iothread *iot, unsigned num_queues, unsigned max_queue_size,

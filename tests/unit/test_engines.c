@@ -7,10 +7,10 @@
  * registered as two ranges, so that reads and writes take READ_FIXED/WRITE_FIXED and
  * READV_FIXED/WRITEV_FIXED where the kernel has them), native (Linux AIO) and threads, on a
  * buffered and an O_DIRECT temp file (4096-aligned buffers throughout).  An engine is skipped
- * only when create() says
- * -ENOSYS/-EPERM (io_uring or AIO not allowed here), and the skip is printed.  The null engine
- * has its own basics.  VBLK_TEST_ENGINE=<name> limits the runs to one engine,
- * VBLK_TEST_FILTER=<test name> to one test.
+ * only when create() says -ENOSYS/-EPERM (io_uring or AIO not allowed here), and the skip is
+ * printed.  The null engine has its own basics.  VBLK_TEST_ENGINE=<name> limits the runs to one
+ * engine, VBLK_TEST_FILTER=<test name> to one test; VBLK_TEST_BIG=1 also runs test_fixed_big
+ * (pins 1 GiB).
  */
 #include <stdarg.h>
 #include <stddef.h>

@@ -129,11 +129,11 @@ static void test_out_in_round_trip_on_a_file(void **state)
 }
 
 /* Guest memory as io_uring fixed buffers (fixed-buffers=on): the queue's start registers the
- * sealed table with its engine, and a read into it takes READ_FIXED (proof: the data page is
- * replaced after registration, the way a balloon would, and the read lands in the pinned old
- * page, not the one the guest sees; the hazard README fixed-buffers describes).  Requests posted
- * while the table is replaced (queue stopped, new generation, started again) complete on the
- * new one with the right data; a table that goes away is let go. */
+ * sealed table with its engine once it is all allocated, and a read into it takes READ_FIXED
+ * (proof: the data page is replaced after registration, the way a balloon would, and the read lands
+ * in the pinned old page, not the one the guest sees; the hazard README fixed-buffers describes).
+ * Requests posted while the table is replaced (queue stopped, new generation, started again)
+ * complete on the new one with the right data; a table that goes away is let go. */
 static void test_fixed_buffers_table_change(void **state)
 {
     struct blk_queue *q = Q(0);
@@ -149,6 +149,17 @@ static void test_fixed_buffers_table_change(void **state)
     }
     fb_queue_stop(&fb, 0);
     fb.d.fixed_bufs = true;
+    /* memory not all allocated yet: not registered (pinning would allocate it, slowly) */
+    vblk_mem_seal(&fb.g.mem);
+    assert_false(vblk_mem_resident(&fb.g.mem));
+    fb_queue_start(&fb, 0, true, true);
+    assert_int_equal(q->eng->buf_gen, 0);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    /* preallocated (a new table, as after the front-end's next SET_MEM_TABLE): registered */
+    fb_queue_stop(&fb, 0);
+    for (unsigned i = 0; i < fb.g.mem.nregions; i++)
+        assert_int_equal(madvise(fb.g.mem.r[i].host, fb.g.mem.r[i].size, MADV_POPULATE_WRITE), 0);
+    assert_true(vblk_mem_resident(&fb.g.mem));
     vblk_mem_seal(&fb.g.mem);
     gen = fb.g.mem.gen;
     fb_queue_start(&fb, 0, true, true);
