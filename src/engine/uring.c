@@ -173,6 +173,27 @@ static bool prep_rw_fixed(const struct uring_engine *u, struct io_uring_sqe *sqe
     return true;
 }
 
+/* queue() of a read or write while a buffer set is registered: fixed form if it fits, else the
+ * plain one.  Out of line, so that queue() without a set calls nothing (no register saves). */
+static __attribute__((noinline)) int
+queue_rw_registered(struct uring_engine *u, struct io_uring_sqe *sqe, struct vblk_io *io)
+{
+    bool write = io->op == VBLK_IO_WRITE;
+
+    if (!prep_rw_fixed(u, sqe, io, write)) {
+        if (io->iovcnt == 1)
+            io_uring_prep_rw(write ? IORING_OP_WRITE : IORING_OP_READ, sqe, io->fd,
+                             io->iov[0].iov_base, (unsigned)io->iov[0].iov_len, io->offset);
+        else
+            io_uring_prep_rw(write ? IORING_OP_WRITEV : IORING_OP_READV, sqe, io->fd, io->iov,
+                             io->iovcnt, io->offset);
+    }
+    sqe->rw_flags = io->rw_flags;
+    io_uring_sqe_set_data(sqe, io);
+    u->e.pending++;
+    return 0;
+}
+
 static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
 {
     struct uring_engine *u = (struct uring_engine *)e;
@@ -185,10 +206,8 @@ static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
         return -EAGAIN;
     switch (io->op) {
     case VBLK_IO_READ:
-        if (__builtin_expect(u->nranges != 0, 0) && prep_rw_fixed(u, sqe, io, false)) {
-            sqe->rw_flags = io->rw_flags;
-            break;
-        }
+        if (__builtin_expect(u->nranges != 0, 0))
+            return queue_rw_registered(u, sqe, io); /* a tail call: this stays a leaf */
         /* one segment (the common case): the plain op skips importing an iovec */
         if (io->iovcnt == 1)
             io_uring_prep_read(sqe, io->fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len,
@@ -198,10 +217,8 @@ static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
         sqe->rw_flags = io->rw_flags;
         break;
     case VBLK_IO_WRITE:
-        if (__builtin_expect(u->nranges != 0, 0) && prep_rw_fixed(u, sqe, io, true)) {
-            sqe->rw_flags = io->rw_flags;
-            break;
-        }
+        if (__builtin_expect(u->nranges != 0, 0))
+            return queue_rw_registered(u, sqe, io);
         if (io->iovcnt == 1)
             io_uring_prep_write(sqe, io->fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len,
                                 io->offset);
