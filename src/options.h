@@ -40,12 +40,12 @@ struct vblk_export_opts {
     unsigned poll_us;   /* I/O thread busy-polls this long after the last work (0: never) */
     unsigned iothreads; /* I/O threads of this export; queues are spread over them */
     enum vblk_image_format format;
-    uint64_t l2_cache_size;       /* qcow2: bytes of L2 tables cached (0: default) */
-    uint64_t refcount_cache_size; /* qcow2: bytes of refcount blocks cached (0: default) */
-    unsigned rerror, werror;      /* enum vblk_error_policy (blk/virtio_blk.h) */
-    struct vblk_fault_conf fault; /* inject-*: fault injection for tests */
-    bool no_lock;                 /* locking=off */
-    bool fixed_buffers;           /* io_uring: guest memory registered as fixed buffers (off) */
+    uint64_t l2_cache_size;             /* qcow2: bytes of L2 tables cached (0: default) */
+    uint64_t refcount_cache_size;       /* qcow2: bytes of refcount blocks cached (0: default) */
+    unsigned rerror, werror;            /* enum vblk_error_policy (blk/virtio_blk.h) */
+    struct vblk_fault_conf fault;       /* inject-*: fault injection for tests */
+    bool no_lock;                       /* locking=off */
+    bool fixed_buffers;                 /* io_uring fixed buffers (off) */
     struct vblk_throttle_conf throttle; /* iops-*, bps-*, throttle-group (live) */
     enum vblk_protocol protocol;        /* driver=file|null|nbd|rbd (file= picks file or null) */
     bool has_driver;
