@@ -40,7 +40,7 @@
 /* A registered range: pieces idx0, idx0 + 1, ... of BUF_PIECE bytes from base (the last one
  * shorter) */
 struct buf_range {
-    uintptr_t base, end;
+    uintptr_t base, size;
     unsigned idx0;
 };
 
@@ -118,80 +118,80 @@ static void uring_destroy(struct vblk_engine *e)
     free(u);
 }
 
-/* The registered piece holding [p, p + len): its index, and its bounds in *lo, *hi; -1 if
- * none does (outside the set, or across a piece's end). */
-static int buf_find(const struct uring_engine *u, uintptr_t p, size_t len, uintptr_t *lo,
-                    uintptr_t *hi)
+/* The registered piece holding [p, p + len): its index, its start in *lo and its size in *size;
+ * -1 if none (outside the set, across a piece's end, or empty). */
+static inline int piece_of(const struct uring_engine *u, uintptr_t p, size_t len, uintptr_t *lo,
+                           uintptr_t *size)
 {
-    for (unsigned i = 0; i < u->nranges && p >= u->ranges[i].base; i++) {
+    for (unsigned i = 0; i < u->nranges; i++) {
         const struct buf_range *r = &u->ranges[i];
-        uintptr_t off = p - r->base, l, h;
+        uintptr_t off = p - r->base, last = off + len - 1, start;
 
-        if (p >= r->end)
+        if (off >= r->size)
             continue;
-        l = r->base + (off & ~(BUF_PIECE - 1));
-        h = r->end - l > BUF_PIECE ? l + BUF_PIECE : r->end;
-        if (len > h - p)
+        if ((off ^ last) >> BUF_SHIFT || last >= r->size)
             return -1;
-        *lo = l;
-        *hi = h;
+        start = off & ~(BUF_PIECE - 1);
+        *lo = r->base + start;
+        *size = r->size - start < BUF_PIECE ? r->size - start : BUF_PIECE;
         return (int)(r->idx0 + (off >> BUF_SHIFT));
     }
     return -1;
 }
 
-/* A read or write in the fixed-buffer form if its data lies in one registered piece; false:
- * sqe untouched, use the plain form. */
-static bool prep_rw_fixed(const struct uring_engine *u, struct io_uring_sqe *sqe,
-                          const struct vblk_io *io, bool write)
+static inline int queue_done(struct uring_engine *u, struct io_uring_sqe *sqe, struct vblk_io *io,
+                             int idx)
 {
-    const struct iovec *iov = io->iov;
-    uintptr_t lo, hi;
-    int idx;
-
-    if (!io->iovcnt)
-        return false;
-    idx = buf_find(u, (uintptr_t)iov[0].iov_base, iov[0].iov_len, &lo, &hi);
-    if (idx < 0)
-        return false;
-    if (io->iovcnt == 1) {
-        io_uring_prep_rw(write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED, sqe, io->fd,
-                         iov[0].iov_base, (unsigned)iov[0].iov_len, io->offset);
-    } else {
-        if (!u->vec_fixed)
-            return false;
-        for (unsigned i = 1; i < io->iovcnt; i++) {
-            uintptr_t p = (uintptr_t)iov[i].iov_base;
-
-            if (p < lo || p >= hi || iov[i].iov_len > hi - p)
-                return false;
-        }
-        io_uring_prep_rw(write ? VBLK_IORING_OP_WRITEV_FIXED : VBLK_IORING_OP_READV_FIXED, sqe,
-                         io->fd, iov, io->iovcnt, io->offset);
-    }
-    sqe->buf_index = (uint16_t)idx;
-    return true;
-}
-
-/* queue() of a read or write while a buffer set is registered: fixed form if it fits, else the
- * plain one.  Out of line, so that queue() without a set calls nothing (no register saves). */
-static __attribute__((noinline)) int
-queue_rw_registered(struct uring_engine *u, struct io_uring_sqe *sqe, struct vblk_io *io)
-{
-    bool write = io->op == VBLK_IO_WRITE;
-
-    if (!prep_rw_fixed(u, sqe, io, write)) {
-        if (io->iovcnt == 1)
-            io_uring_prep_rw(write ? IORING_OP_WRITE : IORING_OP_READ, sqe, io->fd,
-                             io->iov[0].iov_base, (unsigned)io->iov[0].iov_len, io->offset);
-        else
-            io_uring_prep_rw(write ? IORING_OP_WRITEV : IORING_OP_READV, sqe, io->fd, io->iov,
-                             io->iovcnt, io->offset);
-    }
+    sqe->buf_index = idx < 0 ? 0 : (uint16_t)idx;
     sqe->rw_flags = io->rw_flags;
     io_uring_sqe_set_data(sqe, io);
     u->e.pending++;
     return 0;
+}
+
+/* queue_rw_registered() of several segments: READV_FIXED/WRITEV_FIXED if the kernel has them
+ * and every segment lies in the piece of the first (the kernel checks each against the buffer
+ * named), else readv/writev. */
+static __attribute__((noinline)) int
+queue_rwv_registered(struct uring_engine *u, struct io_uring_sqe *sqe, struct vblk_io *io)
+{
+    const struct iovec *iov = io->iov;
+    bool write = io->op == VBLK_IO_WRITE;
+    uintptr_t lo, size;
+    int idx = -1;
+
+    if (u->vec_fixed && io->iovcnt)
+        idx = piece_of(u, (uintptr_t)iov[0].iov_base, iov[0].iov_len, &lo, &size);
+    for (unsigned i = 1; idx >= 0 && i < io->iovcnt; i++) {
+        uintptr_t off = (uintptr_t)iov[i].iov_base - lo;
+
+        if (off >= size || iov[i].iov_len > size - off)
+            idx = -1;
+    }
+    io_uring_prep_rw(idx < 0 ? (write ? IORING_OP_WRITEV : IORING_OP_READV)
+                             : (write ? VBLK_IORING_OP_WRITEV_FIXED : VBLK_IORING_OP_READV_FIXED),
+                     sqe, io->fd, iov, io->iovcnt, io->offset);
+    return queue_done(u, sqe, io, idx);
+}
+
+/* queue() of a read or write while a buffer set is registered: the fixed form if its data lies
+ * in one registered piece, the plain one otherwise.  Out of line, so that queue() without a set
+ * calls nothing; one segment (the common case) calls nothing either. */
+static __attribute__((noinline)) int
+queue_rw_registered(struct uring_engine *u, struct io_uring_sqe *sqe, struct vblk_io *io)
+{
+    const struct iovec *iov = io->iov;
+    bool write = io->op == VBLK_IO_WRITE;
+    uintptr_t lo, size;
+    int idx;
+
+    if (io->iovcnt != 1)
+        return queue_rwv_registered(u, sqe, io);
+    idx = piece_of(u, (uintptr_t)iov[0].iov_base, iov[0].iov_len, &lo, &size);
+    io_uring_prep_rw(idx < 0 ? (write ? IORING_OP_WRITE : IORING_OP_READ)
+                             : (write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED),
+                     sqe, io->fd, iov[0].iov_base, (unsigned)iov[0].iov_len, io->offset);
+    return queue_done(u, sqe, io, idx);
 }
 
 static int uring_queue(struct vblk_engine *e, struct vblk_io *io)
@@ -365,14 +365,14 @@ static int uring_register_bufs(struct vblk_engine *e, const struct iovec *bufs, 
             return -EINVAL;
         for (; j > 0 && r[j - 1].base > b; j--)
             r[j] = r[j - 1];
-        r[j] = (struct buf_range){.base = b, .end = b + len};
+        r[j] = (struct buf_range){.base = b, .size = len};
         k++;
     }
     for (unsigned i = 0; i < k; i++) {
-        if (i && r[i].base < r[i - 1].end)
+        if (i && r[i].base - r[i - 1].base < r[i - 1].size)
             return -EINVAL; /* overlap */
         r[i].idx0 = npieces;
-        npieces += (unsigned)((r[i].end - r[i].base + BUF_PIECE - 1) >> BUF_SHIFT);
+        npieces += (unsigned)((r[i].size + BUF_PIECE - 1) >> BUF_SHIFT);
     }
     if (!npieces)
         return 0;
@@ -380,9 +380,9 @@ static int uring_register_bufs(struct vblk_engine *e, const struct iovec *bufs, 
     if (!pieces)
         return -ENOMEM;
     for (unsigned i = 0, p = 0; i < k; i++) {
-        for (uintptr_t b = r[i].base; b < r[i].end; b += BUF_PIECE)
-            pieces[p++] =
-                (struct iovec){(void *)b, r[i].end - b > BUF_PIECE ? BUF_PIECE : r[i].end - b};
+        for (uintptr_t off = 0; off < r[i].size; off += BUF_PIECE)
+            pieces[p++] = (struct iovec){(void *)(r[i].base + off),
+                                         r[i].size - off > BUF_PIECE ? BUF_PIECE : r[i].size - off};
     }
     ret = io_uring_register_buffers(&u->ring, pieces, npieces);
     free(pieces);
