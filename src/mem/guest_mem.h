@@ -76,8 +76,8 @@ static inline void *vblk_mem_gpa(const struct vblk_mem *m, uint64_t gpa, uint64_
 
 /* Control thread, before the table is published: give it a new generation. */
 void vblk_mem_seal(struct vblk_mem *m);
-/* Is every page of every region resident (mincore)?  Any thread; about 1 ms per 4 GiB of small
- * pages. */
+/* Is every page of every region resident (mincore: a lookup per small page, no faults)?  Any
+ * thread. */
 bool vblk_mem_resident(const struct vblk_mem *m);
 
 /* Translate an exact range that must lie inside one region (rings).  NULL if it does not. */
