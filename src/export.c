@@ -72,6 +72,12 @@ int vblk_export_start(struct vblk_export *e, char *err, size_t errlen)
         vblk_blk_queue_set_thread(&e->blk, q, e->iot[q % e->niot]);
     e->blk.rerror = (enum vblk_error_policy)o->rerror;
     e->blk.werror = (enum vblk_error_policy)o->werror;
+    /* only where guest buffers reach a file through io_uring (null, nbd and rbd would pin guest
+     * memory for nothing); qcow2 passes data slices of guest memory on, found by address */
+    e->blk.fixed_bufs = o->fixed_buffers && o->engine == &vblk_engine_uring &&
+                        vblk_bdev_find(e->bdev, &vblk_bdev_file);
+    if (o->fixed_buffers && !e->blk.fixed_bufs)
+        log_info(o->id, "fixed-buffers=on ignored: only aio=io_uring file exports use them");
     e->blk_created = true;
     vblk_vu_init(&e->vu, o->id, &e->blk);
     d = e->bdev;

@@ -51,6 +51,8 @@ static void usage(FILE *f)
         "  serial=STR                answer to GET_ID, up to 20 characters (the id)\n"
         "  logical-block-size=N      512 to 64k (512)\n"
         "  read-zeroes=on|off        null://: zero-fill read buffers, or leave them (on)\n"
+        "  fixed-buffers=on|off      io_uring: pin guest memory as fixed buffers; unsafe\n"
+        "                            with balloon/free page reporting/virtio-mem (off)\n"
         "  iothreads=N               I/O threads for this export; queue q is served by\n"
         "                            thread q %% N (1)\n"
         "  iothread-cpus=LIST        run I/O thread i on CPU LIST[i %% len] (2:3 or 0-3)\n"

@@ -34,6 +34,7 @@ void vblk_opts_defaults(struct vblk_export_opts *o)
     o->discard_unmap = true;
     o->logical_block_size = 512;
     o->read_zeroes = true;
+    o->fixed_buffers = false; /* pins guest memory: unsafe with balloon / free page reporting */
     o->poll_us = VBLK_DEFAULT_POLL_US;
     o->iothreads = 1;
     o->rerror = 0; /* report */
@@ -289,6 +290,17 @@ SETTER(set_read_zeroes)
 GETTER(get_read_zeroes)
 {
     snprintf(buf, cap, "%s", o->read_zeroes ? "on" : "off");
+}
+
+SETTER(set_fixed_buffers)
+{
+    if (parse_bool(v, &o->fixed_buffers) < 0)
+        return fail(err, errlen, "fixed-buffers='%s': allowed values are on, off", v);
+    return 0;
+}
+GETTER(get_fixed_buffers)
+{
+    snprintf(buf, cap, "%s", o->fixed_buffers ? "on" : "off");
 }
 
 static const char *const format_names[] = {
@@ -638,6 +650,7 @@ const struct vblk_opt_key vblk_opt_keys[] = {
     KEY("l2-cache-size", 0, set_cache_size, get_cache_size),
     KEY("refcount-cache-size", 0, set_cache_size, get_cache_size),
     KEY("locking", 0, set_locking, get_locking),
+    KEY("fixed-buffers", 0, set_fixed_buffers, get_fixed_buffers),
     KEY("rerror", 0, set_policy, get_policy),
     KEY("werror", 0, set_policy, get_policy),
 #define THROTTLE(n) KEY(n, VBLK_OPT_LIVE, set_throttle, get_throttle)

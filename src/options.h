@@ -45,6 +45,7 @@ struct vblk_export_opts {
     unsigned rerror, werror;            /* enum vblk_error_policy (blk/virtio_blk.h) */
     struct vblk_fault_conf fault;       /* inject-*: fault injection for tests */
     bool no_lock;                       /* locking=off */
+    bool fixed_buffers;                 /* io_uring fixed buffers (off) */
     struct vblk_throttle_conf throttle; /* iops-*, bps-*, throttle-group (live) */
     enum vblk_protocol protocol;        /* driver=file|null|nbd|rbd (file= picks file or null) */
     bool has_driver;
@@ -62,7 +63,7 @@ struct vblk_bdev_conf vblk_opts_bdev_conf(const struct vblk_export_opts *o);
 
 /* Defaults: aio=io_uring, cache=none, num-queues=1, queue-size=1024, discard=unmap,
  * logical-block-size=512, serial=<id>, read-zeroes=on, poll-us=1000, iothreads=1,
- * rerror=report, werror=enospc (as QEMU). */
+ * rerror=report, werror=enospc (as QEMU), fixed-buffers=off. */
 void vblk_opts_defaults(struct vblk_export_opts *o);
 
 /* The schema: every export key, once, for the command line (--export), the config file

@@ -671,11 +671,68 @@ static bool queue_arm(struct vblk_iot_poller *p)
     return true;
 }
 
+/* Register the queue's guest memory as fixed buffers with its engine, unless the engine holds
+ * it already (another queue of the device on this thread) or it failed before.  Every queue of
+ * the device is stopped while a table is replaced, so nothing on this engine still uses the
+ * old one.  Failure is not an error: I/O goes on without fixed buffers (logged once).
+ *
+ * This runs inside a bounded call (VBLK_IOT_CALL_TIMEOUT_MS): pinning is ~30 ms per GiB of
+ * resident small pages, but faulting in memory the guest never touched is ~100x slower (and
+ * allocates it all).  So only memory that is all resident (preallocated) and at most
+ * VBLK_BLK_FIXED_BUFS_MAX bytes is registered. */
+static void queue_fixed_bufs(struct blk_queue *q)
+{
+    struct vblk_blk_dev *d = q->dev;
+    const struct vblk_mem *m = q->vq.mem;
+    struct vblk_engine *e = q->eng;
+    struct iovec bufs[VBLK_MEM_SLOTS_MAX];
+    uint64_t bytes = 0;
+    int r;
+
+    if (!d->fixed_bufs || !m || !m->gen || !m->nregions || !e || !e->ops->register_bufs ||
+        e->buf_gen == m->gen || __atomic_load_n(&d->bufs_failed_gen, __ATOMIC_RELAXED) == m->gen)
+        return;
+    for (unsigned i = 0; i < m->nregions; i++) {
+        bufs[i] = (struct iovec){m->r[i].host, (size_t)m->r[i].size};
+        bytes += m->r[i].size;
+    }
+    if (bytes > VBLK_BLK_FIXED_BUFS_MAX)
+        r = -EFBIG;
+    else if (!vblk_mem_resident(m))
+        r = -ENODATA;
+    else
+        r = e->ops->register_bufs(e, bufs, m->nregions, m->gen);
+    if (r < 0) {
+        if (e->buf_gen) /* what the engine held is not this table: let it go */
+            e->ops->register_bufs(e, NULL, 0, 0);
+        __atomic_store_n(&d->bufs_failed_gen, m->gen, __ATOMIC_RELAXED);
+        if (!__atomic_exchange_n(&d->bufs_warned, true, __ATOMIC_RELAXED))
+            log_err(d->name,
+                    "cannot register guest memory as io_uring fixed buffers: %s; serving "
+                    "without them (%s)",
+                    r == -EFBIG     ? "over 64 GiB (the most pinned inside a queue start)"
+                    : r == -ENODATA ? "not all allocated: registering would allocate it"
+                                    : strerror(-r),
+                    r == -ENOMEM    ? "pinned memory counts against RLIMIT_MEMLOCK without "
+                                      "CAP_IPC_LOCK: raise it, or set fixed-buffers=off"
+                    : r == -ENODATA ? "preallocate guest RAM (QEMU prealloc=on), or set "
+                                      "fixed-buffers=off"
+                                    : "set fixed-buffers=off to silence this");
+        return;
+    }
+    if (__atomic_exchange_n(&d->bufs_logged_gen, m->gen, __ATOMIC_RELAXED) != m->gen)
+        log_info(d->name,
+                 "guest memory registered as io_uring fixed buffers (%u regions, %llu MiB "
+                 "pinned)",
+                 m->nregions, (unsigned long long)(bytes >> 20));
+}
+
 static int queue_start_fn(void *arg)
 {
     struct blk_queue *q = arg;
     int r;
 
+    queue_fixed_bufs(q);
     q->started = true;
     q->stopping = false;
     if (q->kick_fd >= 0) {
@@ -777,7 +834,39 @@ static int set_call_fn(void *arg)
     return 0;
 }
 
+struct mem_release_arg {
+    struct vblk_engine *eng;
+    uint32_t gen;
+};
+
+static int mem_release_fn(void *arg)
+{
+    struct mem_release_arg *a = arg;
+
+    if (a->eng->buf_gen == a->gen)
+        a->eng->ops->register_bufs(a->eng, NULL, 0, 0);
+    return 0;
+}
+
 /* ---- control thread ---- */
+
+void vblk_blk_mem_release(struct vblk_blk_dev *d, const struct vblk_mem *m)
+{
+    if (!d->fixed_bufs || !m || !m->gen)
+        return;
+    for (unsigned i = 0; i < d->num_queues; i++) {
+        struct blk_queue *q = &d->queues[i];
+        struct mem_release_arg a = {.eng = q->eng, .gen = m->gen};
+        bool seen = false;
+
+        for (unsigned j = 0; j < i; j++)
+            seen |= d->queues[j].iot == q->iot;
+        if (seen || !q->iot || !q->eng || !q->eng->ops->register_bufs ||
+            vblk_iothread_wedged(q->iot))
+            continue;
+        (void)vblk_iothread_call(q->iot, mem_release_fn, &a);
+    }
+}
 
 int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *bdev,
                     struct vblk_iothread *iot, unsigned num_queues, unsigned max_queue_size,

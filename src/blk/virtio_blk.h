@@ -164,8 +164,18 @@ struct vblk_blk_dev {
     struct blk_queue *queues;
     bool wce; /* guest-visible write cache; written by control, read by I/O (atomic) */
     enum vblk_error_policy rerror, werror; /* set before queues start */
-    char serial[VIRTIO_BLK_ID_BYTES];      /* not NUL-terminated */
+    /* register guest memory as io_uring fixed buffers (fixed-buffers=on); set before queues
+     * start */
+    bool fixed_bufs;
+    uint32_t bufs_failed_gen; /* I/O threads (atomic): the table whose registration failed */
+    bool bufs_warned;         /* I/O threads (atomic): a failure was logged */
+    uint32_t bufs_logged_gen; /* I/O threads (atomic): the table whose registration was logged */
+    char serial[VIRTIO_BLK_ID_BYTES]; /* not NUL-terminated */
 };
+
+/* fixed-buffers=on registers at most this much guest memory (pinning takes ~30 ms per GiB of
+ * small pages on the I/O thread, inside a bounded call) */
+#define VBLK_BLK_FIXED_BUFS_MAX (64ull << 30)
 
 /* Control thread. */
 int vblk_blk_create(struct vblk_blk_dev *d, const char *name, struct vblk_bdev *bdev,
@@ -183,6 +193,10 @@ int vblk_blk_queue_start(struct vblk_blk_dev *d, unsigned qidx, const struct vbl
  * I/O thread did not answer in time (the queue and its memory stay the thread's forever). */
 int vblk_blk_queue_stop(struct vblk_blk_dev *d, unsigned qidx, uint32_t *last_avail);
 int vblk_blk_queue_set_call(struct vblk_blk_dev *d, unsigned qidx, int call_fd);
+/* Guest memory table m is going away (the device's queues are stopped): every I/O thread of
+ * the device whose engine still holds it as fixed buffers lets it go (unpins it), so that m can
+ * be unmapped.  Wedged threads are skipped (they keep m forever). */
+void vblk_blk_mem_release(struct vblk_blk_dev *d, const struct vblk_mem *m);
 /* Serve queue qidx on iot instead of the device's thread (before the queue starts). */
 void vblk_blk_queue_set_thread(struct vblk_blk_dev *d, unsigned qidx, struct vblk_iothread *iot);
 /* Retry the requests an error policy held and take requests again, on every queue.  Returns

@@ -8,6 +8,12 @@
  * Threads: an engine instance belongs to one I/O thread.  fd() becomes readable when
  * completions are waiting; has_local() says completions are already queued in-process (null
  * engine, synchronous fallbacks) and the caller must reap without sleeping.
+ *
+ * Fixed buffers (io_uring only; register_bufs is NULL elsewhere): memory registered with an
+ * engine is pinned once, so that reads and writes into it skip the per-request page pinning.
+ * An I/O carries nothing for it: the engine recognises registered memory by address when it
+ * queues a read or write and uses the plain form for anything else, so a registration that
+ * failed or was replaced costs nothing but speed.
  */
 #ifndef VBLK_ENGINE_H
 #define VBLK_ENGINE_H
@@ -76,6 +82,14 @@ struct vblk_engine_ops {
     unsigned (*reap)(struct vblk_engine *e, vblk_io_done_fn done, void *arg);
     /* are completions waiting?  Cheap, no syscall where the engine allows (polling) */
     bool (*ready)(struct vblk_engine *e);
+    /* Optional (NULL: not offered).  Register the n host ranges bufs (disjoint, any size, at
+     * most 32) as fixed buffers, the set gen (!= 0), replacing the set registered before; n ==
+     * 0: only drop it.  Reads and writes queued from then on whose data lies in the set use it.
+     * Queued I/O not yet submitted is turned back to the plain form first, and I/O in flight
+     * keeps its pages until it completes, so the caller may unmap the old set's memory once
+     * this returns.  0, or -errno with no set registered (e->buf_gen 0): the kernel refused
+     * (RLIMIT_MEMLOCK without CAP_IPC_LOCK, memory it cannot pin long-term, an old kernel). */
+    int (*register_bufs)(struct vblk_engine *e, const struct iovec *bufs, unsigned n, uint32_t gen);
 };
 
 struct vblk_engine {
@@ -83,6 +97,7 @@ struct vblk_engine {
     int efd;          /* readable when completions wait; -1 if never */
     unsigned pending; /* queued, not yet submitted */
     unsigned local;   /* completions queued in-process */
+    uint32_t buf_gen; /* the fixed-buffer set registered now (register_bufs), 0: none */
 };
 
 extern const struct vblk_engine_ops vblk_engine_uring;

@@ -240,6 +240,41 @@ int vblk_mem_add(struct vblk_mem *m, const struct vblk_mem_region *r)
     return 0;
 }
 
+void vblk_mem_seal(struct vblk_mem *m)
+{
+    static uint32_t last_gen;
+
+    if (++last_gen == 0)
+        last_gen = 1;
+    m->gen = last_gen;
+}
+
+bool vblk_mem_resident(const struct vblk_mem *m)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    unsigned char vec[4096];
+
+    for (unsigned i = 0; i < m->nregions; i++) {
+        uintptr_t p = (uintptr_t)m->r[i].host & ~(page - 1);
+        uintptr_t end = (uintptr_t)m->r[i].host + m->r[i].size;
+
+        while (p < end) {
+            size_t n = (end - p + page - 1) / page;
+
+            if (n > sizeof(vec))
+                n = sizeof(vec);
+            if (mincore((void *)p, n * page, vec) < 0)
+                return false;
+            for (size_t k = 0; k < n; k++) {
+                if (!(vec[k] & 1))
+                    return false;
+            }
+            p += n * page;
+        }
+    }
+    return true;
+}
+
 int vblk_mem_find(const struct vblk_mem *m, const struct vblk_mem_desc *d)
 {
     for (unsigned i = 0; i < m->nregions; i++) {

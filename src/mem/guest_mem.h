@@ -7,6 +7,10 @@
  *
  * Threads: a table is immutable once published.  The control plane builds a new table, swaps it
  * in while the device's queues are quiesced, then frees the old one.
+ *
+ * Generations: a published table is sealed (vblk_mem_seal) with a number unique in the process,
+ * so that I/O threads can tell whether the table their engine registered as fixed buffers is
+ * still the one in use.
  */
 #ifndef VBLK_GUEST_MEM_H
 #define VBLK_GUEST_MEM_H
@@ -50,6 +54,7 @@ struct vblk_mem_region {
 
 struct vblk_mem {
     unsigned nregions;
+    uint32_t gen; /* vblk_mem_seal: unique in the process; 0: never sealed */
     struct vblk_mem_region r[VBLK_MEM_SLOTS_MAX];
 };
 
@@ -70,6 +75,12 @@ static inline void *vblk_mem_gpa(const struct vblk_mem *m, uint64_t gpa, uint64_
     }
     return 0;
 }
+
+/* Control thread, before the table is published: give it a new generation. */
+void vblk_mem_seal(struct vblk_mem *m);
+/* Is every page of every region resident (mincore: a lookup per small page, no faults)?  Any
+ * thread. */
+bool vblk_mem_resident(const struct vblk_mem *m);
 
 /* Translate an exact range that must lie inside one region (rings).  NULL if it does not. */
 static inline void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len)

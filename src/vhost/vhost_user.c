@@ -156,6 +156,7 @@ static struct vblk_mem *mem_swap(struct vblk_vu_dev *v, struct vblk_mem *mem, in
     struct vblk_mem *old = v->mem;
 
     *err = 0;
+    vblk_mem_seal(mem); /* a new generation: I/O threads register it as fixed buffers */
     for (unsigned i = 0; i < v->nvrings; i++) {
         *err = ring_stop(v, i);
         if (*err)
@@ -338,6 +339,8 @@ static void reset_state(struct vblk_vu_dev *v)
         vring_reset(vr);
     }
     if (v->mem) {
+        if (!v->wedged)
+            vblk_blk_mem_release(v->blk, v->mem); /* unpinned before it is unmapped */
         vblk_mem_unmap_all(v->mem);
         free(v->mem);
         v->mem = NULL;
@@ -366,6 +369,9 @@ static int install_mem(struct vblk_vu_dev *v, struct vblk_mem *mem, bool unmap_o
         return r;
     }
     if (old) {
+        /* threads whose queues did not restart on mem still hold old; let it go before it
+         * (or a region removed from it) is unmapped */
+        vblk_blk_mem_release(v->blk, old);
         if (unmap_old)
             vblk_mem_unmap_all(old);
         free(old);

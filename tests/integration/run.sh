@@ -1,8 +1,9 @@
 #!/bin/bash
 # run.sh - vblkd driven over its real socket by vblk-bench (no guest): every engine and cache
-# mode with --verify, the null backend, read-only exports, a hostile front-end, a check that one
-# export misbehaving leaves the others serving, and isolation.py: a front-end attacking one export
-# never stalls or kills another (separate daemon, one PASS/FAIL per attack).
+# mode with --verify, io_uring fixed buffers (fixed-buffers=on), the null backend, read-only
+# exports, a hostile front-end, a check that one export misbehaving leaves the others serving,
+# and isolation.py: a front-end attacking one export never stalls or kills another (separate
+# daemon, one PASS/FAIL per attack).
 #
 # usage: tests/integration/run.sh [BUILD_DIR]
 # Prints PASS/FAIL lines and "N passed, N failed"; exit 1 on failure.
@@ -44,7 +45,7 @@ stop_daemon() { # must exit 0 on SIGTERM
     return $rc
 }
 
-for f in a b c d e; do truncate -s 64M "$tmp/$f.img"; done
+for f in a b c d e f; do truncate -s 64M "$tmp/$f.img"; done
 S=$tmp
 if ! start_daemon \
     "id=uring,file=$S/a.img,socket=$S/uring.sock,aio=io_uring,cache=none,num-queues=2,iothreads=2" \
@@ -52,7 +53,8 @@ if ! start_daemon \
     "id=threads,file=$S/c.img,socket=$S/threads.sock,aio=threads,cache=writeback" \
     "id=wt,file=$S/d.img,socket=$S/wt.sock,cache=writethrough,logical-block-size=4096,poll-us=0" \
     "id=ro,file=$S/e.img,socket=$S/ro.sock,readonly=on" \
-    "id=null,file=null://1G,socket=$S/null.sock"; then
+    "id=null,file=null://1G,socket=$S/null.sock" \
+    "id=fixed,file=$S/f.img,socket=$S/fixed.sock,aio=io_uring,cache=none,fixed-buffers=on"; then
     fail daemon-start "vblkd did not come up"
     echo "$passed passed, $failed failed"
     exit 1
@@ -70,6 +72,16 @@ check verify-packed-io_uring-2q $BENCH --socket "$S/uring.sock" --verify --packe
 check verify-packed-threads-noindirect-wait $BENCH --socket "$S/threads.sock" --verify --packed --no-indirect --wait
 check verify-packed-writethrough-no-event-idx $BENCH --socket "$S/wt.sock" --verify --packed --bs=4k --no-event-idx --wait
 check randread-null-packed-wait $B --socket "$S/null.sock" --packed --wait
+# fixed-buffers=on (opt-in): guest memory registered as io_uring fixed buffers, data verified
+# on split and packed rings, one segment and many (1m requests)
+check verify-fixed-buffers $BENCH --socket "$S/fixed.sock" --verify --bs=4k --wait
+check verify-fixed-buffers-packed-1m $BENCH --socket "$S/fixed.sock" --verify --packed --bs=1m --size=32M
+if grep -q "fixed: guest memory registered as io_uring fixed buffers" "$tmp/daemon.log" &&
+    ! grep -q "cannot register guest memory" "$tmp/daemon.log"; then
+    pass fixed-buffers-registered
+else
+    fail fixed-buffers-registered "$(grep -i 'fixed' "$tmp/daemon.log" | head -3 | tr '\n' ' ')"
+fi
 check randrw-io_uring $B --socket "$S/uring.sock" --rw=randrw --iodepth=32
 check randrw-null-poll $B --socket "$S/null.sock" --rw=randrw --poll
 check randread-null-wait $B --socket "$S/null.sock" --rw=randread --wait --numjobs=1

@@ -36,6 +36,7 @@ EXPORT_KEYS = {
     "id", "file", "socket", "readonly", "aio", "cache", "num-queues", "queue-size", "discard",
     "serial", "logical-block-size", "read-zeroes", "poll-us", "iothreads", "format",
     "l2-cache-size", "refcount-cache-size", "rerror", "werror", "locking", "throttle-group",
+    "fixed-buffers",
 }
 THROTTLE = [a + b for a in ("iops-total", "iops-read", "iops-write", "bps-total", "bps-read",
                             "bps-write") for b in ("", "-max", "-max-length")]

@@ -3,11 +3,14 @@
  * poll() on efd, read efd, reap and submit what is still queued, until every callback ran (10 s
  * bound: a lost completion fails the test instead of hanging it).
  *
- * Each case loops over io_uring, native (Linux AIO) and threads, on a buffered and an O_DIRECT
- * temp file (4096-aligned buffers throughout).  An engine is skipped only when create() says
- * -ENOSYS/-EPERM (io_uring or AIO not allowed here), and the skip is printed.  The null engine
- * has its own basics.  VBLK_TEST_ENGINE=<name> limits the runs to one engine,
- * VBLK_TEST_FILTER=<test name> to one test.
+ * Each case loops over io_uring, io_uring with fixed buffers (every buffer carved from an arena
+ * registered as two ranges, so that reads and writes take READ_FIXED/WRITE_FIXED and
+ * READV_FIXED/WRITEV_FIXED where the kernel has them), native (Linux AIO) and threads, on a
+ * buffered and an O_DIRECT temp file (4096-aligned buffers throughout).  An engine is skipped
+ * only when create() says -ENOSYS/-EPERM (io_uring or AIO not allowed here), and the skip is
+ * printed.  The null engine has its own basics.  VBLK_TEST_ENGINE=<name> limits the runs to one
+ * engine, VBLK_TEST_FILTER=<test name> to one test; VBLK_TEST_BIG=1 also runs test_fixed_big
+ * (pins 1 GiB).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,7 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <liburing.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -32,19 +37,23 @@
 
 #include "engine/engine.h"
 
-#define BS       4096u
-#define DEPTH    8u
-#define MAXIO    64u
-#define MAXBUF   16u
-#define WAIT_MS  10000
-#define NENGINES 3u
-#define NRUNS    (NENGINES * 2u) /* each engine, buffered then O_DIRECT */
+#define BS           4096u
+#define DEPTH        8u
+#define MAXIO        64u
+#define MAXBUF       16u
+#define WAIT_MS      10000
+#define NENGINES     4u
+#define NRUNS        (NENGINES * 2u) /* each engine, buffered then O_DIRECT */
+#define ARENA        (2u << 20)      /* the fixed variant's buffers: two registered halves */
+#define VEC_FIXED_OP 60u             /* IORING_OP_READV_FIXED (Linux 6.15) */
 
 static const struct vblk_engine_ops *const engines[NENGINES] = {
     &vblk_engine_uring,
+    &vblk_engine_uring, /* with fixed buffers */
     &vblk_engine_aio,
     &vblk_engine_threads,
 };
+static const bool engine_fixed[NENGINES] = {false, true, false, false};
 
 struct tio {
     struct vblk_io io;
@@ -64,6 +73,10 @@ static struct {
     unsigned completed;
     void *bufs[MAXBUF];
     unsigned nbufs;
+    bool fixed;     /* this run registers the arena */
+    uint8_t *arena; /* fixed runs: ARENA bytes (mmap), registered as two ranges of ARENA / 2 */
+    size_t arena_used;
+    uint32_t gen; /* the arena's buffer set */
 } F = {.fd = -1};
 
 static uint64_t now_ms(void)
@@ -76,8 +89,18 @@ static uint64_t now_ms(void)
 
 static void *abuf(size_t len)
 {
-    void *p = aligned_alloc(BS, (len + BS - 1) / BS * BS);
+    void *p;
 
+    if (F.fixed) { /* from the registered arena */
+        size_t l = (len + BS - 1) / BS * BS;
+
+        assert_true(F.arena_used + l <= ARENA);
+        p = F.arena + F.arena_used;
+        F.arena_used += l;
+        memset(p, 0, len);
+        return p;
+    }
+    p = aligned_alloc(BS, (len + BS - 1) / BS * BS);
     assert_non_null(p);
     assert_true(F.nbufs < MAXBUF);
     memset(p, 0, len);
@@ -193,7 +216,9 @@ static bool run_begin(unsigned i, unsigned depth)
     bool direct = i % 2;
 
     F.ops = engines[i / 2];
-    F.mode = direct ? "O_DIRECT" : "buffered";
+    F.fixed = engine_fixed[i / 2];
+    F.mode = direct ? (F.fixed ? "O_DIRECT, fixed" : "O_DIRECT")
+                    : (F.fixed ? "buffered, fixed" : "buffered");
     F.completed = 0;
     if (!engine_wanted(F.ops))
         return false;
@@ -210,6 +235,19 @@ static bool run_begin(unsigned i, unsigned depth)
         run_end();
         return false;
     }
+    if (F.fixed) {
+        struct iovec halves[2];
+
+        F.arena = mmap(NULL, ARENA, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        assert_true(F.arena != MAP_FAILED);
+        F.arena_used = 0;
+        /* given in reverse: the engine sorts them */
+        halves[0] = (struct iovec){F.arena + ARENA / 2, ARENA / 2};
+        halves[1] = (struct iovec){F.arena, ARENA / 2};
+        F.gen = 7;
+        assert_int_equal(F.e->ops->register_bufs(F.e, halves, 2, F.gen), 0);
+        assert_int_equal(F.e->buf_gen, F.gen);
+    }
     return true;
 }
 
@@ -218,6 +256,10 @@ static void run_end(void)
     if (F.e)
         F.e->ops->destroy(F.e);
     F.e = NULL;
+    if (F.arena)
+        munmap(F.arena, ARENA); /* after the engine: the kernel let go of it */
+    F.arena = NULL;
+    F.fixed = false;
     if (F.fd >= 0)
         close(F.fd);
     F.fd = -1;
@@ -954,6 +996,235 @@ static void test_destroy_idle(void **state)
     }
 }
 
+/* ---- fixed buffers ---- */
+
+/* Does the kernel have READV_FIXED/WRITEV_FIXED (what the engine probes)? */
+static bool kernel_vec_fixed(void)
+{
+    struct io_uring_probe *p = io_uring_get_probe();
+    bool ok = p && io_uring_opcode_supported(p, VEC_FIXED_OP);
+
+    if (p)
+        io_uring_free_probe(p);
+    return ok;
+}
+
+/* Put fresh zero pages where the arena is.  The registered set keeps the old pages pinned, so
+ * from now on a fixed read lands where the program cannot see it and a fixed write sends the
+ * old pages' bytes, while the plain forms use the new pages: the way to tell which ran (and the
+ * hazard of memory replaced under a registration, see README fixed-buffers). */
+static void arena_replace(void)
+{
+    void *p = mmap(F.arena, ARENA, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                   -1, 0);
+
+    assert_true(p == (void *)F.arena);
+}
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (p[i])
+            return false;
+    }
+    return true;
+}
+
+/* Which form each read took, told by arena_replace(): one segment in one range, several in one
+ * range (fixed where the kernel has READV_FIXED), segments of two ranges, a segment across the
+ * two, memory outside the set (all plain); a fixed write sends the registered pages' bytes. */
+static void test_fixed_buffers(void **state)
+{
+    static const unsigned segs[] = {BS, 2 * BS, BS, 0}, split[] = {BS, 2 * BS, 0};
+    const uint64_t off = 2 * BS, len = 4 * BS;
+
+    for (unsigned run = 0; run < NRUNS; run++) {
+        bool vec = kernel_vec_fixed();
+        uint8_t *w, *r, *x, *y, *heap;
+
+        if (!run_begin(run, DEPTH))
+            continue;
+        if (!F.fixed) {
+            run_end();
+            continue;
+        }
+        w = abuf(len);
+        r = abuf(len);
+        fill(w, off, len, 22);
+        rw_ok(0, VBLK_IO_WRITE, off, w, len, NULL);
+        rw_ok(1, VBLK_IO_READ, off, r, len, segs);
+        assert_true(check_pat(r, off, len, 22));
+
+        arena_replace(); /* w, r and the rest read as zeroes now */
+        rw_ok(2, VBLK_IO_READ, off, r, len, NULL);
+        assert_true(all_zero(r, len)); /* READ_FIXED: into the registered pages */
+        rw_ok(3, VBLK_IO_READ, off, r, len, segs);
+        assert_true(vec ? all_zero(r, len) : check_pat(r, off, len, 22)); /* READV_FIXED */
+        memset(r, 0, len);
+
+        /* segments in both halves, and one segment across them: plain */
+        F.arena_used = ARENA / 2 - BS;
+        x = abuf(3 * BS);
+        rw_ok(4, VBLK_IO_READ, off, x, 3 * BS, split); /* BS in one half, 2 * BS in the other */
+        assert_true(check_pat(x, off, 3 * BS, 22));
+        memset(x, 0, 3 * BS);
+        rw_ok(5, VBLK_IO_READ, off, x, 3 * BS, NULL);
+        assert_true(check_pat(x, off, 3 * BS, 22));
+        /* inside the second half only: fixed (index 1) */
+        memset(x, 0, 3 * BS);
+        rw_ok(6, VBLK_IO_READ, off + BS, x + BS, 2 * BS, NULL);
+        assert_true(all_zero(x, 3 * BS));
+        /* outside the set: plain */
+        heap = aligned_alloc(BS, len);
+        assert_non_null(heap);
+        memset(heap, 0, len);
+        rw_ok(7, VBLK_IO_READ, off, heap, len, segs);
+        assert_true(check_pat(heap, off, len, 22));
+        free(heap);
+
+        /* a fixed write sends the registered pages (still pattern 22), not the visible ones */
+        y = F.arena + ARENA / 2 + 8 * BS;
+        fill(y, off, len, 23); /* visible only */
+        rw_ok(8, VBLK_IO_WRITE, off, y, len, NULL);
+        memset(r, 0, len);
+        r = F.arena + 16 * BS; /* a plain read to see the file: outside the set now */
+        assert_int_equal(F.e->ops->register_bufs(F.e, NULL, 0, 0), 0);
+        rw_ok(9, VBLK_IO_READ, off, r, len, NULL);
+        assert_true(all_zero(r, len)); /* y's registered pages were never written: zeroes */
+        run_end();
+    }
+}
+
+/* The set is replaced (by one that no longer holds the reads' memory), then dropped, while
+ * reads into it are queued and not submitted: they go the plain way (the new pages), neither
+ * into a buffer that no longer holds them (-EFAULT) nor into the old pages. */
+static void test_fixed_buffers_replaced(void **state)
+{
+    const uint64_t len = 2 * BS;
+
+    for (unsigned run = 0; run < NRUNS; run++) {
+        struct iovec whole;
+        uint8_t *w;
+
+        if (!run_begin(run, DEPTH))
+            continue;
+        if (!F.fixed) {
+            run_end();
+            continue;
+        }
+        w = abuf(4 * len);
+        fill(w, 0, 4 * len, 30);
+        rw_ok(0, VBLK_IO_WRITE, 0, w, 4 * len, NULL);
+        arena_replace();
+        for (unsigned i = 0; i < 4; i++)
+            queue(prep_rw(i, VBLK_IO_READ, i * len, w + i * len, len, NULL));
+        assert_int_equal(F.e->pending, 4);
+        /* the new pages of the second half only: index 0 no longer holds w */
+        whole = (struct iovec){F.arena + ARENA / 2, ARENA / 2};
+        assert_int_equal(F.e->ops->register_bufs(F.e, &whole, 1, F.gen + 1), 0);
+        assert_int_equal(F.e->buf_gen, F.gen + 1);
+        submit_and_wait();
+        for (unsigned i = 0; i < 4; i++)
+            assert_int_equal(F.t[i].io.res, (int64_t)len);
+        assert_true(check_pat(w, 0, 4 * len, 30));
+        /* the new set, fixed */
+        w = F.arena + ARENA / 2;
+        rw_ok(4, VBLK_IO_READ, 0, w, 4 * len, NULL);
+        assert_true(check_pat(w, 0, 4 * len, 30));
+        /* dropped with I/O queued */
+        memset(w, 0, 4 * len);
+        for (unsigned i = 0; i < 4; i++)
+            queue(prep_rw(i, VBLK_IO_READ, i * len, w + i * len, len,
+                          i % 2 ? NULL : (const unsigned[]){BS, BS, 0}));
+        assert_int_equal(F.e->ops->register_bufs(F.e, NULL, 0, 0), 0);
+        assert_int_equal(F.e->buf_gen, 0);
+        submit_and_wait();
+        for (unsigned i = 0; i < 4; i++)
+            assert_int_equal(F.t[i].io.res, (int64_t)len);
+        assert_true(check_pat(w, 0, 4 * len, 30));
+        run_end();
+    }
+}
+
+/* Registration refused (memory the kernel cannot pin, overlapping ranges): the engine says so,
+ * holds no set (the one before is gone too), and I/O goes the plain way. */
+static void test_fixed_fallback(void **state)
+{
+    for (unsigned run = 0; run < NRUNS; run++) {
+        struct iovec bad[2];
+        uint8_t *w, *r;
+        void *none;
+
+        if (!run_begin(run, DEPTH))
+            continue;
+        if (!F.e->ops->register_bufs) {
+            run_end();
+            continue;
+        }
+        w = abuf(BS);
+        r = abuf(BS);
+        none = mmap(NULL, 16 * BS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        assert_true(none != MAP_FAILED);
+        bad[0] = (struct iovec){none, 16 * BS};
+        assert_true(F.e->ops->register_bufs(F.e, bad, 1, 41) < 0);
+        assert_int_equal(F.e->buf_gen, 0);
+        munmap(none, 16 * BS);
+        if (F.fixed) {
+            bad[0] = (struct iovec){F.arena, 2 * BS};
+            bad[1] = (struct iovec){F.arena + BS, 2 * BS};
+            assert_int_equal(F.e->ops->register_bufs(F.e, bad, 2, 42), -EINVAL);
+            assert_int_equal(F.e->buf_gen, 0);
+        }
+        fill(w, 0, BS, 42);
+        rw_ok(0, VBLK_IO_WRITE, 0, w, BS, NULL);
+        rw_ok(1, VBLK_IO_READ, 0, r, BS, NULL);
+        assert_true(check_pat(r, 0, BS, 42));
+        run_end();
+    }
+}
+
+/* A range over 1 GiB is cut in pieces (the kernel's limit per buffer): a read in the second
+ * piece is fixed, one across the cut plain.  Pins 1 GiB + 2 pages: only with VBLK_TEST_BIG=1. */
+static void test_fixed_big(void **state)
+{
+    const size_t big = ((size_t)1 << 30) + 2 * BS;
+
+    if (!getenv("VBLK_TEST_BIG")) {
+        print_message("  skipped: set VBLK_TEST_BIG=1 (pins 1 GiB)\n");
+        return;
+    }
+    for (unsigned run = 0; run < NRUNS; run++) {
+        struct iovec whole;
+        uint8_t *m, *w;
+
+        if (!run_begin(run, DEPTH))
+            continue;
+        if (!F.fixed) {
+            run_end();
+            continue;
+        }
+        w = abuf(4 * BS);
+        fill(w, 0, 4 * BS, 50);
+        rw_ok(0, VBLK_IO_WRITE, 0, w, 4 * BS, NULL);
+        m = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                 0);
+        assert_true(m != MAP_FAILED);
+        whole = (struct iovec){m, big};
+        assert_int_equal(F.e->ops->register_bufs(F.e, &whole, 1, 51), 0);
+        assert_true(mmap(m, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                         -1, 0) == m);
+        rw_ok(1, VBLK_IO_READ, 0, m + big - 2 * BS, 2 * BS, NULL); /* in piece 1 */
+        assert_true(all_zero(m + big - 2 * BS, 2 * BS));
+        rw_ok(2, VBLK_IO_READ, 0, m + big - 4 * BS, 4 * BS, NULL); /* across: plain */
+        assert_true(check_pat(m + big - 4 * BS, 0, 4 * BS, 50));
+        rw_ok(3, VBLK_IO_READ, 0, m + 8 * BS, 4 * BS, NULL); /* in piece 0 */
+        assert_true(all_zero(m + 8 * BS, 4 * BS));
+        assert_int_equal(F.e->ops->register_bufs(F.e, NULL, 0, 0), 0);
+        munmap(m, big);
+        run_end();
+    }
+}
+
 /* ---- the null engine ---- */
 
 static void test_null_engine(void **state)
@@ -1035,6 +1306,10 @@ int main(void)
         cmocka_unit_test_teardown(test_ready, teardown),
         cmocka_unit_test_teardown(test_ready_only_when_complete, teardown),
         cmocka_unit_test_teardown(test_destroy_idle, teardown),
+        cmocka_unit_test_teardown(test_fixed_buffers, teardown),
+        cmocka_unit_test_teardown(test_fixed_buffers_replaced, teardown),
+        cmocka_unit_test_teardown(test_fixed_fallback, teardown),
+        cmocka_unit_test_teardown(test_fixed_big, teardown),
         cmocka_unit_test_teardown(test_null_engine, teardown),
     };
 

@@ -62,6 +62,7 @@ static void test_defaults(void **state)
     assert_int_equal(o.logical_block_size, 512);
     assert_false(o.null);
     assert_true(o.read_zeroes);
+    assert_false(o.fixed_buffers); /* opt-in: pinned guest memory and ballooning do not mix */
     assert_int_equal(o.poll_us, VBLK_DEFAULT_POLL_US);
     assert_int_equal(o.iothreads, 1);
 }
@@ -71,7 +72,7 @@ static void test_every_key_accepted(void **state)
     assert_int_equal(parse("type=vhost-user-blk,id=A-b_c.9,file=/dev/null,socket=/run/s.sock,"
                            "readonly=on,aio=native,cache=writethrough,num-queues=64,"
                            "queue-size=256,discard=ignore,serial=SN1,logical-block-size=4k,"
-                           "read-zeroes=off,poll-us=0,iothreads=64"),
+                           "read-zeroes=off,poll-us=0,iothreads=64,fixed-buffers=on"),
                      0);
     assert_string_equal(o.id, "A-b_c.9");
     assert_string_equal(o.file, "/dev/null");
@@ -88,6 +89,7 @@ static void test_every_key_accepted(void **state)
     assert_false(o.read_zeroes);
     assert_int_equal(o.poll_us, 0);
     assert_int_equal(o.iothreads, 64);
+    assert_true(o.fixed_buffers);
 }
 
 static void test_value_spellings(void **state)
@@ -172,6 +174,7 @@ static void test_bad_values_name_the_key(void **state)
     assert_bad_value("logical-block-size", "128k");
     assert_bad_value("logical-block-size", "4q");
     assert_bad_value("read-zeroes", "2");
+    assert_bad_value("fixed-buffers", "yes please");
     assert_bad_value("poll-us", "-1");
     assert_bad_value("poll-us", "1000001");
     assert_bad_value("poll-us", "10ms");

@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -125,6 +126,104 @@ static void test_out_in_round_trip_on_a_file(void **state)
     assert_int_equal(dev_stats(&fb.d).ops[VBLK_OP_WRITE], 1);
     assert_int_equal(dev_stats(&fb.d).errors, 0);
     assert_false(Q(0)->vq.broken);
+}
+
+/* Guest memory as io_uring fixed buffers (fixed-buffers=on): the queue's start registers the
+ * sealed table with its engine once it is all allocated, and a read into it takes READ_FIXED
+ * (proof: the data page is replaced after registration, the way a balloon would, and the read lands
+ * in the pinned old page, not the one the guest sees; the hazard README fixed-buffers describes).
+ * Requests posted while the table is replaced (queue stopped, new generation, started again)
+ * complete on the new one with the right data; a table that goes away is let go. */
+static void test_fixed_buffers_table_change(void **state)
+{
+    struct blk_queue *q = Q(0);
+    struct vblk_queue_params p;
+    struct fb_req w[4], r;
+    uint8_t disk[4096];
+    uint64_t page;
+    uint32_t last, gen;
+
+    if (!q->eng->ops->register_bufs) {
+        print_message("  [ SKIP ] no io_uring: no fixed buffers\n");
+        return;
+    }
+    fb_queue_stop(&fb, 0);
+    fb.d.fixed_bufs = true;
+    /* memory not all allocated yet: not registered (pinning would allocate it, slowly) */
+    vblk_mem_seal(&fb.g.mem);
+    assert_false(vblk_mem_resident(&fb.g.mem));
+    fb_queue_start(&fb, 0, true, true);
+    assert_int_equal(q->eng->buf_gen, 0);
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_FLUSH, 0, 0, false), VIRTIO_BLK_S_OK);
+    /* preallocated (a new table, as after the front-end's next SET_MEM_TABLE): registered */
+    fb_queue_stop(&fb, 0);
+    for (unsigned i = 0; i < fb.g.mem.nregions; i++)
+        assert_int_equal(madvise(fb.g.mem.r[i].host, fb.g.mem.r[i].size, MADV_POPULATE_WRITE), 0);
+    assert_true(vblk_mem_resident(&fb.g.mem));
+    vblk_mem_seal(&fb.g.mem);
+    gen = fb.g.mem.gen;
+    fb_queue_start(&fb, 0, true, true);
+    assert_int_equal(q->eng->buf_gen, gen);
+
+    /* the table changes (queue stopped) while the driver posts requests */
+    last = fb_queue_stop(&fb, 0);
+    for (unsigned i = 0; i < 4; i++) {
+        fb_req_build(&fb, 0, &w[i], VIRTIO_BLK_T_OUT, 16 + 8 * i, 4096, false);
+        memset(w[i].data, 0x40 + (int)i, 4096);
+        fg_post(&fb.g, 0, w[i].head);
+    }
+    vblk_mem_seal(&fb.g.mem);
+    assert_int_not_equal(fb.g.mem.gen, gen);
+    gen = fb.g.mem.gen;
+    p = (struct vblk_queue_params){.mem = &fb.g.mem,
+                                   .num = fb.g.ring[0].num,
+                                   .last_avail = last,
+                                   .desc_uva = fb.g.ring[0].desc_uva,
+                                   .avail_uva = fb.g.ring[0].avail_uva,
+                                   .used_uva = fb.g.ring[0].used_uva,
+                                   .kick_fd = fb.kick[0],
+                                   .call_fd = fb.call[0],
+                                   .err_fd = fb.err[0],
+                                   .event_idx = true,
+                                   .indirect = true};
+    assert_int_equal(vblk_blk_queue_start(&fb.d, 0, &p), 0); /* takes them at once */
+    fb_run(&fb, 0);
+    assert_int_equal(q->eng->buf_gen, gen);
+    for (unsigned i = 0; i < 4; i++) {
+        assert_int_equal(fb_status(&fb, &w[i]), VIRTIO_BLK_S_OK);
+        assert_int_equal(pread(file_fd(), disk, sizeof(disk), (16 + 8 * i) * 512), 4096);
+        for (unsigned j = 0; j < sizeof(disk); j++)
+            assert_int_equal(disk[j], 0x40 + i);
+    }
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 24, 4096, true), VIRTIO_BLK_S_OK);
+    for (unsigned j = 0; j < 4096; j++)
+        assert_int_equal(r.data[j], 0x41);
+
+    /* a data page of its own (header in the page before, status after), replaced under the
+     * registration: the read goes to the pinned page the guest no longer sees */
+    page = (fb.g.next_data + 2 * 4096) & ~4095ull;
+    fb.g.next_data = page - 16;
+    fb_req_build(&fb, 0, &r, VIRTIO_BLK_T_IN, 24, 4096, true);
+    assert_int_equal(r.data_gpa, page);
+    assert_true(mmap(r.data, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                     -1, 0) == (void *)r.data);
+    fg_post(&fb.g, 0, r.head);
+    fb_run(&fb, 0);
+    assert_int_equal(fb_status(&fb, &r), VIRTIO_BLK_S_OK);
+    for (unsigned j = 0; j < 4096; j++)
+        assert_int_equal(r.data[j], 0);
+
+    /* the table goes away: let go; without fixed buffers the same read is seen */
+    fb_queue_stop(&fb, 0);
+    vblk_blk_mem_release(&fb.d, &fb.g.mem);
+    assert_int_equal(q->eng->buf_gen, 0);
+    fb.g.mem.gen = 0; /* the other tests run unsealed */
+    fb.d.fixed_bufs = false;
+    fb_queue_start(&fb, 0, true, true);
+    fb.g.next_data = page - 16;
+    assert_int_equal(run_req(0, &r, VIRTIO_BLK_T_IN, 24, 4096, true), VIRTIO_BLK_S_OK);
+    for (unsigned j = 0; j < 4096; j++)
+        assert_int_equal(r.data[j], 0x41);
 }
 
 static void test_in_on_a_file_spanning_regions_and_indirect(void **state)
@@ -1332,6 +1431,7 @@ int main(void)
         TN(test_budget_leaves_rest_for_next_pass),
         TN(test_full_ring_does_not_starve_control_calls),
         TF(test_out_in_round_trip_on_a_file),
+        TF(test_fixed_buffers_table_change),
         TF(test_in_on_a_file_spanning_regions_and_indirect),
         TN(test_in_on_null_reads_zeroes),
         TN(test_in_on_null_without_read_zeroes_leaves_the_buffer),
