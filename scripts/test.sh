@@ -80,20 +80,25 @@ script_suite() {
     fi
 }
 
+# the ASan+UBSan build, shared by the asan, asan-integration, qcow2, rbd and soak suites
+asan_build() {
+    scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+        >"$logdir/build-asan.log" 2>&1
+}
+
 # asan_suite NAME CMD...: script_suite with the ASan+UBSan binaries (vblkd, vblk-bench, vblkctl)
-# and sanitizer options that stop at the first error
+# and sanitizer options that stop at the first error; NAME fails if that build fails
 asan_suite() {
+    if ! asan_build; then
+        tail -40 "$logdir/build-asan.log"
+        count "$1" 0 1
+        return
+    fi
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
         VBLKD=build-asan/src/vblkd VBLK_BENCH=build-asan/tools/vblk-bench/vblk-bench \
         VBLKCTL=build-asan/tools/vblkctl/vblkctl \
         script_suite "$@"
-}
-
-# the ASan+UBSan build, shared by the asan, asan-integration, qcow2, rbd and soak suites
-asan_build() {
-    scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
-        >"$logdir/build-asan.log" 2>&1
 }
 
 build_ok=1
@@ -139,26 +144,16 @@ for s in "${suites[@]}"; do
         script_suite advisor bash tests/integration/advisor.sh build
         ;;
     asan-integration)
-        if asan_build; then
-            asan_suite asan-integration bash tests/integration/run.sh build-asan
-            asan_suite asan-metrics bash tests/integration/metrics.sh build-asan
-            asan_suite asan-control bash tests/integration/control.sh build-asan
-            asan_suite asan-vblkctl bash tests/integration/vblkctl.sh build-asan
-            asan_suite asan-nbd bash tests/integration/nbd.sh build-asan
-        else
-            tail -40 "$logdir/build-asan.log"
-            count asan-integration 0 1
-        fi
+        asan_suite asan-integration bash tests/integration/run.sh build-asan
+        asan_suite asan-metrics bash tests/integration/metrics.sh build-asan
+        asan_suite asan-control bash tests/integration/control.sh build-asan
+        asan_suite asan-vblkctl bash tests/integration/vblkctl.sh build-asan
+        asan_suite asan-nbd bash tests/integration/nbd.sh build-asan
         ;;
     qcow2)
         # qcow2 images served by vblkd, checked with qemu-img; then the same with ASan+UBSan
         script_suite qcow2 bash tests/integration/qcow2.sh build
-        if asan_build; then
-            asan_suite asan-qcow2 bash tests/integration/qcow2.sh build-asan
-        else
-            tail -40 "$logdir/build-asan.log"
-            count asan-qcow2 0 1
-        fi
+        asan_suite asan-qcow2 bash tests/integration/qcow2.sh build-asan
         ;;
     soak)
         # ASan binaries; 120 s here, SOAK_SECONDS=600 (or more) for the full soak
@@ -174,12 +169,7 @@ for s in "${suites[@]}"; do
         # driver=rbd against a throw-away single-node Ceph cluster (scripts/ceph-single-node.sh);
         # then the same with ASan+UBSan
         script_suite rbd bash tests/integration/rbd.sh build
-        if asan_build; then
-            asan_suite asan-rbd bash tests/integration/rbd.sh build-asan
-        else
-            tail -40 "$logdir/build-asan.log"
-            count asan-rbd 0 1
-        fi
+        asan_suite asan-rbd bash tests/integration/rbd.sh build-asan
         ;;
     bench)
         script_suite bench bash tools/vblk-bench/tests/test-bench.sh build/tools/vblk-bench/vblk-bench

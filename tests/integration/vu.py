@@ -291,6 +291,21 @@ class GuestMem:
         return bytes(self.map[off:off + n])
 
 
+def setup_vring(conn, i, num, base, desc_uva, used_uva, avail_uva, kick, call, err):
+    """SET_VRING_NUM/BASE/ADDR/ERR/CALL/KICK/ENABLE for queue i, each acknowledged (raises
+    Closed).  For a packed ring, used/avail are its device/driver event structures."""
+    conn.call(SET_VRING_NUM, state(i, num))
+    conn.call(SET_VRING_BASE, state(i, base))
+    conn.call(SET_VRING_ADDR, vring_addr(i, desc_uva, used_uva, avail_uva))
+    if err is not None:
+        conn.call(SET_VRING_ERR, u64(i), fds=(err,))
+    if call is not None:
+        conn.call(SET_VRING_CALL, u64(i), fds=(call,))
+    if kick is not None:
+        conn.call(SET_VRING_KICK, u64(i), fds=(kick,))
+    conn.call(SET_VRING_ENABLE, state(i, 1))
+
+
 class Ring:
     """A split virtqueue in GuestMem driven by the test: descriptor table at ring_gpa, avail
     ring at +0x1000, used ring at +0x2000 (num <= 64), request buffers at data_gpa (one 4 KiB
@@ -311,17 +326,8 @@ class Ring:
         if self.mem.map is not None:  # else the memory cannot be mapped here: left as zeroes
             self.mem.put(self.avail, "<HH", 0, base)
             self.mem.put(self.used, "<HH", 0, base)
-        conn.call(SET_VRING_NUM, state(i, self.num))
-        conn.call(SET_VRING_BASE, state(i, base))
-        conn.call(SET_VRING_ADDR, vring_addr(i, self.mem.to_uva(self.desc), self.mem.to_uva(self.used),
-                                             self.mem.to_uva(self.avail)))
-        if err is not None:
-            conn.call(SET_VRING_ERR, u64(i), fds=(err,))
-        if call is not None:
-            conn.call(SET_VRING_CALL, u64(i), fds=(call,))
-        if kick is not None:
-            conn.call(SET_VRING_KICK, u64(i), fds=(kick,))
-        conn.call(SET_VRING_ENABLE, state(i, 1))
+        setup_vring(conn, i, self.num, base, self.mem.to_uva(self.desc), self.mem.to_uva(self.used),
+                    self.mem.to_uva(self.avail), kick, call, err)
 
     def used_idx(self):
         return self.mem.get(self.used + 2, "<H")[0]
@@ -376,17 +382,8 @@ class PackedRing:
 
     def setup(self, conn, kick=None, call=None, err=None, base=0x80008000):
         i = self.index
-        conn.call(SET_VRING_NUM, state(i, self.num))
-        conn.call(SET_VRING_BASE, state(i, base))
-        conn.call(SET_VRING_ADDR, vring_addr(i, self.mem.to_uva(self.desc), self.mem.to_uva(self.device),
-                                             self.mem.to_uva(self.driver)))
-        if err is not None:
-            conn.call(SET_VRING_ERR, u64(i), fds=(err,))
-        if call is not None:
-            conn.call(SET_VRING_CALL, u64(i), fds=(call,))
-        if kick is not None:
-            conn.call(SET_VRING_KICK, u64(i), fds=(kick,))
-        conn.call(SET_VRING_ENABLE, state(i, 1))
+        setup_vring(conn, i, self.num, base, self.mem.to_uva(self.desc), self.mem.to_uva(self.device),
+                    self.mem.to_uva(self.driver), kick, call, err)
 
     def put_desc(self, addr, length, buf_id, flags):
         """The next descriptor, made available now (flags get this lap's AVAIL/USED bits)."""
