@@ -352,6 +352,7 @@ static void *iothread_main(void *arg)
         if (!polling || t->again || __atomic_load_n(&t->cmd_flag, __ATOMIC_RELAXED) ||
             (++spins & 63) == 0) {
             int timeout = (polling || e->local || t->again) ? 0 : -1;
+            uint64_t cpu0 = 0, t0 = 0;
             bool cmd = false;
             int n;
 
@@ -360,21 +361,22 @@ static void *iothread_main(void *arg)
             if (timeout && t->poll_max_ns) {
                 /* a sleep ends the episode begun at last_work; one in 8 has its CPU cost
                  * measured (only if it really blocked: woken later than it ran) */
-                uint64_t cpu0 = (++t->sleeps & 7) ? 0 : clock_ns(CLOCK_THREAD_CPUTIME_ID);
-                uint64_t t0 = cpu0 ? now_ns() : 0;
-
                 slept = true;
-                n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
+                if ((++t->sleeps & 7) == 0) {
+                    cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+                    t0 = now_ns();
+                }
+            }
+            n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
+            if (slept) {
                 woke = t->now = now_ns();
                 t->now_valid = true;
                 if (cpu0) {
                     uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 
-                    if (t->now - t0 > cpu + 2000)
+                    if (woke - t0 > cpu + 2000)
                         vblk_poll_wake_sample(&t->poll, cpu);
                 }
-            } else {
-                n = epoll_wait(t->epfd, evs, IOT_MAX_EVENTS, timeout);
             }
             if (n < 0 && errno != EINTR) {
                 log_err(t->name, "epoll_wait failed: %s", strerror(errno));
