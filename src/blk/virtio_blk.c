@@ -502,8 +502,10 @@ handle_chain(struct blk_queue *q, struct blk_req *req, const struct vblk_chain *
 static void handle(struct blk_queue *q, uint16_t head, uint64_t start)
 {
     struct blk_req *req = &q->reqs[head];
-    struct vblk_chain c = {.iov = req->iov, .iov_cap = q->iov_cap};
+    struct vblk_chain c; /* the walk sets the rest */
 
+    c.iov = req->iov;
+    c.iov_cap = q->iov_cap;
     if (unlikely(req->busy)) {
         queue_broken(q, "a head already in flight was made available again", head);
         return;

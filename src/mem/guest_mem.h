@@ -82,16 +82,49 @@ void vblk_mem_seal(struct vblk_mem *m);
  * thread. */
 bool vblk_mem_resident(const struct vblk_mem *m);
 
-/* Translate an exact range that must lie inside one region (rings).  NULL if it does not. */
+/* Translate [gpa, gpa+len) that must lie inside one region; len 0 is the address of gpa.  NULL if
+ * it does not (regions do not overlap, so gpa's region is the only candidate). */
+static inline void *vblk_mem_gpa_in(const struct vblk_mem *m, uint64_t gpa, uint64_t len)
+{
+    for (unsigned i = 0; i < m->nregions; i++) {
+        const struct vblk_mem_region *r = &m->r[i];
+        uint64_t off = gpa - r->gpa;
+
+        if (off < r->size)
+            return len <= r->size - off ? r->host + off : NULL;
+    }
+    return NULL;
+}
+
+/* vblk_mem_gpa_in, trying *hint first (NULL: none yet) and leaving the region found there: the
+ * ranges of one request are mostly in one region.  *hint must come from this table. */
+static inline void *vblk_mem_gpa_in_hint(const struct vblk_mem *m,
+                                         const struct vblk_mem_region **hint, uint64_t gpa,
+                                         uint64_t len)
+{
+    const struct vblk_mem_region *r = *hint;
+    uint64_t off;
+
+    if (!r || (off = gpa - r->gpa) >= r->size) {
+        unsigned i;
+
+        for (i = 0; i < m->nregions; i++) {
+            off = gpa - m->r[i].gpa;
+            if (off < m->r[i].size)
+                break;
+        }
+        if (i == m->nregions)
+            return NULL;
+        r = *hint = &m->r[i];
+    }
+    return len <= r->size - off ? r->host + off : NULL;
+}
+
+/* Translate an exact, non-empty range that must lie inside one region (rings).  NULL if it does
+ * not. */
 static inline void *vblk_mem_gpa_range(const struct vblk_mem *m, uint64_t gpa, uint64_t len)
 {
-    uint64_t got = len;
-    void *p;
-
-    if (len == 0 || gpa + len < gpa)
-        return NULL;
-    p = vblk_mem_gpa(m, gpa, &got);
-    return (p && got == len) ? p : NULL;
+    return len ? vblk_mem_gpa_in(m, gpa, len) : NULL;
 }
 void *vblk_mem_uva_range(const struct vblk_mem *m, uint64_t uva, uint64_t len);
 

@@ -84,25 +84,6 @@ int vblk_vq_avail(struct vblk_vq *vq)
     return n;
 }
 
-int vblk_vq_pop(struct vblk_vq *vq, uint16_t *head)
-{
-    uint16_t h = READ_ONCE(vq->avail->ring[vq->last_avail & (vq->num - 1)]);
-
-    if (unlikely(h >= vq->num)) {
-        vq->broken = true;
-        return -EIO;
-    }
-    vq->last_avail++;
-    *head = h;
-    if (vq->inflight) {
-        struct vblk_inflight_desc *d = &vq->inflight->desc[h];
-
-        WRITE_ONCE(d->counter, vq->inflight_counter++);
-        WRITE_ONCE(d->inflight, 1);
-    }
-    return 0;
-}
-
 /*
  * The batch of n entries is on the used ring (used->idx stored): clear their in-flight flags,
  * then record used_idx.  A crash between the two leaves used_idx behind used->idx, which tells
@@ -286,15 +267,11 @@ static inline void chain_fail(struct vblk_chain *c, int err)
         c->err = err;
 }
 
-/*
- * One data descriptor of a chain (split or packed): content problems fail the request only.  The
- * last writable descriptor is remembered for the status byte, even an over-long one.
- */
-static inline void desc_data(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t addr,
-                             uint32_t len, bool writable, uint64_t *status_gpa,
-                             uint32_t *status_len)
+/* desc_data's general case: the chain has failed already, or this descriptor is bad. */
+static __attribute__((noinline)) void desc_data_slow(const struct vblk_vq *vq, struct vblk_chain *c,
+                                                     uint64_t addr, uint32_t len, bool writable,
+                                                     uint64_t *status_gpa, uint32_t *status_len)
 {
-    c->ndesc++;
     if (c->ndesc > vq->max_desc)
         chain_fail(c, -E2BIG);
 
@@ -315,6 +292,31 @@ static inline void desc_data(const struct vblk_vq *vq, struct vblk_chain *c, uin
         if (!c->err)
             chain_fail(c, chain_add(vq, c, addr, len, false));
     }
+}
+
+/*
+ * One data descriptor of a chain (split or packed): content problems fail the request only.  The
+ * last writable descriptor is remembered for the status byte, even an over-long one.
+ */
+static inline void desc_data(const struct vblk_vq *vq, struct vblk_chain *c, uint64_t addr,
+                             uint32_t len, bool writable, uint64_t *status_gpa,
+                             uint32_t *status_len)
+{
+    c->ndesc++;
+    /* the common case in one test: a good chain so far, 1 <= len <= max_seg, within max_desc */
+    if (likely(!c->err && len - 1u < vq->max_seg && c->ndesc <= vq->max_desc)) {
+        if (writable) {
+            *status_gpa = addr;
+            *status_len = len;
+            c->err = chain_add(vq, c, addr, len, true);
+            return;
+        }
+        if (likely(!c->in_cnt)) {
+            c->err = chain_add(vq, c, addr, len, false);
+            return;
+        }
+    }
+    desc_data_slow(vq, c, addr, len, writable, status_gpa, status_len);
 }
 
 static inline void chain_init(struct vblk_chain *c)
@@ -346,10 +348,84 @@ static inline void chain_status(const struct vblk_vq *vq, struct vblk_chain *c, 
 }
 
 /*
+ * The walk of a good chain, the common case, with its counts in registers: the general walk below
+ * keeps them in the chain, which the compiler must assume its iovec stores may overwrite.  Each
+ * descriptor is read once.  It gives up (false) on anything unusual, with nothing the caller
+ * relies on changed, and the general walk starts over and decides: an error, a ring problem, a
+ * range over two memory regions, or a chain longer than this one accepts (its bound, at most the
+ * table or ring size, also ends a loop).
+ */
+static inline bool walk_fast(const struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
+{
+    const struct vring_desc *table = vq->desc;
+    const struct vblk_mem *m = vq->mem;
+    const struct vblk_mem_region *hint = NULL;
+    struct iovec *iov = c->iov;
+    unsigned max = vq->num, i = head, n = 0, out_cnt = 0, cap;
+    uint64_t out_len = 0, in_len = 0;
+    struct desc_copy d;
+
+    if (unlikely(i >= max))
+        return false;
+    desc_read(&table[i], &d);
+    if (d.flags & VRING_DESC_F_INDIRECT) {
+        max = d.len / 16;
+        if (!vq->indirect || (d.flags & VRING_DESC_F_NEXT) || d.len == 0 || (d.len & 15) ||
+            max > vq->max_desc || max > VBLK_VQ_MAX_INDIRECT)
+            return false;
+        table = vblk_mem_gpa_in_hint(m, &hint, d.addr, d.len);
+        if (!table || ((uintptr_t)table & 7))
+            return false;
+        i = 0;
+        desc_read(&table[0], &d);
+    }
+    cap = c->iov_cap < vq->max_desc ? c->iov_cap : vq->max_desc;
+    if (cap > max)
+        cap = max;
+    for (;;) {
+        void *p;
+
+        if (unlikely(n == cap || (d.flags & VRING_DESC_F_INDIRECT) || d.len - 1u >= vq->max_seg))
+            return false;
+        p = vblk_mem_gpa_in_hint(m, &hint, d.addr, d.len);
+        if (unlikely(!p))
+            return false;
+        iov[n].iov_base = p;
+        iov[n].iov_len = d.len;
+        n++;
+        if (d.flags & VRING_DESC_F_WRITE) {
+            in_len += d.len;
+        } else {
+            if (unlikely(in_len))
+                return false; /* readable after writable */
+            out_cnt++;
+            out_len += d.len;
+        }
+        if (!(d.flags & VRING_DESC_F_NEXT))
+            break;
+        i = d.next;
+        if (unlikely(i >= max))
+            return false;
+        desc_read(&table[i], &d);
+    }
+    if (unlikely(!in_len))
+        return false; /* no writable descriptor: no status byte */
+    c->out_cnt = out_cnt;
+    c->in_cnt = n - out_cnt;
+    c->out_len = out_len;
+    c->in_len = in_len;
+    c->ndesc = n;
+    c->err = 0;
+    c->status = (uint8_t *)iov[n - 1].iov_base + d.len - 1;
+    return true;
+}
+
+/*
  * Walk one chain.  Structure problems (indices, loops, indirect tables) break the ring; content
  * problems only fail the request, and the walk goes on so that the status byte is still found.
  */
-int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
+static __attribute__((noinline)) int walk_slow(struct vblk_vq *vq, uint16_t head,
+                                               struct vblk_chain *c)
 {
     const struct vring_desc *table = vq->desc;
     unsigned max = vq->num, i = head, count = 0;
@@ -397,6 +473,13 @@ int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
 broken:
     vq->broken = true;
     return -EIO;
+}
+
+int vblk_vq_walk(struct vblk_vq *vq, uint16_t head, struct vblk_chain *c)
+{
+    if (likely(walk_fast(vq, head, c)))
+        return 0;
+    return walk_slow(vq, head, c);
 }
 
 /*

@@ -25,6 +25,7 @@
 #ifndef VBLK_VIRTQ_H
 #define VBLK_VIRTQ_H
 
+#include <errno.h>
 #include <linux/virtio_ring.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -167,9 +168,27 @@ int vblk_vq_inflight_resume(struct vblk_vq *vq, uint16_t *heads, unsigned *n);
 /* Number of new avail entries (0..num), or -EIO (queue broken) if the index jumped too far. */
 int vblk_vq_avail(struct vblk_vq *vq);
 
-/* Take the next head.  Only call after vblk_vq_avail() > 0.  0, or -EIO (head out of range).
- * Split only. */
-int vblk_vq_pop(struct vblk_vq *vq, uint16_t *head);
+/* Take the next head.  Only call after vblk_vq_avail() > 0.  0, or -EIO (head out of range: the
+ * queue is broken).  Split only. */
+static inline int vblk_vq_pop(struct vblk_vq *vq, uint16_t *head)
+{
+    uint16_t h =
+        __atomic_load_n(&vq->avail->ring[vq->last_avail & (vq->num - 1)], __ATOMIC_RELAXED);
+
+    if (__builtin_expect(h >= vq->num, 0)) {
+        vq->broken = true;
+        return -EIO;
+    }
+    vq->last_avail++;
+    *head = h;
+    if (vq->inflight) { /* the order taken, for a daemon that restarts with it in flight */
+        struct vblk_inflight_desc *d = &vq->inflight->desc[h];
+
+        __atomic_store_n(&d->counter, vq->inflight_counter++, __ATOMIC_RELAXED);
+        __atomic_store_n(&d->inflight, 1, __ATOMIC_RELAXED);
+    }
+    return 0;
+}
 
 /* Packed: take the next chain and walk it into c in one pass (the buffer id is in its last
  * descriptor); *id < num.  Only call after vblk_vq_avail() > 0.  0 (check c->err), or -EIO. */
