@@ -95,12 +95,15 @@ void vblk_iothread_defer(struct vblk_iothread *t, struct vblk_iot_hook *h)
     t->hooks = h;
 }
 
+static uint64_t now_ns(void);
+
 void vblk_iothread_add_poller(struct vblk_iothread *t, struct vblk_iot_poller *p)
 {
     if (p->progress) /* what it did before does not count (mod 2^64, as the sum is) */
         t->gone_progress -= p->progress(p);
     p->next = t->pollers;
     t->pollers = p;
+    vblk_poll_restart(&t->poll, now_ns()); /* a new workload: is spinning worth it for it? */
 }
 
 void vblk_iothread_del_poller(struct vblk_iothread *t, struct vblk_iot_poller *p)

@@ -89,6 +89,20 @@ void vblk_poll_wake_sample(struct vblk_poll_policy *p, uint64_t cpu_ns)
     p->wake_ns = (p->wake_ns * 7 + cpu_ns) / 8;
 }
 
+/* Did the workload change during the trial: one side's two phases more than 2x apart? */
+static bool trial_saw_change(const struct vblk_poll_policy *p)
+{
+    uint64_t total = p->trial_count[0] + p->trial_count[1];
+
+    for (int i = 0; i < 2; i++) {
+        uint64_t a = p->phase_count[i ? 0 : 1], b = p->phase_count[i ? 3 : 2];
+
+        if (total >= VBLK_POLL_TRIAL_MIN && (a > 2 * b + 1 || b > 2 * a + 1))
+            return true;
+    }
+    return false;
+}
+
 /* The trial is over: does spinning pay? */
 static void trial_end(struct vblk_poll_policy *p)
 {
@@ -109,17 +123,24 @@ void vblk_poll_tick(struct vblk_poll_policy *p, uint64_t now_ns, uint64_t count,
     if (p->phase >= 0) {
         int side = (p->phase == 0 || p->phase == 3);
 
+        p->phase_count[p->phase] = count - p->phase_start_count;
         p->trial_count[side] += count - p->phase_start_count;
         p->trial_cpu[side] += cpu_ns - p->phase_start_cpu;
         p->trial_ns[side] += now_ns - p->phase_start_ns;
         if (++p->phase == 4) {
-            trial_end(p);
             p->phase = -1;
+            if (trial_saw_change(p)) { /* keep what was decided; look again soon */
+                p->retrials++;
+                p->next_tick_ns = now_ns + VBLK_POLL_RETRY_NS;
+                return;
+            }
+            trial_end(p);
             p->next_tick_ns = now_ns + VBLK_POLL_TRIAL_EVERY_NS;
             return;
         }
     } else {
         p->phase = 0;
+        memset(p->phase_count, 0, sizeof(p->phase_count));
         memset(p->trial_count, 0, sizeof(p->trial_count));
         memset(p->trial_cpu, 0, sizeof(p->trial_cpu));
         memset(p->trial_ns, 0, sizeof(p->trial_ns));
@@ -128,4 +149,10 @@ void vblk_poll_tick(struct vblk_poll_policy *p, uint64_t now_ns, uint64_t count,
     p->phase_start_count = count;
     p->phase_start_cpu = cpu_ns;
     p->next_tick_ns = now_ns + VBLK_POLL_PHASE_NS;
+}
+
+void vblk_poll_restart(struct vblk_poll_policy *p, uint64_t now_ns)
+{
+    if (p->phase < 0 && p->next_tick_ns > now_ns + VBLK_POLL_PHASE_NS)
+        p->next_tick_ns = now_ns + VBLK_POLL_PHASE_NS;
 }

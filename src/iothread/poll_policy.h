@@ -32,7 +32,10 @@
  * the thread's CPU time in each.  Spinning is kept until the next trial if it did requests at a
  * rate at least 5% higher, at no more than 1.2x the CPU per request of the priced window: on a disk
  * at QD32 it does the same requests for three times the CPU and loses; against a client that sleeps
- * between its batches it does several times the requests for less CPU each and wins.
+ * between its batches it does several times the requests for less CPU each and wins.  A trial
+ * across a change of workload (the two phases of one side differ by more than 2x, over at least
+ * VBLK_POLL_TRIAL_MIN requests) decides nothing and is run again VBLK_POLL_RETRY_NS later; a new
+ * queue (a new workload) gets a trial VBLK_POLL_PHASE_NS after it starts (vblk_poll_restart).
  *
  * Pure arithmetic, no clock, no thread: one per I/O thread, used by that thread only.
  */
@@ -49,6 +52,8 @@
 #define VBLK_POLL_WAKE_MAX_NS    100000
 #define VBLK_POLL_PHASE_NS       20000000ull   /* one trial phase */
 #define VBLK_POLL_TRIAL_EVERY_NS 2000000000ull /* from one trial to the next */
+#define VBLK_POLL_RETRY_NS       100000000ull  /* after a trial across a change of workload */
+#define VBLK_POLL_TRIAL_MIN      64            /* requests a trial needs to see a change */
 
 struct vblk_poll_policy {
     uint64_t max_ns;     /* the limit (poll-us); 0: never poll */
@@ -64,8 +69,9 @@ struct vblk_poll_policy {
     uint64_t next_tick_ns; /* when vblk_poll_tick has something to do */
     uint64_t phase_start_ns, phase_start_count, phase_start_cpu;
     uint64_t trial_count[2], trial_cpu[2], trial_ns[2]; /* [0] priced, [1] spin */
+    uint64_t phase_count[4];                            /* requests in each phase */
     /* totals for stats, never reset */
-    uint64_t total_episodes, total_polled_hits, decisions, trials, spin_wins;
+    uint64_t total_episodes, total_polled_hits, decisions, trials, spin_wins, retrials;
 };
 
 /* Start with the window at 0 (grows once episodes show it pays). */
@@ -94,6 +100,9 @@ static inline bool vblk_poll_tick_due(const struct vblk_poll_policy *p, uint64_t
 {
     return p->max_ns && now_ns >= p->next_tick_ns;
 }
+
+/* A new workload (a queue started) at now_ns: run a trial soon, unless one is running. */
+void vblk_poll_restart(struct vblk_poll_policy *p, uint64_t now_ns);
 
 /* Advance the trial at now_ns; count: requests done so far (any monotonic count), cpu_ns: the
  * thread's CPU time so far. */

@@ -184,6 +184,78 @@ static void test_trial(void **state)
     assert_int_equal(p.spin_wins, 2);
 }
 
+/* Four phases with these request counts, 10 ms of CPU each; returns the time after them. */
+static uint64_t phases(struct vblk_poll_policy *p, uint64_t now, const uint64_t n[4])
+{
+    uint64_t count = 0, cpu = 0;
+
+    assert_true(vblk_poll_tick_due(p, now));
+    vblk_poll_tick(p, now, count, cpu);
+    for (int i = 0; i < 4; i++) {
+        now += VBLK_POLL_PHASE_NS;
+        count += n[i];
+        cpu += 10 * MS;
+        vblk_poll_tick(p, now, count, cpu);
+    }
+    assert_int_equal(p->phase, -1);
+    return now;
+}
+
+static void test_trial_across_a_change(void **state)
+{
+    struct vblk_poll_policy p;
+    uint64_t now = 5 * MS;
+    const uint64_t spin_wins[4] = {3000, 1000, 1000, 3000};
+    const uint64_t stopped[4] = {3000, 1000, 0, 0};
+    const uint64_t started[4] = {0, 0, 1000, 3000};
+    const uint64_t sparse[4] = {10, 2, 20, 5};
+
+    (void)state;
+    vblk_poll_init(&p, 1000 * US);
+    now = phases(&p, now, spin_wins);
+    assert_true(p.spin);
+    now += VBLK_POLL_TRIAL_EVERY_NS;
+    /* the workload stopped half-way: nothing decided, another trial soon */
+    now = phases(&p, now, stopped);
+    assert_true(p.spin);
+    assert_int_equal(p.trials, 1);
+    assert_int_equal(p.retrials, 1);
+    assert_false(vblk_poll_tick_due(&p, now + VBLK_POLL_RETRY_NS - 1));
+    now += VBLK_POLL_RETRY_NS;
+    /* it started half-way: the same */
+    now = phases(&p, now, started);
+    assert_true(p.spin);
+    assert_int_equal(p.retrials, 2);
+    now += VBLK_POLL_RETRY_NS;
+    /* too few requests to tell a change from noise: decided (and spinning did not pay) */
+    now = phases(&p, now, sparse);
+    assert_false(p.spin);
+    assert_int_equal(p.trials, 2);
+    assert_int_equal(p.retrials, 2);
+    assert_false(vblk_poll_tick_due(&p, now + VBLK_POLL_TRIAL_EVERY_NS - 1));
+}
+
+static void test_restart_on_a_new_queue(void **state)
+{
+    struct vblk_poll_policy p;
+    const uint64_t even[4] = {1000, 1000, 1000, 1000};
+    uint64_t now;
+
+    (void)state;
+    vblk_poll_init(&p, 1000 * US);
+    now = phases(&p, 5 * MS, even);
+    assert_false(vblk_poll_tick_due(&p, now + VBLK_POLL_PHASE_NS));
+    /* a queue starts: a trial one phase later, not in 2 s */
+    vblk_poll_restart(&p, now);
+    assert_false(vblk_poll_tick_due(&p, now + VBLK_POLL_PHASE_NS - 1));
+    assert_true(vblk_poll_tick_due(&p, now + VBLK_POLL_PHASE_NS));
+    /* a running trial is left alone */
+    vblk_poll_tick(&p, now + VBLK_POLL_PHASE_NS, 0, 0);
+    assert_int_equal(p.phase, 0);
+    vblk_poll_restart(&p, now + VBLK_POLL_PHASE_NS + 1);
+    assert_int_equal(p.next_tick_ns, now + 2 * VBLK_POLL_PHASE_NS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +266,8 @@ int main(void)
         cmocka_unit_test(test_mixed_gaps),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_trial),
+        cmocka_unit_test(test_trial_across_a_change),
+        cmocka_unit_test(test_restart_on_a_new_queue),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
