@@ -82,7 +82,7 @@ script_suite() {
 
 # the ASan+UBSan build, shared by the asan, asan-integration, qcow2, rbd and soak suites
 asan_build() {
-    scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+    scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false -Db_lto=false \
         >"$logdir/build-asan.log" 2>&1
 }
 
@@ -126,7 +126,7 @@ for s in "${suites[@]}"; do
         ;;
     tsan)
         if command -v clang >/dev/null && CC=clang scripts/build.sh build-tsan -Db_sanitize=thread \
-            -Db_lundef=false >"$logdir/build-tsan.log" 2>&1; then
+            -Db_lundef=false -Db_lto=false >"$logdir/build-tsan.log" 2>&1; then
             TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 meson_suite tsan build-tsan --suite unit
         else
             tail -40 "$logdir/build-tsan.log"

@@ -12,7 +12,7 @@ jobs=${JOBS:-1}
 
 if [ ! -f "$build/build.ninja" ]; then
     CC=clang meson setup "$build" "$top" -Dfuzz=true -Db_sanitize=address,undefined \
-        -Db_lundef=false -Dtests=disabled
+        -Db_lundef=false -Db_lto=false -Dtests=disabled
 fi
 ninja -C "$build" tests/fuzz/fuzz_virtq tests/fuzz/fuzz_vhost_user tests/fuzz/fuzz_qcow2 tests/fuzz/fuzz_rpc
 build=$(cd "$build" && pwd)
