@@ -1,0 +1,643 @@
+/* test_walk_fast.c - the split-ring walker's fast path against its general walk.
+ *
+ * vblk_vq_walk() tries walk_fast() (registers only, gives up on anything unusual) and otherwise
+ * calls walk_slow().  The invariant checked here on random descriptor tables and chains: whenever
+ * walk_fast() accepts a chain, walk_slow() accepts it too, without breaking the ring, and builds
+ * exactly the same chain; walk_fast() never breaks the ring and never writes an iovec at or past
+ * iov_cap; and vblk_vq_walk() always ends as walk_slow() alone would.
+ *
+ * The walker's functions are static: this file includes virtq.c itself (the test program's copy
+ * of virtq.c's external symbols is the one linked; libvblk's virtq.o is never pulled in).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "../../src/virtq/virtq.c"
+
+#include "blk/virtio_blk.h"
+#include "fake_guest.h"
+
+#define NCASES    20000
+#define SEED      0x9e3779b97f4a7c15ull
+#define IOV_BIG   (VBLK_SEG_MAX + VBLK_IOV_SLACK)
+#define GUARD     8
+#define TBL_MAX   64
+#define CHAIN_MAX 20
+#define DATA_SIZE (64u << 10)
+#define R0_END    (FG_GPA0 + FG_R0_SIZE) /* region 1 starts here, in another host mapping */
+#define R1_END    (R0_END + FG_R1_SIZE)
+#define RING_NUM  1024 /* the ring laid out in guest memory; each case uses its first vq.num */
+
+static struct fake_guest t_g;
+static struct vblk_vq t_vq;
+static struct iovec t_iov[IOV_BIG + GUARD];
+static struct vblk_chain t_c;
+static uint64_t t_data, t_tbl; /* data area and indirect table area in region 0 */
+static uint64_t t_rng;
+
+/* xorshift64*: fixed seed, the same cases on every run */
+static uint64_t rnd(void)
+{
+    t_rng ^= t_rng >> 12;
+    t_rng ^= t_rng << 25;
+    t_rng ^= t_rng >> 27;
+    return t_rng * 0x2545f4914f6cdd1dull;
+}
+
+static unsigned rn(unsigned n)
+{
+    return n ? (unsigned)(rnd() % n) : 0;
+}
+
+static bool chance(unsigned pct)
+{
+    return rn(100) < pct;
+}
+
+static int setup(void **state)
+{
+    struct fg_ring *r;
+
+    fg_init(&t_g, 1, RING_NUM, true);
+    r = &t_g.ring[0];
+    memset(&t_vq, 0, sizeof(t_vq));
+    if (vblk_vq_setup(&t_vq, &t_g.mem, RING_NUM, r->desc_uva, r->avail_uva, r->used_uva) < 0)
+        return -1;
+    t_vq.indirect = true;
+    t_vq.max_desc = VBLK_SEG_MAX + 2;
+    t_vq.max_seg = VBLK_SIZE_MAX;
+    vblk_vq_start(&t_vq, 0);
+    t_data = fg_alloc(&t_g, DATA_SIZE);
+    t_tbl = fg_alloc(&t_g, 16ull * TBL_MAX + 64);
+    t_rng = SEED;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fg_fini(&t_g);
+    return 0;
+}
+
+/* ---- the chain and its iovecs, poisoned before each walk ---- */
+
+#define CANARY_BASE ((void *)0x5a5a5a5a5a5a5a5aull)
+#define CANARY_LEN  0xa5a5a5a5a5a5a5a5ull
+
+static void chain_poison(unsigned cap)
+{
+    for (unsigned i = 0; i < IOV_BIG + GUARD; i++) {
+        t_iov[i].iov_base = CANARY_BASE;
+        t_iov[i].iov_len = CANARY_LEN;
+    }
+    memset(&t_c, 0xa5, sizeof(t_c));
+    t_c.iov = t_iov;
+    t_c.iov_cap = cap;
+}
+
+/* Index of the first iovec at or past cap that was written, or -1. */
+static int canary_hit(unsigned cap)
+{
+    for (unsigned i = cap; i < IOV_BIG + GUARD; i++)
+        if (t_iov[i].iov_base != CANARY_BASE || t_iov[i].iov_len != CANARY_LEN)
+            return (int)i;
+    return -1;
+}
+
+/* ---- one walk of each kind ---- */
+
+struct result {
+    bool ok; /* walk_fast: accepted; otherwise the return value is rc */
+    int rc;
+    bool broken;
+    struct vblk_chain c;
+    struct iovec iov[IOV_BIG];
+    int hit; /* canary_hit() */
+};
+
+enum walker { W_FAST, W_SLOW, W_PUBLIC };
+
+static void run(enum walker w, uint16_t head, unsigned cap, struct result *res)
+{
+    chain_poison(cap);
+    t_vq.broken = false;
+    switch (w) {
+    case W_FAST:
+        res->ok = walk_fast(&t_vq, head, &t_c);
+        res->rc = 0;
+        break;
+    case W_SLOW:
+        res->rc = walk_slow(&t_vq, head, &t_c);
+        res->ok = res->rc == 0;
+        break;
+    case W_PUBLIC:
+        res->rc = vblk_vq_walk(&t_vq, head, &t_c);
+        res->ok = res->rc == 0;
+        break;
+    }
+    res->broken = t_vq.broken;
+    res->c = t_c;
+    memcpy(res->iov, t_iov, sizeof(res->iov));
+    res->hit = canary_hit(cap);
+    t_vq.broken = false;
+}
+
+/* NULL if a and b hold the same chain, else what differs. */
+static const char *chain_diff(const struct result *a, const struct result *b)
+{
+    unsigned n;
+
+    if (a->c.iov != b->c.iov || a->c.iov_cap != b->c.iov_cap)
+        return "iov/iov_cap";
+    if (a->c.out_cnt != b->c.out_cnt)
+        return "out_cnt";
+    if (a->c.in_cnt != b->c.in_cnt)
+        return "in_cnt";
+    if (a->c.out_len != b->c.out_len)
+        return "out_len";
+    if (a->c.in_len != b->c.in_len)
+        return "in_len";
+    if (a->c.status != b->c.status)
+        return "status";
+    if (a->c.ndesc != b->c.ndesc)
+        return "ndesc";
+    if (a->c.err != b->c.err)
+        return "err";
+    n = a->c.out_cnt + a->c.in_cnt;
+    if (n > IOV_BIG)
+        return "out_cnt + in_cnt over the iovec array";
+    for (unsigned i = 0; i < n; i++)
+        if (a->iov[i].iov_base != b->iov[i].iov_base || a->iov[i].iov_len != b->iov[i].iov_len)
+            return "iov entry";
+    return NULL;
+}
+
+/* ---- random cases ---- */
+
+struct tcase {
+    unsigned no;
+    uint16_t head;
+    unsigned cap;
+};
+
+static struct tcase t_case;
+
+static void dump_desc(const char *where, unsigned i, const struct vring_desc *d)
+{
+    print_message("  %s[%u] addr 0x%llx len %u flags %s%s%s(0x%x) next %u\n", where, i,
+                  (unsigned long long)d->addr, d->len, d->flags & VRING_DESC_F_NEXT ? "NEXT " : "",
+                  d->flags & VRING_DESC_F_WRITE ? "WRITE " : "",
+                  d->flags & VRING_DESC_F_INDIRECT ? "INDIRECT " : "", d->flags, d->next);
+}
+
+static void dump_case(const char *what)
+{
+    const struct vring_desc *ring = t_g.ring[0].desc;
+
+    print_message("case %u: %s\n", t_case.no, what);
+    print_message("  vq.num %u indirect %d max_desc %u max_seg %u; head %u iov_cap %u\n", t_vq.num,
+                  t_vq.indirect, t_vq.max_desc, t_vq.max_seg, t_case.head, t_case.cap);
+    print_message("  regions: [0x%llx, 0x%llx) and [0x%llx, 0x%llx)\n", (unsigned long long)FG_GPA0,
+                  (unsigned long long)R0_END, (unsigned long long)R0_END,
+                  (unsigned long long)R1_END);
+    for (unsigned i = 0; i < t_vq.num; i++)
+        dump_desc("ring", i, &ring[i]);
+    if (t_case.head < t_vq.num && (ring[t_case.head].flags & VRING_DESC_F_INDIRECT)) {
+        const struct vring_desc *d = &ring[t_case.head];
+        unsigned n = d->len / 16;
+        const uint8_t *t = vblk_mem_gpa_in(&t_g.mem, d->addr, 16ull * (n < 32 ? n : 32));
+
+        for (unsigned i = 0; t && i < n && i < 32; i++) {
+            struct vring_desc e;
+
+            memcpy(&e, t + 16 * i, sizeof(e));
+            dump_desc("table", i, &e);
+        }
+    }
+}
+
+/* A guest address for a descriptor's contents (nothing is ever read or written there). */
+static uint64_t good_addr(uint32_t len)
+{
+    unsigned k = rn(100);
+
+    if (k < 70 || len >= FG_R1_SIZE)
+        return t_data + rn(DATA_SIZE);
+    if (k < 85)
+        return R0_END + rn(FG_R1_SIZE - len + 1); /* in region 1 */
+    if (k < 93)
+        return R0_END - len; /* ends exactly where region 0 does */
+    return R1_END - len;     /* ends exactly where region 1 does */
+}
+
+static uint64_t bad_addr(uint32_t len)
+{
+    switch (rn(7)) {
+    case 0:
+    case 1:
+    case 2: /* crosses from region 0 into region 1 (when len > 1) */
+        return R0_END - 1 - rn(len > 1 ? len - 1 : 1);
+    case 3:
+        return rn(2) ? 0 : FG_GPA0 - 1 - rn(4096); /* below guest memory */
+    case 4:
+        return R1_END - rn(len < 4096 ? len : 4096); /* runs off the end of region 1 */
+    case 5:
+        return R1_END + rn(1u << 20); /* past guest memory */
+    default:
+        return ~0ull - rn(4096); /* wraps */
+    }
+}
+
+static uint32_t good_len(void)
+{
+    static const uint32_t lens[] = {1, 1, 16, 16, 512, 512, 4096, 4096, 1u << 16};
+    uint32_t len = rn(4) ? lens[rn(ARRAY_SIZE(lens))] : 1 + rn(8192);
+
+    if (len > t_vq.max_seg)
+        len = t_vq.max_seg ? t_vq.max_seg : 1;
+    return len;
+}
+
+static uint32_t bad_len(void)
+{
+    switch (rn(6)) {
+    case 0:
+        return 0;
+    case 1:
+        return t_vq.max_seg + 1;
+    case 2:
+        return t_vq.max_seg; /* the largest accepted */
+    case 3:
+        return 0xffffffffu;
+    case 4:
+        return 0x80000000u;
+    default:
+        return VBLK_SIZE_MAX;
+    }
+}
+
+static uint16_t rand_flags(void)
+{
+    return (uint16_t)rn(8); /* NEXT 1, WRITE 2, INDIRECT 4 */
+}
+
+static void garbage_desc(struct vring_desc *d, unsigned max)
+{
+    uint32_t len = chance(50) ? good_len() : bad_len();
+
+    d->addr = chance(60) ? good_addr(len) : bad_addr(len);
+    d->len = len;
+    d->flags = rand_flags();
+    d->next = (uint16_t)rn(max + 4);
+}
+
+/* Host address of a 16-byte table entry at gpa, NULL if it is not all in one region. */
+static struct vring_desc *entry_at(uint64_t gpa)
+{
+    return vblk_mem_gpa_in(&t_g.mem, gpa, 16);
+}
+
+static unsigned pick(const unsigned *v, unsigned n)
+{
+    return v[rn(n)];
+}
+
+/* Lay out one random case in guest memory and the vq; the chain's descriptors are in d[0..k). */
+static void gen_case(void)
+{
+    static const unsigned small_desc[] = {0, 1, 2, 3, 4, 6, VBLK_SEG_MAX + 2};
+    static const unsigned small_seg[] = {0, 1, 16, 512, 4096, VBLK_SIZE_MAX};
+    static const unsigned small_cap[] = {0, 1, 2, 3, 4, 8, IOV_BIG};
+    struct vring_desc *ring = t_g.ring[0].desc;
+    struct vring_desc *d[CHAIN_MAX], *head_desc = NULL;
+    unsigned idx[RING_NUM];
+    unsigned k, nread, n = 0, max;
+    bool ind;
+    uint64_t tgpa = 0;
+
+    /* the queue */
+    if (chance(70)) { /* as virtio_blk.c sets it up */
+        t_vq.num = (uint16_t)(8u << rn(5));
+        t_vq.max_desc = VBLK_SEG_MAX + 2;
+        t_vq.max_seg = VBLK_SIZE_MAX;
+        t_case.cap = IOV_BIG;
+        t_vq.indirect = true;
+    } else {
+        t_vq.num = (uint16_t)(1u << rn(7));
+        t_vq.max_desc = (uint16_t)pick(small_desc, ARRAY_SIZE(small_desc));
+        t_vq.max_seg = pick(small_seg, ARRAY_SIZE(small_seg));
+        t_case.cap = pick(small_cap, ARRAY_SIZE(small_cap));
+        t_vq.indirect = chance(80);
+    }
+    if (chance(5))
+        t_vq.indirect = false;
+    for (unsigned i = 0; i < t_vq.num; i++)
+        garbage_desc(&ring[i], t_vq.num);
+
+    /* a good chain: nread readable descriptors, then at least one writable */
+    k = chance(90) ? 1 + rn(6) : 1 + rn(CHAIN_MAX);
+    ind = chance(40);
+    if (!ind && k > t_vq.num)
+        k = t_vq.num;
+    nread = rn(k);
+
+    for (unsigned i = 0; i < RING_NUM; i++)
+        idx[i] = i;
+    if (!ind) {
+        /* k distinct ring slots, in random order */
+        for (unsigned i = 0; i < k; i++) {
+            unsigned j = i + rn(t_vq.num - i), t = idx[i];
+
+            idx[i] = idx[j];
+            idx[j] = t;
+            d[i] = &ring[idx[i]];
+        }
+        t_case.head = (uint16_t)idx[0];
+        max = t_vq.num;
+    } else {
+        unsigned where = rn(100);
+
+        n = k + (chance(50) ? rn(4) : 0);
+        if (where < 70)
+            tgpa = t_tbl;
+        else if (where < 80)
+            tgpa = R0_END + 0x1000; /* in region 1 */
+        else if (where < 90)
+            tgpa = R0_END - 16ull * n; /* ends where region 0 does */
+        else
+            tgpa = R1_END - 16ull * n; /* ends where region 1 does */
+        for (unsigned i = 0; i < n; i++)
+            garbage_desc(entry_at(tgpa + 16ull * i), n);
+        /* entry 0 first, the others at distinct random places */
+        for (unsigned i = 1; i < k; i++) {
+            unsigned j = i + rn(n - i), t = idx[i];
+
+            idx[i] = idx[j];
+            idx[j] = t;
+        }
+        for (unsigned i = 0; i < k; i++)
+            d[i] = entry_at(tgpa + 16ull * idx[i]);
+        t_case.head = (uint16_t)rn(t_vq.num);
+        head_desc = &ring[t_case.head];
+        head_desc->addr = tgpa;
+        head_desc->len = 16u * n;
+        head_desc->flags = VRING_DESC_F_INDIRECT;
+        head_desc->next = (uint16_t)rn(t_vq.num + 4);
+        max = n;
+    }
+    for (unsigned i = 0; i < k; i++) {
+        d[i]->len = good_len();
+        d[i]->addr = good_addr(d[i]->len);
+        d[i]->flags =
+            (uint16_t)((i >= nread ? VRING_DESC_F_WRITE : 0) | (i + 1 < k ? VRING_DESC_F_NEXT : 0));
+        d[i]->next = (uint16_t)(i + 1 < k ? idx[i + 1] : rn(max + 4));
+    }
+
+    /* then break it, sometimes */
+    for (unsigned m = chance(45) ? 1 + rn(3) : 0; m > 0; m--) {
+        struct vring_desc *x = d[rn(k)];
+
+        switch (rn(ind ? 9 : 7)) {
+        case 0: /* a flag */
+            x->flags ^= (uint16_t)(1u << rn(3));
+            break;
+        case 1: /* the next index: anywhere, or back into the chain (a loop) */
+            x->flags |= VRING_DESC_F_NEXT;
+            x->next = (uint16_t)(chance(50) ? rn(max + 4) : idx[rn(k)]);
+            break;
+        case 2:
+            x->len = bad_len();
+            break;
+        case 3:
+            x->addr = bad_addr(x->len);
+            break;
+        case 4: /* nothing writable, or a readable one after a writable one */
+            if (chance(50)) {
+                for (unsigned i = 0; i < k; i++)
+                    d[i]->flags &= (uint16_t)~VRING_DESC_F_WRITE;
+            } else {
+                d[k - 1]->flags &= (uint16_t)~VRING_DESC_F_WRITE;
+            }
+            break;
+        case 5: /* a head out of the ring */
+            t_case.head = (uint16_t)(t_vq.num + rn(4));
+            break;
+        case 6: /* an indirect descriptor inside the chain (or the table) */
+            x->flags |= VRING_DESC_F_INDIRECT;
+            if (chance(50)) {
+                x->addr = t_tbl;
+                x->len = 16u * (1 + rn(4));
+            }
+            break;
+        case 7: /* the table's address */
+            switch (rn(5)) {
+            case 0:
+                head_desc->addr += 1 + rn(7); /* misaligned (not a multiple of 8) */
+                break;
+            case 1:
+                head_desc->addr += 8; /* 8-aligned only: accepted */
+                break;
+            case 2:
+                head_desc->addr = R0_END - 16ull * (1 + rn(n)); /* may cross into region 1 */
+                break;
+            case 3:
+                head_desc->addr = bad_addr(head_desc->len) & ~15ull;
+                break;
+            default:
+                head_desc->addr = R1_END - 16ull * rn(n); /* runs off region 1 */
+                break;
+            }
+            break;
+        default: /* the table's descriptor: length, NEXT, WRITE */
+            switch (rn(6)) {
+            case 0:
+                head_desc->len = 0;
+                break;
+            case 1:
+                head_desc->len += 1 + rn(15);
+                break;
+            case 2:
+                head_desc->len = 16u * (VBLK_VQ_MAX_INDIRECT + rn(2));
+                break;
+            case 3:
+                head_desc->len = 16u * rn(n + 8); /* shorter (may cut the chain) or longer */
+                break;
+            case 4:
+                head_desc->flags |= VRING_DESC_F_NEXT;
+                break;
+            default:
+                head_desc->flags |= VRING_DESC_F_WRITE;
+                break;
+            }
+            break;
+        }
+    }
+}
+
+#define CHECK(cond, what)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            dump_case(what);                                                                       \
+            fail_msg("case %u: %s", t_case.no, what);                                              \
+        }                                                                                          \
+    } while (0)
+
+static struct result r_fast, r_slow, r_pub;
+
+static void test_fast_agrees_with_slow(void **state)
+{
+    unsigned fast = 0, slow_good = 0, declined = 0, broken = 0;
+
+    for (t_case.no = 0; t_case.no < NCASES; t_case.no++) {
+        const char *diff;
+
+        gen_case();
+        run(W_FAST, t_case.head, t_case.cap, &r_fast);
+        run(W_SLOW, t_case.head, t_case.cap, &r_slow);
+        run(W_PUBLIC, t_case.head, t_case.cap, &r_pub);
+
+        CHECK(!r_fast.broken, "walk_fast set vq->broken");
+        CHECK(r_fast.c.iov == t_iov && r_fast.c.iov_cap == t_case.cap,
+              "walk_fast changed iov or iov_cap");
+        CHECK(r_fast.hit < 0, "walk_fast wrote an iovec at or past iov_cap");
+        CHECK(r_slow.hit < 0, "walk_slow wrote an iovec at or past iov_cap");
+        if (r_fast.ok) {
+            fast++;
+            CHECK(r_slow.rc == 0, "walk_fast accepted, walk_slow returned an error");
+            CHECK(!r_slow.broken, "walk_fast accepted, walk_slow broke the ring");
+            CHECK(r_fast.c.err == 0 && r_fast.c.in_cnt > 0 && r_fast.c.status,
+                  "walk_fast accepted a chain without err 0, a writable part and a status");
+            diff = chain_diff(&r_fast, &r_slow);
+            CHECK(!diff, diff);
+        }
+        /* the public walk ends as the general walk alone does, whatever walk_fast left */
+        CHECK(r_pub.rc == r_slow.rc, "vblk_vq_walk and walk_slow returned differently");
+        CHECK(r_pub.broken == r_slow.broken, "vblk_vq_walk and walk_slow differ on vq->broken");
+        diff = chain_diff(&r_pub, &r_slow);
+        CHECK(!diff, diff);
+        CHECK(r_pub.hit < 0, "vblk_vq_walk wrote an iovec at or past iov_cap");
+
+        if (r_slow.broken)
+            broken++;
+        if (r_slow.rc == 0 && r_slow.c.err == 0) {
+            slow_good++;
+            if (!r_fast.ok)
+                declined++;
+        }
+    }
+    print_message("walk_fast: %u of %u cases on the fast path (%u%%); walk_slow: %u good "
+                  "requests (%u of them declined by walk_fast), %u broke the ring\n",
+                  fast, NCASES, fast * 100 / NCASES, slow_good, declined, broken);
+    assert_true(fast * 5 > NCASES);    /* more than 20% */
+    assert_true(broken * 20 > NCASES); /* the generator reaches the ring errors too */
+}
+
+/* ---- directed cases ---- */
+
+static void directed_queue(void)
+{
+    t_vq.num = 16;
+    t_vq.indirect = true;
+    t_vq.max_desc = VBLK_SEG_MAX + 2;
+    t_vq.max_seg = VBLK_SIZE_MAX;
+    t_case.cap = IOV_BIG;
+    t_case.no = 0;
+    memset(t_g.ring[0].desc, 0, 16u * RING_NUM);
+    t_g.ring[0].next_desc = 0;
+}
+
+/* Both walkers on head; returns whether walk_fast took it (and checks the slow walk agrees). */
+static bool walk_both(uint16_t head)
+{
+    t_case.head = head;
+    run(W_FAST, head, t_case.cap, &r_fast);
+    run(W_SLOW, head, t_case.cap, &r_slow);
+    assert_false(r_fast.broken);
+    assert_true(r_fast.hit < 0);
+    if (r_fast.ok) {
+        assert_int_equal(r_slow.rc, 0);
+        assert_false(r_slow.broken);
+        assert_null(chain_diff(&r_fast, &r_slow));
+    }
+    return r_fast.ok;
+}
+
+static void test_fast_takes_three_descriptors(void **state)
+{
+    uint64_t hdr = fg_alloc(&t_g, 16), data = fg_alloc(&t_g, 512), st = fg_alloc(&t_g, 1);
+    struct fg_seg s[] = {{hdr, 16, false}, {data, 512, true}, {st, 1, true}};
+
+    directed_queue();
+    assert_true(walk_both(fg_chain(&t_g, 0, s, 3)));
+    assert_int_equal(r_fast.c.out_cnt, 1);
+    assert_int_equal(r_fast.c.in_cnt, 2);
+    assert_int_equal(r_fast.c.out_len, 16);
+    assert_int_equal(r_fast.c.in_len, 513);
+    assert_int_equal(r_fast.c.ndesc, 3);
+    assert_ptr_equal(r_fast.iov[0].iov_base, fg_ptr(&t_g, hdr));
+    assert_ptr_equal(r_fast.iov[1].iov_base, fg_ptr(&t_g, data));
+    assert_ptr_equal(r_fast.c.status, fg_ptr(&t_g, st));
+}
+
+static void test_fast_takes_indirect_table(void **state)
+{
+    uint64_t hdr = fg_alloc(&t_g, 16), data = fg_alloc(&t_g, 4096), st = fg_alloc(&t_g, 1);
+    struct fg_seg s[] = {{hdr, 16, false}, {data, 4096, false}, {st, 1, true}};
+
+    directed_queue();
+    assert_true(walk_both(fg_chain_indirect(&t_g, 0, s, 3)));
+    assert_int_equal(r_fast.c.out_cnt, 2);
+    assert_int_equal(r_fast.c.in_cnt, 1);
+    assert_int_equal(r_fast.c.out_len, 16 + 4096);
+    assert_int_equal(r_fast.c.in_len, 1);
+    assert_int_equal(r_fast.c.ndesc, 3);
+    assert_ptr_equal(r_fast.c.status, fg_ptr(&t_g, st));
+}
+
+static void test_fast_declines_loop(void **state)
+{
+    uint64_t buf = fg_alloc(&t_g, 16);
+
+    directed_queue();
+    fg_desc(&t_g, 0, 0, buf, 16, VRING_DESC_F_NEXT, 1);
+    fg_desc(&t_g, 0, 1, buf, 1, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 0);
+    assert_false(walk_both(0));
+    assert_int_equal(r_slow.rc, -EIO);
+    assert_true(r_slow.broken);
+}
+
+static void test_fast_declines_region_crossing(void **state)
+{
+    uint64_t hdr = fg_alloc(&t_g, 16), st = fg_alloc(&t_g, 1);
+    struct fg_seg s[] = {{hdr, 16, false}, {R0_END - 256, 512, true}, {st, 1, true}};
+
+    directed_queue();
+    assert_false(walk_both(fg_chain(&t_g, 0, s, 3)));
+    assert_int_equal(r_slow.rc, 0);
+    assert_int_equal(r_slow.c.err, 0);
+    assert_int_equal(r_slow.c.out_cnt, 1);
+    assert_int_equal(r_slow.c.in_cnt, 3); /* the data in two pieces, then the status */
+    assert_int_equal(r_slow.iov[1].iov_len, 256);
+    assert_int_equal(r_slow.iov[2].iov_len, 256);
+    assert_ptr_equal(r_slow.iov[2].iov_base, t_g.r1);
+    assert_ptr_equal(r_slow.c.status, fg_ptr(&t_g, st));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_fast_takes_three_descriptors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_takes_indirect_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_declines_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_declines_region_crossing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_agrees_with_slow, setup, teardown),
+    };
+
+    return cmocka_run_group_tests_name("walk_fast", tests, NULL, NULL);
+}
