@@ -297,12 +297,6 @@ static void garbage_desc(struct vring_desc *d, unsigned max)
     d->next = (uint16_t)rn(max + 4);
 }
 
-/* Host address of a 16-byte table entry at gpa, NULL if it is not all in one region. */
-static struct vring_desc *entry_at(uint64_t gpa)
-{
-    return vblk_mem_gpa_in(&t_g.mem, gpa, 16);
-}
-
 static unsigned pick(const unsigned *v, unsigned n)
 {
     return v[rn(n)];
@@ -311,11 +305,12 @@ static unsigned pick(const unsigned *v, unsigned n)
 /* Lay out one random case in guest memory and the vq; the chain's descriptors are in d[0..k). */
 static void gen_case(void)
 {
-    static const unsigned small_desc[] = {0, 1, 2, 3, 4, 6, VBLK_SEG_MAX + 2};
+    static const unsigned small_desc[] = {0, 1, 2, 3, 4, 6, VBLK_SEG_MAX + 2, 0xffff};
     static const unsigned small_seg[] = {0, 1, 16, 512, 4096, VBLK_SIZE_MAX};
     static const unsigned small_cap[] = {0, 1, 2, 3, 4, 8, IOV_BIG};
     struct vring_desc *ring = t_g.ring[0].desc;
     struct vring_desc *d[CHAIN_MAX], *head_desc = NULL;
+    struct vring_desc tbl[TBL_MAX]; /* the indirect table, copied to tgpa at the end */
     unsigned idx[RING_NUM];
     unsigned k, nread, n = 0, max;
     bool ind;
@@ -364,8 +359,12 @@ static void gen_case(void)
         unsigned where = rn(100);
 
         n = k + (chance(50) ? rn(4) : 0);
-        if (where < 70)
+        if (where < 60)
             tgpa = t_tbl;
+        else if (where < 65)
+            tgpa = t_tbl + 8; /* 8-aligned only: accepted */
+        else if (where < 70)
+            tgpa = t_tbl + 1 + rn(7); /* misaligned: a ring error */
         else if (where < 80)
             tgpa = R0_END + 0x1000; /* in region 1 */
         else if (where < 90)
@@ -373,7 +372,7 @@ static void gen_case(void)
         else
             tgpa = R1_END - 16ull * n; /* ends where region 1 does */
         for (unsigned i = 0; i < n; i++)
-            garbage_desc(entry_at(tgpa + 16ull * i), n);
+            garbage_desc(&tbl[i], n);
         /* entry 0 first, the others at distinct random places */
         for (unsigned i = 1; i < k; i++) {
             unsigned j = i + rn(n - i), t = idx[i];
@@ -382,7 +381,7 @@ static void gen_case(void)
             idx[j] = t;
         }
         for (unsigned i = 0; i < k; i++)
-            d[i] = entry_at(tgpa + 16ull * idx[i]);
+            d[i] = &tbl[idx[i]];
         t_case.head = (uint16_t)rn(t_vq.num);
         head_desc = &ring[t_case.head];
         head_desc->addr = tgpa;
@@ -477,6 +476,13 @@ static void gen_case(void)
             }
             break;
         }
+    }
+    /* the table where the chain was planned, even if its descriptor now points elsewhere */
+    for (unsigned i = 0; i < n; i++) {
+        void *p = vblk_mem_gpa_in(&t_g.mem, tgpa + 16ull * i, 16);
+
+        if (p)
+            memcpy(p, &tbl[i], 16);
     }
 }
 
@@ -629,6 +635,23 @@ static void test_fast_declines_region_crossing(void **state)
     assert_ptr_equal(r_slow.c.status, fg_ptr(&t_g, st));
 }
 
+/* With max_desc over VBLK_VQ_MAX_INDIRECT, the table's own limit is what refuses it. */
+static void test_fast_declines_oversized_table(void **state)
+{
+    uint64_t tbl = fg_alloc(&t_g, 16ull * (VBLK_VQ_MAX_INDIRECT + 1)), st = fg_alloc(&t_g, 1);
+    struct vring_desc *t = fg_ptr(&t_g, tbl);
+
+    directed_queue();
+    t_vq.max_desc = 0xffff;
+    t[0] = (struct vring_desc){.addr = st, .len = 1, .flags = VRING_DESC_F_WRITE};
+    fg_desc(&t_g, 0, 0, tbl, 16u * VBLK_VQ_MAX_INDIRECT, VRING_DESC_F_INDIRECT, 0);
+    assert_true(walk_both(0)); /* the largest table accepted */
+    fg_desc(&t_g, 0, 0, tbl, 16u * (VBLK_VQ_MAX_INDIRECT + 1), VRING_DESC_F_INDIRECT, 0);
+    assert_false(walk_both(0));
+    assert_int_equal(r_slow.rc, -EIO);
+    assert_true(r_slow.broken);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -636,6 +659,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fast_takes_indirect_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fast_declines_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fast_declines_region_crossing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_declines_oversized_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fast_agrees_with_slow, setup, teardown),
     };
 
