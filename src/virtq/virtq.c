@@ -628,10 +628,110 @@ static inline void pdesc_read(const struct vring_packed_desc *d, struct vring_pa
 }
 
 /*
+ * vqp_pop_slow's common case, as walk_fast is walk_slow's: a good buffer (one indirect
+ * descriptor whose table holds a good chain, or a good chain in the ring) with its counts in
+ * registers.  Each descriptor is read once.  It gives up (false) on anything unusual, with
+ * nothing the caller relies on changed (only iovecs below the chain's cap may be written), and
+ * vqp_pop_slow starts over and decides.  On success it takes the buffer as vqp_pop_slow would.
+ */
+static inline bool vqp_pop_fast(struct vblk_vq *vq, uint16_t *id, struct vblk_chain *c)
+{
+    const struct vblk_mem *m = vq->mem;
+    const struct vblk_mem_region *hint = NULL;
+    const struct vring_packed_desc *table = NULL;
+    struct iovec *iov = c->iov;
+    uint16_t pos = vq->avail_pos;
+    bool wrap = vq->avail_wrap;
+    unsigned n = 0, out_cnt = 0, cap, room, ti = 0, tn = 0, count = 1;
+    uint64_t out_len = 0, in_len = 0;
+    struct vring_packed_desc d, h;
+
+    /* descriptors this buffer may take from the ring: up to the ones not handed back yet */
+    room = dist(vq, lin(vq, vq->used_pos, vq->used_wrap), lin(vq, pos, wrap));
+    if (unlikely(room >= vq->num))
+        return false; /* a full ring (or more in flight than it holds: the slow path decides) */
+    room = vq->num - room;
+    pdesc_read(&vq->pdesc[pos], &h);
+    d = h;
+    cap = c->iov_cap < vq->max_desc ? c->iov_cap : vq->max_desc;
+    if (h.flags & VRING_DESC_F_INDIRECT) {
+        tn = h.len / 16;
+        if (!vq->indirect || (h.flags & VRING_DESC_F_NEXT) || h.len == 0 || (h.len & 15) ||
+            tn > vq->max_desc || tn > VBLK_VQ_MAX_INDIRECT)
+            return false;
+        table = vblk_mem_gpa_in_hint(m, &hint, h.addr, h.len);
+        if (!table || ((uintptr_t)table & 7))
+            return false;
+        if (cap > tn)
+            cap = tn;
+        pdesc_read(&table[0], &d);
+        ti = 1;
+    } else if (cap > room) {
+        cap = room;
+    }
+    for (;;) {
+        void *p;
+
+        if (unlikely(n == cap || (d.flags & VRING_DESC_F_INDIRECT) || d.len - 1u >= vq->max_seg))
+            return false;
+        p = vblk_mem_gpa_in_hint(m, &hint, d.addr, d.len);
+        if (unlikely(!p))
+            return false;
+        iov[n].iov_base = p;
+        iov[n].iov_len = d.len;
+        n++;
+        if (d.flags & VRING_DESC_F_WRITE) {
+            in_len += d.len;
+        } else {
+            if (unlikely(in_len))
+                return false; /* readable after writable */
+            out_cnt++;
+            out_len += d.len;
+        }
+        if (table) {
+            /* a table is used whole, in order; NEXT and id are ignored there */
+            if (ti == tn)
+                break;
+            pdesc_read(&table[ti++], &d);
+            continue;
+        }
+        if (!(d.flags & VRING_DESC_F_NEXT)) {
+            h = d; /* the buffer id is the last descriptor's */
+            break;
+        }
+        if (++pos == vq->num) {
+            pos = 0;
+            wrap = !wrap;
+        }
+        count++;
+        pdesc_read(&vq->pdesc[pos], &d);
+    }
+    if (unlikely(!in_len || h.id >= vq->num || vq->chain_len[h.id]))
+        return false; /* no status byte, or a bad or busy id (the slow path breaks the ring) */
+    vq->chain_len[h.id] = (uint16_t)count;
+    *id = h.id;
+    if (++pos == vq->num) {
+        pos = 0;
+        wrap = !wrap;
+    }
+    vq->avail_pos = pos;
+    vq->avail_wrap = wrap;
+    c->out_cnt = out_cnt;
+    c->in_cnt = n - out_cnt;
+    c->out_len = out_len;
+    c->in_len = in_len;
+    c->ndesc = n;
+    c->err = 0;
+    c->status = (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len - 1;
+    return true;
+}
+
+/*
  * The descriptors after the first need no availability check: the driver makes the first one
  * available last, and our acquire load of its flags (vqp_avail) orders the reads that follow.
  */
-int vblk_vqp_pop(struct vblk_vq *vq, uint16_t *id, struct vblk_chain *c)
+static __attribute__((noinline)) int vqp_pop_slow(struct vblk_vq *vq, uint16_t *id,
+                                                  struct vblk_chain *c)
 {
     uint16_t pos = vq->avail_pos;
     bool wrap = vq->avail_wrap;
@@ -696,6 +796,13 @@ int vblk_vqp_pop(struct vblk_vq *vq, uint16_t *id, struct vblk_chain *c)
 broken:
     vq->broken = true;
     return -EIO;
+}
+
+int vblk_vqp_pop(struct vblk_vq *vq, uint16_t *id, struct vblk_chain *c)
+{
+    if (likely(vqp_pop_fast(vq, id, c)))
+        return 0;
+    return vqp_pop_slow(vq, id, c);
 }
 
 /*
