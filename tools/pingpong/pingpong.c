@@ -9,7 +9,15 @@
  * (read once per round, so each sample includes one clock read, ~20 ns) and prints the
  * percentiles as JSON.
  *
- * usage: vblk-pingpong [--cpus A,B] [--rounds N] (defaults 0,1 and 1000000)
+ * --chain K,R models a ring's layout: A writes K lines, the last (the doorbell) first-read; B
+ * waits for the doorbell, then reads the other K - 1 lines one after another, each line naming
+ * the next (a dependent load, as a ring entry names a descriptor, a descriptor a table and a
+ * table a header), then answers the same way with R lines that A reads in turn.  --chain 1,1
+ * is the plain ping-pong.  A split virtqueue request is about 5,2 (avail index, ring entry,
+ * descriptor, indirect table, header; used index, used element), a packed one 3,1
+ * (descriptor, table, header; descriptor).
+ *
+ * usage: vblk-pingpong [--cpus A,B] [--rounds N] [--chain K,R] (defaults 0,1, 1000000, 1,1)
  */
 #include <errno.h>
 #include <pthread.h>
@@ -20,13 +28,55 @@
 #include <string.h>
 #include <time.h>
 
-static struct {
-    _Alignas(64) volatile uint64_t ball;
-    char pad[56];
-} line;
-_Static_assert(sizeof(line) == 64, "one cache line");
+#define CHAIN_MAX 16
 
+/* One cache line: a value and the index of the next line to read (0: the last). */
+/* 128 bytes: the adjacent-line prefetcher pairs 64-byte lines, so lines share no pair */
+struct line {
+    _Alignas(128) uint64_t v;
+    uint64_t next;
+    char pad[112];
+};
+_Static_assert(sizeof(struct line) == 128, "one cache line pair");
+
+/* fwd[0] and back[0] are the doorbells; --chain 1,1 bounces one line (back is fwd) */
+static struct line fwd_lines[CHAIN_MAX], back_lines[CHAIN_MAX];
+static struct line *fwd = fwd_lines, *back = back_lines;
+static unsigned nfwd = 1, nback = 1;
 static uint64_t rounds = 1000000;
+
+/* Link a chain of k lines (once: the links stay, only the values move). */
+static void link_chain(struct line *l, unsigned k)
+{
+    for (unsigned i = 0; i < k; i++)
+        l[i].next = i + 1 < k ? i + 1 : 0;
+}
+
+/* Write the chain's lines with n, the doorbell last (release: the others are visible first).
+ * One store a line: a second one to the doorbell would race the partner's spinning reads for
+ * the line and cost a transfer more. */
+static void send(struct line *l, unsigned k, uint64_t n)
+{
+    for (unsigned i = k - 1; i > 0; i--)
+        __atomic_store_n(&l[i].v, n, __ATOMIC_RELAXED);
+    __atomic_store_n(&l[0].v, n, __ATOMIC_RELEASE);
+}
+
+/* Wait for the doorbell to say n, then read the other lines, each found from the one before. */
+static void receive(struct line *l, uint64_t n)
+{
+    uint64_t i;
+
+    while (__atomic_load_n(&l[0].v, __ATOMIC_ACQUIRE) != n)
+        __builtin_ia32_pause();
+    for (i = __atomic_load_n(&l[0].next, __ATOMIC_RELAXED); i;
+         i = __atomic_load_n(&l[i].next, __ATOMIC_RELAXED)) {
+        if (i >= CHAIN_MAX || __atomic_load_n(&l[i].v, __ATOMIC_RELAXED) != n) {
+            fprintf(stderr, "vblk-pingpong: line %llu out of order\n", (unsigned long long)i);
+            exit(1);
+        }
+    }
+}
 
 static int pin(int cpu)
 {
@@ -54,9 +104,8 @@ static void *partner(void *arg)
         exit(2);
     }
     for (uint64_t n = 1; n < 2 * rounds + 2; n += 2) {
-        while (__atomic_load_n(&line.ball, __ATOMIC_ACQUIRE) != n)
-            __builtin_ia32_pause();
-        __atomic_store_n(&line.ball, n + 1, __ATOMIC_RELEASE);
+        receive(fwd, n);
+        send(back, nback, n + 1);
     }
     return NULL;
 }
@@ -81,9 +130,19 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--rounds") && i + 1 < argc &&
             (rounds = strtoull(argv[++i], NULL, 10)) > 0)
             continue;
-        fprintf(stderr, "usage: vblk-pingpong [--cpus A,B] [--rounds N]\n");
+        if (!strcmp(argv[i], "--chain") && i + 1 < argc &&
+            sscanf(argv[++i], "%u,%u", &nfwd, &nback) == 2 && nfwd >= 1 && nfwd <= CHAIN_MAX &&
+            nback >= 1 && nback <= CHAIN_MAX)
+            continue;
+        fprintf(stderr,
+                "usage: vblk-pingpong [--cpus A,B] [--rounds N] [--chain K,R] (K, R: 1-%d)\n",
+                CHAIN_MAX);
         return 2;
     }
+    if (nfwd == 1 && nback == 1)
+        back = fwd;
+    link_chain(fwd, nfwd);
+    link_chain(back, nback);
     lat = calloc(rounds, sizeof(*lat));
     if (!lat || pin(cpu[0]) != 0) {
         fprintf(stderr, "vblk-pingpong: %s\n", lat ? "cannot run on that CPU" : strerror(ENOMEM));
@@ -94,17 +153,16 @@ int main(int argc, char **argv)
     for (uint64_t i = 0, n = 1; i < rounds + 1; i++, n += 2) {
         uint64_t t0 = now_ns();
 
-        __atomic_store_n(&line.ball, n, __ATOMIC_RELEASE);
-        while (__atomic_load_n(&line.ball, __ATOMIC_ACQUIRE) != n + 1)
-            __builtin_ia32_pause();
+        send(fwd, nfwd, n);
+        receive(back, n + 1);
         if (i) /* the first round waits for the partner to start */
             lat[i - 1] = now_ns() - t0;
     }
     pthread_join(t, NULL);
     qsort(lat, rounds, sizeof(*lat), cmp);
-    printf("{\"cpus\": [%d, %d], \"rounds\": %llu, \"rtt_ns\": {\"min\": %llu, \"p50\": %llu, "
-           "\"p99\": %llu, \"p999\": %llu}}\n",
-           cpu[0], cpu[1], (unsigned long long)rounds, (unsigned long long)lat[0],
+    printf("{\"cpus\": [%d, %d], \"chain\": [%u, %u], \"rounds\": %llu, \"rtt_ns\": {\"min\": "
+           "%llu, \"p50\": %llu, \"p99\": %llu, \"p999\": %llu}}\n",
+           cpu[0], cpu[1], nfwd, nback, (unsigned long long)rounds, (unsigned long long)lat[0],
            (unsigned long long)lat[rounds / 2], (unsigned long long)lat[rounds * 99 / 100],
            (unsigned long long)lat[rounds * 999 / 1000]);
     free(lat);
