@@ -347,6 +347,43 @@ static inline void chain_status(const struct vblk_vq *vq, struct vblk_chain *c, 
     }
 }
 
+/* The counts of a chain walked by a fast path (kept in registers: locals of the walker). */
+struct fast_counts {
+    unsigned n, out_cnt;
+    uint64_t out_len, in_len;
+};
+
+/*
+ * One descriptor of a good chain, for the fast paths (split and packed): false on anything the
+ * general path must decide (the iovec cap reached, an indirect flag, a length of 0 or over
+ * max_seg, memory outside one region, readable after writable).  Writes only iov[f->n].
+ */
+static inline __attribute__((always_inline)) bool
+fast_seg(const struct vblk_vq *vq, const struct vblk_mem *m, const struct vblk_mem_region **hint,
+         struct iovec *iov, unsigned cap, struct fast_counts *f, uint64_t addr, uint32_t len,
+         uint16_t flags)
+{
+    void *p;
+
+    if (unlikely(f->n == cap || (flags & VRING_DESC_F_INDIRECT) || len - 1u >= vq->max_seg))
+        return false;
+    p = vblk_mem_gpa_in_hint(m, hint, addr, len);
+    if (unlikely(!p))
+        return false;
+    iov[f->n].iov_base = p;
+    iov[f->n].iov_len = len;
+    f->n++;
+    if (flags & VRING_DESC_F_WRITE) {
+        f->in_len += len;
+    } else {
+        if (unlikely(f->in_len))
+            return false; /* readable after writable */
+        f->out_cnt++;
+        f->out_len += len;
+    }
+    return true;
+}
+
 /*
  * The walk of a good chain, the common case, with its counts in registers: the general walk below
  * keeps them in the chain, which the compiler must assume its iovec stores may overwrite.  Each
@@ -361,8 +398,8 @@ static inline bool walk_fast(const struct vblk_vq *vq, uint16_t head, struct vbl
     const struct vblk_mem *m = vq->mem;
     const struct vblk_mem_region *hint = NULL;
     struct iovec *iov = c->iov;
-    unsigned max = vq->num, i = head, n = 0, out_cnt = 0, cap;
-    uint64_t out_len = 0, in_len = 0;
+    unsigned max = vq->num, i = head, cap;
+    struct fast_counts f = {0};
     struct desc_copy d;
 
     if (unlikely(i >= max))
@@ -383,24 +420,8 @@ static inline bool walk_fast(const struct vblk_vq *vq, uint16_t head, struct vbl
     if (cap > max)
         cap = max;
     for (;;) {
-        void *p;
-
-        if (unlikely(n == cap || (d.flags & VRING_DESC_F_INDIRECT) || d.len - 1u >= vq->max_seg))
+        if (unlikely(!fast_seg(vq, m, &hint, iov, cap, &f, d.addr, d.len, d.flags)))
             return false;
-        p = vblk_mem_gpa_in_hint(m, &hint, d.addr, d.len);
-        if (unlikely(!p))
-            return false;
-        iov[n].iov_base = p;
-        iov[n].iov_len = d.len;
-        n++;
-        if (d.flags & VRING_DESC_F_WRITE) {
-            in_len += d.len;
-        } else {
-            if (unlikely(in_len))
-                return false; /* readable after writable */
-            out_cnt++;
-            out_len += d.len;
-        }
         if (!(d.flags & VRING_DESC_F_NEXT))
             break;
         i = d.next;
@@ -408,15 +429,15 @@ static inline bool walk_fast(const struct vblk_vq *vq, uint16_t head, struct vbl
             return false;
         desc_read(&table[i], &d);
     }
-    if (unlikely(!in_len))
+    if (unlikely(!f.in_len))
         return false; /* no writable descriptor: no status byte */
-    c->out_cnt = out_cnt;
-    c->in_cnt = n - out_cnt;
-    c->out_len = out_len;
-    c->in_len = in_len;
-    c->ndesc = n;
+    c->out_cnt = f.out_cnt;
+    c->in_cnt = f.n - f.out_cnt;
+    c->out_len = f.out_len;
+    c->in_len = f.in_len;
+    c->ndesc = f.n;
     c->err = 0;
-    c->status = (uint8_t *)iov[n - 1].iov_base + d.len - 1;
+    c->status = (uint8_t *)iov[f.n - 1].iov_base + d.len - 1;
     return true;
 }
 
@@ -642,8 +663,8 @@ static inline bool vqp_pop_fast(struct vblk_vq *vq, uint16_t *id, struct vblk_ch
     struct iovec *iov = c->iov;
     uint16_t pos = vq->avail_pos;
     bool wrap = vq->avail_wrap;
-    unsigned n = 0, out_cnt = 0, cap, room, ti = 0, tn = 0, count = 1;
-    uint64_t out_len = 0, in_len = 0;
+    unsigned cap, room, ti = 0, tn = 0, count = 1;
+    struct fast_counts f = {0};
     struct vring_packed_desc d, h;
 
     /* descriptors this buffer may take from the ring: up to the ones not handed back yet */
@@ -670,24 +691,8 @@ static inline bool vqp_pop_fast(struct vblk_vq *vq, uint16_t *id, struct vblk_ch
         cap = room;
     }
     for (;;) {
-        void *p;
-
-        if (unlikely(n == cap || (d.flags & VRING_DESC_F_INDIRECT) || d.len - 1u >= vq->max_seg))
+        if (unlikely(!fast_seg(vq, m, &hint, iov, cap, &f, d.addr, d.len, d.flags)))
             return false;
-        p = vblk_mem_gpa_in_hint(m, &hint, d.addr, d.len);
-        if (unlikely(!p))
-            return false;
-        iov[n].iov_base = p;
-        iov[n].iov_len = d.len;
-        n++;
-        if (d.flags & VRING_DESC_F_WRITE) {
-            in_len += d.len;
-        } else {
-            if (unlikely(in_len))
-                return false; /* readable after writable */
-            out_cnt++;
-            out_len += d.len;
-        }
         if (table) {
             /* a table is used whole, in order; NEXT and id are ignored there */
             if (ti == tn)
@@ -706,7 +711,7 @@ static inline bool vqp_pop_fast(struct vblk_vq *vq, uint16_t *id, struct vblk_ch
         count++;
         pdesc_read(&vq->pdesc[pos], &d);
     }
-    if (unlikely(!in_len || h.id >= vq->num || vq->chain_len[h.id]))
+    if (unlikely(!f.in_len || h.id >= vq->num || vq->chain_len[h.id]))
         return false; /* no status byte, or a bad or busy id (the slow path breaks the ring) */
     vq->chain_len[h.id] = (uint16_t)count;
     *id = h.id;
@@ -716,13 +721,13 @@ static inline bool vqp_pop_fast(struct vblk_vq *vq, uint16_t *id, struct vblk_ch
     }
     vq->avail_pos = pos;
     vq->avail_wrap = wrap;
-    c->out_cnt = out_cnt;
-    c->in_cnt = n - out_cnt;
-    c->out_len = out_len;
-    c->in_len = in_len;
-    c->ndesc = n;
+    c->out_cnt = f.out_cnt;
+    c->in_cnt = f.n - f.out_cnt;
+    c->out_len = f.out_len;
+    c->in_len = f.in_len;
+    c->ndesc = f.n;
     c->err = 0;
-    c->status = (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len - 1;
+    c->status = (uint8_t *)iov[f.n - 1].iov_base + iov[f.n - 1].iov_len - 1;
     return true;
 }
 

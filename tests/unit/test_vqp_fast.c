@@ -10,6 +10,9 @@
  *
  * The pop functions are static: this file includes virtq.c itself (the test program's copy of
  * virtq.c's external symbols is the one linked; libvblk's virtq.o is never pulled in).
+ *
+ * The random numbers, guest addresses and lengths, iovec canaries and chain comparison are
+ * chain_check.h's, shared with the other fast-path test.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,48 +28,19 @@
 
 #include "blk/virtio_blk.h"
 #include "fake_guest.h"
+#include "chain_check.h"
 
 #define NCASES    20000
 #define SEED      0x853c49e6748fea9bull
-#define IOV_BIG   (VBLK_SEG_MAX + VBLK_IOV_SLACK)
-#define GUARD     8
 #define TBL_MAX   64
 #define TBL_AREA  (TBL_MAX + 4) /* entries filled with garbage at t_tbl before each case */
 #define CHAIN_MAX 24
 #define NUM_MAX   256
-#define DATA_SIZE (64u << 10)
-#define R0_END    (FG_GPA0 + FG_R0_SIZE) /* region 1 starts here, in another host mapping */
-#define R1_END    (R0_END + FG_R1_SIZE)
 #define RING_NUM  1024 /* the ring laid out in guest memory; each case uses its first vq.num */
 #define ID_POISON 0xbeef
 #define DUMP_MAX  40 /* ring descriptors and table entries shown by dump_case() */
 
-static struct fake_guest t_g;
-static struct vblk_vq t_vq;
 static struct vblk_vq t_vq0; /* the case's starting state, restored before each pop */
-static struct iovec t_iov[IOV_BIG + GUARD];
-static struct vblk_chain t_c;
-static uint64_t t_data, t_tbl; /* data area and indirect table area in region 0 */
-static uint64_t t_rng;
-
-/* xorshift64*: fixed seed, the same cases on every run */
-static uint64_t rnd(void)
-{
-    t_rng ^= t_rng >> 12;
-    t_rng ^= t_rng << 25;
-    t_rng ^= t_rng >> 27;
-    return t_rng * 0x2545f4914f6cdd1dull;
-}
-
-static unsigned rn(unsigned n)
-{
-    return n ? (unsigned)(rnd() % n) : 0;
-}
-
-static bool chance(unsigned pct)
-{
-    return rn(100) < pct;
-}
 
 static int setup(void **state)
 {
@@ -93,31 +67,6 @@ static int teardown(void **state)
 {
     fg_fini(&t_g);
     return 0;
-}
-
-/* ---- the chain and its iovecs, poisoned before each pop ---- */
-
-#define CANARY_BASE ((void *)0x5a5a5a5a5a5a5a5aull)
-#define CANARY_LEN  0xa5a5a5a5a5a5a5a5ull
-
-static void chain_poison(unsigned cap)
-{
-    for (unsigned i = 0; i < IOV_BIG + GUARD; i++) {
-        t_iov[i].iov_base = CANARY_BASE;
-        t_iov[i].iov_len = CANARY_LEN;
-    }
-    memset(&t_c, 0xa5, sizeof(t_c));
-    t_c.iov = t_iov;
-    t_c.iov_cap = cap;
-}
-
-/* Index of the first iovec at or past cap that was written, or -1. */
-static int canary_hit(unsigned cap)
-{
-    for (unsigned i = cap; i < IOV_BIG + GUARD; i++)
-        if (t_iov[i].iov_base != CANARY_BASE || t_iov[i].iov_len != CANARY_LEN)
-            return (int)i;
-    return -1;
 }
 
 /* ---- one pop of each kind, from the same starting state ---- */
@@ -165,36 +114,6 @@ static void run(enum popper p, unsigned cap, struct result *res)
     res->hit = canary_hit(cap);
     res->chain_kept = memcmp(&before, &t_c, sizeof(before)) == 0;
     memcpy(&res->vq, &t_vq, sizeof(res->vq));
-}
-
-/* NULL if a and b hold the same chain, else what differs. */
-static const char *chain_diff(const struct result *a, const struct result *b)
-{
-    unsigned n;
-
-    if (a->c.iov != b->c.iov || a->c.iov_cap != b->c.iov_cap)
-        return "iov/iov_cap";
-    if (a->c.out_cnt != b->c.out_cnt)
-        return "out_cnt";
-    if (a->c.in_cnt != b->c.in_cnt)
-        return "in_cnt";
-    if (a->c.out_len != b->c.out_len)
-        return "out_len";
-    if (a->c.in_len != b->c.in_len)
-        return "in_len";
-    if (a->c.status != b->c.status)
-        return "status";
-    if (a->c.ndesc != b->c.ndesc)
-        return "ndesc";
-    if (a->c.err != b->c.err)
-        return "err";
-    n = a->c.out_cnt + a->c.in_cnt;
-    if (n > IOV_BIG)
-        return "out_cnt + in_cnt over the iovec array";
-    for (unsigned i = 0; i < n; i++)
-        if (a->iov[i].iov_base != b->iov[i].iov_base || a->iov[i].iov_len != b->iov[i].iov_len)
-            return "iov entry";
-    return NULL;
 }
 
 /* NULL if the queues a and b are in the same state, else what differs. */
@@ -256,9 +175,7 @@ static void dump_case(const char *what)
     print_message("  avail %u/%d used %u/%d: %u in flight, room for %u\n", q->avail_pos,
                   q->avail_wrap, q->used_pos, q->used_wrap, t_case.in_flight,
                   q->num - t_case.in_flight);
-    print_message("  regions: [0x%llx, 0x%llx) and [0x%llx, 0x%llx)\n", (unsigned long long)FG_GPA0,
-                  (unsigned long long)R0_END, (unsigned long long)R0_END,
-                  (unsigned long long)R1_END);
+    dump_regions();
     print_message("  busy ids:");
     for (unsigned i = 0; i < q->num; i++)
         if (q->chain_len[i] && shown++ < DUMP_MAX)
@@ -287,66 +204,6 @@ static void dump_case(const char *what)
     dump_result("public", &r_pub);
 }
 
-/* A guest address for a descriptor's contents (nothing is ever read or written there). */
-static uint64_t good_addr(uint32_t len)
-{
-    unsigned k = rn(100);
-
-    if (k < 70 || len >= FG_R1_SIZE)
-        return t_data + rn(DATA_SIZE);
-    if (k < 85)
-        return R0_END + rn(FG_R1_SIZE - len + 1); /* in region 1 */
-    if (k < 93)
-        return R0_END - len; /* ends exactly where region 0 does */
-    return R1_END - len;     /* ends exactly where region 1 does */
-}
-
-static uint64_t bad_addr(uint32_t len)
-{
-    switch (rn(7)) {
-    case 0:
-    case 1:
-    case 2: /* crosses from region 0 into region 1 (when len > 1) */
-        return R0_END - 1 - rn(len > 1 ? len - 1 : 1);
-    case 3:
-        return rn(2) ? 0 : FG_GPA0 - 1 - rn(4096); /* below guest memory */
-    case 4:
-        return R1_END - rn(len < 4096 ? len : 4096); /* runs off the end of region 1 */
-    case 5:
-        return R1_END + rn(1u << 20); /* past guest memory */
-    default:
-        return ~0ull - rn(4096); /* wraps */
-    }
-}
-
-static uint32_t good_len(void)
-{
-    static const uint32_t lens[] = {1, 1, 16, 16, 512, 512, 4096, 4096, 1u << 16};
-    uint32_t len = rn(4) ? lens[rn(ARRAY_SIZE(lens))] : 1 + rn(8192);
-
-    if (len > t_vq.max_seg)
-        len = t_vq.max_seg ? t_vq.max_seg : 1;
-    return len;
-}
-
-static uint32_t bad_len(void)
-{
-    switch (rn(6)) {
-    case 0:
-        return 0;
-    case 1:
-        return t_vq.max_seg + 1;
-    case 2:
-        return t_vq.max_seg; /* the largest accepted */
-    case 3:
-        return 0xffffffffu;
-    case 4:
-        return 0x80000000u;
-    default:
-        return VBLK_SIZE_MAX;
-    }
-}
-
 /* NEXT 1, WRITE 2, INDIRECT 4, and the AVAIL/USED bits (which pop does not look at) */
 static uint16_t rand_flags(void)
 {
@@ -361,22 +218,6 @@ static void garbage_desc(struct vring_packed_desc *d)
     d->len = len;
     d->id = (uint16_t)(chance(80) ? rn(t_vq.num + 4) : rnd());
     d->flags = rand_flags();
-}
-
-static unsigned pick(const unsigned *v, unsigned n)
-{
-    return v[rn(n)];
-}
-
-/* Copy n table entries to tgpa, as much of it as is in guest memory. */
-static void table_write(uint64_t tgpa, const struct vring_packed_desc *tbl, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) {
-        void *p = vblk_mem_gpa_in(&t_g.mem, tgpa + 16ull * i, 16);
-
-        if (p)
-            memcpy(p, &tbl[i], 16);
-    }
 }
 
 /*
@@ -438,21 +279,8 @@ static void gen_case(void)
         for (unsigned i = 0; i < k; i++)
             d[i] = &ring[(avail_pos + i) % num];
     } else {
-        unsigned where = rn(100);
-
         n = k;
-        if (where < 60)
-            tgpa = t_tbl;
-        else if (where < 65)
-            tgpa = t_tbl + 8; /* 8-aligned only: accepted */
-        else if (where < 70)
-            tgpa = t_tbl + 1 + rn(7); /* misaligned: a ring error */
-        else if (where < 80)
-            tgpa = R0_END + 0x1000; /* in region 1 */
-        else if (where < 90)
-            tgpa = R0_END - 16ull * n; /* ends where region 0 does */
-        else
-            tgpa = R1_END - 16ull * n; /* ends where region 1 does */
+        tgpa = table_gpa(rn(100), n);
         for (unsigned i = 0; i < n; i++)
             d[i] = &tbl[i];
         head_desc = &ring[avail_pos];
@@ -573,49 +401,21 @@ static void gen_case(void)
             }
             break;
         case 10: /* the table's address */
-            switch (rn(5)) {
-            case 0:
-                head_desc->addr += 1 + rn(7); /* misaligned (not a multiple of 8) */
-                break;
-            case 1:
-                head_desc->addr += 8; /* 8-aligned only: accepted */
-                break;
-            case 2:
-                head_desc->addr = R0_END - 16ull * (1 + rn(n)); /* may cross into region 1 */
-                break;
-            case 3:
-                head_desc->addr = bad_addr(head_desc->len) & ~15ull;
-                break;
-            default:
-                head_desc->addr = R1_END - 16ull * rn(n); /* runs off region 1 */
-                break;
-            }
+            head_desc->addr = table_addr_broken(head_desc->addr, head_desc->len, n);
             break;
-        default: /* the table's descriptor: length, NEXT, WRITE */
-            switch (rn(7)) {
-            case 0:
-                head_desc->len = 0;
-                break;
-            case 1:
-                head_desc->len += 1 + rn(15); /* not a multiple of 16 */
-                break;
-            case 2:
-                head_desc->len = 16u * (VBLK_VQ_MAX_INDIRECT + rn(2));
-                break;
-            case 3:
-                head_desc->len = 16u * rn(n + 8); /* shorter or longer than the table */
-                break;
-            case 4:
+        default: { /* the table's descriptor: length, NEXT, WRITE */
+            unsigned w = rn(7);
+
+            if (w < 4)
+                head_desc->len = table_len_broken(w, head_desc->len, n);
+            else if (w == 4)
                 head_desc->len = 16u * (t_vq.max_desc + rn(2)); /* at or over max_desc */
-                break;
-            case 5:
+            else if (w == 5)
                 head_desc->flags |= VRING_DESC_F_NEXT;
-                break;
-            default:
+            else
                 head_desc->flags |= VRING_DESC_F_WRITE;
-                break;
-            }
             break;
+        }
         }
     }
     /* the table where the buffer was planned, even if its descriptor now points elsewhere */
@@ -651,14 +451,6 @@ static void gen_case(void)
     memcpy(&t_vq0, &t_vq, sizeof(t_vq0));
 }
 
-#define CHECK(cond, what)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            dump_case(what);                                                                       \
-            fail_msg("case %u: %s", t_case.no, what);                                              \
-        }                                                                                          \
-    } while (0)
-
 /* Steps from the starting avail position to q's. */
 static unsigned avail_moved(const struct vblk_vq *q)
 {
@@ -687,7 +479,7 @@ static void check_case(void)
         CHECK(r_fast.c.err == 0 && r_fast.c.in_cnt > 0 && r_fast.c.status,
               "vqp_pop_fast took a buffer without err 0, a writable part and a status");
         CHECK(r_fast.id == r_slow.id, "vqp_pop_fast and vqp_pop_slow differ on the buffer id");
-        diff = chain_diff(&r_fast, &r_slow);
+        diff = chain_diff(&r_fast.c, r_fast.iov, &r_slow.c, r_slow.iov);
         CHECK(!diff, diff);
         diff = vq_diff(&r_fast.vq, &r_slow.vq);
         CHECK(!diff, diff);
@@ -714,7 +506,7 @@ static void check_case(void)
     /* the public pop ends as the general pop alone does, whatever vqp_pop_fast left */
     CHECK(r_pub.rc == r_slow.rc, "vblk_vqp_pop and vqp_pop_slow returned differently");
     CHECK(r_pub.id == r_slow.id, "vblk_vqp_pop and vqp_pop_slow differ on the buffer id");
-    diff = chain_diff(&r_pub, &r_slow);
+    diff = chain_diff(&r_pub.c, r_pub.iov, &r_slow.c, r_slow.iov);
     CHECK(!diff, diff);
     diff = vq_diff(&r_pub.vq, &r_slow.vq);
     CHECK(!diff, diff);

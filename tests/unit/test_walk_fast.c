@@ -8,6 +8,9 @@
  *
  * The walker's functions are static: this file includes virtq.c itself (the test program's copy
  * of virtq.c's external symbols is the one linked; libvblk's virtq.o is never pulled in).
+ *
+ * The random numbers, guest addresses and lengths, iovec canaries and chain comparison are
+ * chain_check.h's, shared with the other fast-path test.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,43 +25,13 @@
 
 #include "blk/virtio_blk.h"
 #include "fake_guest.h"
+#include "chain_check.h"
 
 #define NCASES    20000
 #define SEED      0x9e3779b97f4a7c15ull
-#define IOV_BIG   (VBLK_SEG_MAX + VBLK_IOV_SLACK)
-#define GUARD     8
 #define TBL_MAX   64
 #define CHAIN_MAX 20
-#define DATA_SIZE (64u << 10)
-#define R0_END    (FG_GPA0 + FG_R0_SIZE) /* region 1 starts here, in another host mapping */
-#define R1_END    (R0_END + FG_R1_SIZE)
 #define RING_NUM  1024 /* the ring laid out in guest memory; each case uses its first vq.num */
-
-static struct fake_guest t_g;
-static struct vblk_vq t_vq;
-static struct iovec t_iov[IOV_BIG + GUARD];
-static struct vblk_chain t_c;
-static uint64_t t_data, t_tbl; /* data area and indirect table area in region 0 */
-static uint64_t t_rng;
-
-/* xorshift64*: fixed seed, the same cases on every run */
-static uint64_t rnd(void)
-{
-    t_rng ^= t_rng >> 12;
-    t_rng ^= t_rng << 25;
-    t_rng ^= t_rng >> 27;
-    return t_rng * 0x2545f4914f6cdd1dull;
-}
-
-static unsigned rn(unsigned n)
-{
-    return n ? (unsigned)(rnd() % n) : 0;
-}
-
-static bool chance(unsigned pct)
-{
-    return rn(100) < pct;
-}
 
 static int setup(void **state)
 {
@@ -83,31 +56,6 @@ static int teardown(void **state)
 {
     fg_fini(&t_g);
     return 0;
-}
-
-/* ---- the chain and its iovecs, poisoned before each walk ---- */
-
-#define CANARY_BASE ((void *)0x5a5a5a5a5a5a5a5aull)
-#define CANARY_LEN  0xa5a5a5a5a5a5a5a5ull
-
-static void chain_poison(unsigned cap)
-{
-    for (unsigned i = 0; i < IOV_BIG + GUARD; i++) {
-        t_iov[i].iov_base = CANARY_BASE;
-        t_iov[i].iov_len = CANARY_LEN;
-    }
-    memset(&t_c, 0xa5, sizeof(t_c));
-    t_c.iov = t_iov;
-    t_c.iov_cap = cap;
-}
-
-/* Index of the first iovec at or past cap that was written, or -1. */
-static int canary_hit(unsigned cap)
-{
-    for (unsigned i = cap; i < IOV_BIG + GUARD; i++)
-        if (t_iov[i].iov_base != CANARY_BASE || t_iov[i].iov_len != CANARY_LEN)
-            return (int)i;
-    return -1;
 }
 
 /* ---- one walk of each kind ---- */
@@ -148,36 +96,6 @@ static void run(enum walker w, uint16_t head, unsigned cap, struct result *res)
     t_vq.broken = false;
 }
 
-/* NULL if a and b hold the same chain, else what differs. */
-static const char *chain_diff(const struct result *a, const struct result *b)
-{
-    unsigned n;
-
-    if (a->c.iov != b->c.iov || a->c.iov_cap != b->c.iov_cap)
-        return "iov/iov_cap";
-    if (a->c.out_cnt != b->c.out_cnt)
-        return "out_cnt";
-    if (a->c.in_cnt != b->c.in_cnt)
-        return "in_cnt";
-    if (a->c.out_len != b->c.out_len)
-        return "out_len";
-    if (a->c.in_len != b->c.in_len)
-        return "in_len";
-    if (a->c.status != b->c.status)
-        return "status";
-    if (a->c.ndesc != b->c.ndesc)
-        return "ndesc";
-    if (a->c.err != b->c.err)
-        return "err";
-    n = a->c.out_cnt + a->c.in_cnt;
-    if (n > IOV_BIG)
-        return "out_cnt + in_cnt over the iovec array";
-    for (unsigned i = 0; i < n; i++)
-        if (a->iov[i].iov_base != b->iov[i].iov_base || a->iov[i].iov_len != b->iov[i].iov_len)
-            return "iov entry";
-    return NULL;
-}
-
 /* ---- random cases ---- */
 
 struct tcase {
@@ -203,9 +121,7 @@ static void dump_case(const char *what)
     print_message("case %u: %s\n", t_case.no, what);
     print_message("  vq.num %u indirect %d max_desc %u max_seg %u; head %u iov_cap %u\n", t_vq.num,
                   t_vq.indirect, t_vq.max_desc, t_vq.max_seg, t_case.head, t_case.cap);
-    print_message("  regions: [0x%llx, 0x%llx) and [0x%llx, 0x%llx)\n", (unsigned long long)FG_GPA0,
-                  (unsigned long long)R0_END, (unsigned long long)R0_END,
-                  (unsigned long long)R1_END);
+    dump_regions();
     for (unsigned i = 0; i < t_vq.num; i++)
         dump_desc("ring", i, &ring[i]);
     if (t_case.head < t_vq.num && (ring[t_case.head].flags & VRING_DESC_F_INDIRECT)) {
@@ -222,66 +138,6 @@ static void dump_case(const char *what)
     }
 }
 
-/* A guest address for a descriptor's contents (nothing is ever read or written there). */
-static uint64_t good_addr(uint32_t len)
-{
-    unsigned k = rn(100);
-
-    if (k < 70 || len >= FG_R1_SIZE)
-        return t_data + rn(DATA_SIZE);
-    if (k < 85)
-        return R0_END + rn(FG_R1_SIZE - len + 1); /* in region 1 */
-    if (k < 93)
-        return R0_END - len; /* ends exactly where region 0 does */
-    return R1_END - len;     /* ends exactly where region 1 does */
-}
-
-static uint64_t bad_addr(uint32_t len)
-{
-    switch (rn(7)) {
-    case 0:
-    case 1:
-    case 2: /* crosses from region 0 into region 1 (when len > 1) */
-        return R0_END - 1 - rn(len > 1 ? len - 1 : 1);
-    case 3:
-        return rn(2) ? 0 : FG_GPA0 - 1 - rn(4096); /* below guest memory */
-    case 4:
-        return R1_END - rn(len < 4096 ? len : 4096); /* runs off the end of region 1 */
-    case 5:
-        return R1_END + rn(1u << 20); /* past guest memory */
-    default:
-        return ~0ull - rn(4096); /* wraps */
-    }
-}
-
-static uint32_t good_len(void)
-{
-    static const uint32_t lens[] = {1, 1, 16, 16, 512, 512, 4096, 4096, 1u << 16};
-    uint32_t len = rn(4) ? lens[rn(ARRAY_SIZE(lens))] : 1 + rn(8192);
-
-    if (len > t_vq.max_seg)
-        len = t_vq.max_seg ? t_vq.max_seg : 1;
-    return len;
-}
-
-static uint32_t bad_len(void)
-{
-    switch (rn(6)) {
-    case 0:
-        return 0;
-    case 1:
-        return t_vq.max_seg + 1;
-    case 2:
-        return t_vq.max_seg; /* the largest accepted */
-    case 3:
-        return 0xffffffffu;
-    case 4:
-        return 0x80000000u;
-    default:
-        return VBLK_SIZE_MAX;
-    }
-}
-
 static uint16_t rand_flags(void)
 {
     return (uint16_t)rn(8); /* NEXT 1, WRITE 2, INDIRECT 4 */
@@ -295,11 +151,6 @@ static void garbage_desc(struct vring_desc *d, unsigned max)
     d->len = len;
     d->flags = rand_flags();
     d->next = (uint16_t)rn(max + 4);
-}
-
-static unsigned pick(const unsigned *v, unsigned n)
-{
-    return v[rn(n)];
 }
 
 /* Lay out one random case in guest memory and the vq; the chain's descriptors are in d[0..k). */
@@ -359,18 +210,7 @@ static void gen_case(void)
         unsigned where = rn(100);
 
         n = k + (chance(50) ? rn(4) : 0);
-        if (where < 60)
-            tgpa = t_tbl;
-        else if (where < 65)
-            tgpa = t_tbl + 8; /* 8-aligned only: accepted */
-        else if (where < 70)
-            tgpa = t_tbl + 1 + rn(7); /* misaligned: a ring error */
-        else if (where < 80)
-            tgpa = R0_END + 0x1000; /* in region 1 */
-        else if (where < 90)
-            tgpa = R0_END - 16ull * n; /* ends where region 0 does */
-        else
-            tgpa = R1_END - 16ull * n; /* ends where region 1 does */
+        tgpa = table_gpa(where, n);
         for (unsigned i = 0; i < n; i++)
             garbage_desc(&tbl[i], n);
         /* entry 0 first, the others at distinct random places */
@@ -435,64 +275,24 @@ static void gen_case(void)
             }
             break;
         case 7: /* the table's address */
-            switch (rn(5)) {
-            case 0:
-                head_desc->addr += 1 + rn(7); /* misaligned (not a multiple of 8) */
-                break;
-            case 1:
-                head_desc->addr += 8; /* 8-aligned only: accepted */
-                break;
-            case 2:
-                head_desc->addr = R0_END - 16ull * (1 + rn(n)); /* may cross into region 1 */
-                break;
-            case 3:
-                head_desc->addr = bad_addr(head_desc->len) & ~15ull;
-                break;
-            default:
-                head_desc->addr = R1_END - 16ull * rn(n); /* runs off region 1 */
-                break;
-            }
+            head_desc->addr = table_addr_broken(head_desc->addr, head_desc->len, n);
             break;
-        default: /* the table's descriptor: length, NEXT, WRITE */
-            switch (rn(6)) {
-            case 0:
-                head_desc->len = 0;
-                break;
-            case 1:
-                head_desc->len += 1 + rn(15);
-                break;
-            case 2:
-                head_desc->len = 16u * (VBLK_VQ_MAX_INDIRECT + rn(2));
-                break;
-            case 3:
-                head_desc->len = 16u * rn(n + 8); /* shorter (may cut the chain) or longer */
-                break;
-            case 4:
+        default: { /* the table's descriptor: length, NEXT, WRITE */
+            unsigned w = rn(6);
+
+            if (w < 4) /* a shorter table may cut the chain */
+                head_desc->len = table_len_broken(w, head_desc->len, n);
+            else if (w == 4)
                 head_desc->flags |= VRING_DESC_F_NEXT;
-                break;
-            default:
+            else
                 head_desc->flags |= VRING_DESC_F_WRITE;
-                break;
-            }
             break;
+        }
         }
     }
     /* the table where the chain was planned, even if its descriptor now points elsewhere */
-    for (unsigned i = 0; i < n; i++) {
-        void *p = vblk_mem_gpa_in(&t_g.mem, tgpa + 16ull * i, 16);
-
-        if (p)
-            memcpy(p, &tbl[i], 16);
-    }
+    table_write(tgpa, tbl, n);
 }
-
-#define CHECK(cond, what)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            dump_case(what);                                                                       \
-            fail_msg("case %u: %s", t_case.no, what);                                              \
-        }                                                                                          \
-    } while (0)
 
 static struct result r_fast, r_slow, r_pub;
 
@@ -519,13 +319,13 @@ static void test_fast_agrees_with_slow(void **state)
             CHECK(!r_slow.broken, "walk_fast accepted, walk_slow broke the ring");
             CHECK(r_fast.c.err == 0 && r_fast.c.in_cnt > 0 && r_fast.c.status,
                   "walk_fast accepted a chain without err 0, a writable part and a status");
-            diff = chain_diff(&r_fast, &r_slow);
+            diff = chain_diff(&r_fast.c, r_fast.iov, &r_slow.c, r_slow.iov);
             CHECK(!diff, diff);
         }
         /* the public walk ends as the general walk alone does, whatever walk_fast left */
         CHECK(r_pub.rc == r_slow.rc, "vblk_vq_walk and walk_slow returned differently");
         CHECK(r_pub.broken == r_slow.broken, "vblk_vq_walk and walk_slow differ on vq->broken");
-        diff = chain_diff(&r_pub, &r_slow);
+        diff = chain_diff(&r_pub.c, r_pub.iov, &r_slow.c, r_slow.iov);
         CHECK(!diff, diff);
         CHECK(r_pub.hit < 0, "vblk_vq_walk wrote an iovec at or past iov_cap");
 
@@ -569,7 +369,7 @@ static bool walk_both(uint16_t head)
     if (r_fast.ok) {
         assert_int_equal(r_slow.rc, 0);
         assert_false(r_slow.broken);
-        assert_null(chain_diff(&r_fast, &r_slow));
+        assert_null(chain_diff(&r_fast.c, r_fast.iov, &r_slow.c, r_slow.iov));
     }
     return r_fast.ok;
 }
