@@ -384,6 +384,44 @@ fast_seg(const struct vblk_vq *vq, const struct vblk_mem *m, const struct vblk_m
     return true;
 }
 
+/* A fast path's good chain, handed over: its status byte is the last byte of its last segment
+ * (iov[f->n - 1], of last_len bytes). */
+static inline __attribute__((always_inline)) void fast_done(struct vblk_chain *c,
+                                                            const struct fast_counts *f,
+                                                            const struct iovec *iov,
+                                                            uint32_t last_len)
+{
+    c->out_cnt = f->out_cnt;
+    c->in_cnt = f->n - f->out_cnt;
+    c->out_len = f->out_len;
+    c->in_len = f->in_len;
+    c->ndesc = f->n;
+    c->err = 0;
+    c->status = (uint8_t *)iov[f->n - 1].iov_base + last_len - 1;
+}
+
+/*
+ * An indirect descriptor's table, for the fast paths (split and packed tables alike: 16-byte
+ * entries, 8-byte aligned): NULL on anything the general path must decide (no indirect feature,
+ * NEXT beside it, a length of 0 or not a multiple of 16, more entries than max_desc or
+ * VBLK_VQ_MAX_INDIRECT, memory outside one region, misaligned).  *n: its entries.
+ */
+static inline __attribute__((always_inline)) const void *
+fast_table(const struct vblk_vq *vq, const struct vblk_mem *m, const struct vblk_mem_region **hint,
+           uint64_t addr, uint32_t len, uint16_t flags, unsigned *n)
+{
+    const void *table;
+
+    *n = len / 16;
+    if (!vq->indirect || (flags & VRING_DESC_F_NEXT) || len == 0 || (len & 15) ||
+        *n > vq->max_desc || *n > VBLK_VQ_MAX_INDIRECT)
+        return NULL;
+    table = vblk_mem_gpa_in_hint(m, hint, addr, len);
+    if (!table || ((uintptr_t)table & 7))
+        return NULL;
+    return table;
+}
+
 /*
  * The walk of a good chain, the common case, with its counts in registers: the general walk below
  * keeps them in the chain, which the compiler must assume its iovec stores may overwrite.  Each
@@ -406,12 +444,8 @@ static inline bool walk_fast(const struct vblk_vq *vq, uint16_t head, struct vbl
         return false;
     desc_read(&table[i], &d);
     if (d.flags & VRING_DESC_F_INDIRECT) {
-        max = d.len / 16;
-        if (!vq->indirect || (d.flags & VRING_DESC_F_NEXT) || d.len == 0 || (d.len & 15) ||
-            max > vq->max_desc || max > VBLK_VQ_MAX_INDIRECT)
-            return false;
-        table = vblk_mem_gpa_in_hint(m, &hint, d.addr, d.len);
-        if (!table || ((uintptr_t)table & 7))
+        table = fast_table(vq, m, &hint, d.addr, d.len, d.flags, &max);
+        if (!table)
             return false;
         i = 0;
         desc_read(&table[0], &d);
@@ -431,13 +465,7 @@ static inline bool walk_fast(const struct vblk_vq *vq, uint16_t head, struct vbl
     }
     if (unlikely(!f.in_len))
         return false; /* no writable descriptor: no status byte */
-    c->out_cnt = f.out_cnt;
-    c->in_cnt = f.n - f.out_cnt;
-    c->out_len = f.out_len;
-    c->in_len = f.in_len;
-    c->ndesc = f.n;
-    c->err = 0;
-    c->status = (uint8_t *)iov[f.n - 1].iov_base + d.len - 1;
+    fast_done(c, &f, iov, d.len);
     return true;
 }
 
@@ -648,6 +676,20 @@ static inline void pdesc_read(const struct vring_packed_desc *d, struct vring_pa
     out->flags = (uint16_t)(w1 >> 48);
 }
 
+/* Take buffer id, whose last of count ring descriptors is at pos (lap wrap): the driver's next
+ * buffer starts after it. */
+static inline void vqp_take(struct vblk_vq *vq, uint16_t id, unsigned count, uint16_t pos,
+                            bool wrap)
+{
+    vq->chain_len[id] = (uint16_t)count;
+    if (++pos == vq->num) {
+        pos = 0;
+        wrap = !wrap;
+    }
+    vq->avail_pos = pos;
+    vq->avail_wrap = wrap;
+}
+
 /*
  * vqp_pop_slow's common case, as walk_fast is walk_slow's: a good buffer (one indirect
  * descriptor whose table holds a good chain, or a good chain in the ring) with its counts in
@@ -676,12 +718,8 @@ static inline bool vqp_pop_fast(struct vblk_vq *vq, uint16_t *id, struct vblk_ch
     d = h;
     cap = c->iov_cap < vq->max_desc ? c->iov_cap : vq->max_desc;
     if (h.flags & VRING_DESC_F_INDIRECT) {
-        tn = h.len / 16;
-        if (!vq->indirect || (h.flags & VRING_DESC_F_NEXT) || h.len == 0 || (h.len & 15) ||
-            tn > vq->max_desc || tn > VBLK_VQ_MAX_INDIRECT)
-            return false;
-        table = vblk_mem_gpa_in_hint(m, &hint, h.addr, h.len);
-        if (!table || ((uintptr_t)table & 7))
+        table = fast_table(vq, m, &hint, h.addr, h.len, h.flags, &tn);
+        if (!table)
             return false;
         if (cap > tn)
             cap = tn;
@@ -713,21 +751,9 @@ static inline bool vqp_pop_fast(struct vblk_vq *vq, uint16_t *id, struct vblk_ch
     }
     if (unlikely(!f.in_len || h.id >= vq->num || vq->chain_len[h.id]))
         return false; /* no status byte, or a bad or busy id (the slow path breaks the ring) */
-    vq->chain_len[h.id] = (uint16_t)count;
+    vqp_take(vq, h.id, count, pos, wrap);
     *id = h.id;
-    if (++pos == vq->num) {
-        pos = 0;
-        wrap = !wrap;
-    }
-    vq->avail_pos = pos;
-    vq->avail_wrap = wrap;
-    c->out_cnt = f.out_cnt;
-    c->in_cnt = f.n - f.out_cnt;
-    c->out_len = f.out_len;
-    c->in_len = f.in_len;
-    c->ndesc = f.n;
-    c->err = 0;
-    c->status = (uint8_t *)iov[f.n - 1].iov_base + iov[f.n - 1].iov_len - 1;
+    fast_done(c, &f, iov, (uint32_t)iov[f.n - 1].iov_len);
     return true;
 }
 
@@ -787,14 +813,8 @@ static __attribute__((noinline)) int vqp_pop_slow(struct vblk_vq *vq, uint16_t *
     /* the buffer id is the last descriptor's; one buffer in flight per id */
     if (unlikely(d.id >= vq->num || vq->chain_len[d.id]))
         goto broken;
-    vq->chain_len[d.id] = (uint16_t)count;
+    vqp_take(vq, d.id, count, pos, wrap);
     *id = d.id;
-    if (++pos == vq->num) {
-        pos = 0;
-        wrap = !wrap;
-    }
-    vq->avail_pos = pos;
-    vq->avail_wrap = wrap;
     chain_status(vq, c, status_gpa, status_len);
     return 0;
 
