@@ -9,8 +9,8 @@
  * (read once per round, so each sample includes one clock read, ~20 ns) and prints the
  * percentiles as JSON.
  *
- * --chain K,R models a ring's layout: A writes K lines, the last (the doorbell) first-read; B
- * waits for the doorbell, then reads the other K - 1 lines one after another, each line naming
+ * --chain K,R models a ring's layout: A writes K lines, line 0 (the doorbell) last; B waits
+ * for the doorbell, then reads the other K - 1 lines one after another, each line naming
  * the next (a dependent load, as a ring entry names a descriptor, a descriptor a table and a
  * table a header), then answers the same way with R lines that A reads in turn.  --chain 1,1
  * is the plain ping-pong.  A split virtqueue request is about 5,2 (avail index, ring entry,
@@ -30,8 +30,8 @@
 
 #define CHAIN_MAX 16
 
-/* One cache line: a value and the index of the next line to read (0: the last). */
-/* 128 bytes: the adjacent-line prefetcher pairs 64-byte lines, so lines share no pair */
+/* One line: a value and the index of the next line to read (0: the last).  128 bytes: the
+ * adjacent-line prefetcher pairs 64-byte lines, so no two of ours share a pair. */
 struct line {
     _Alignas(128) uint64_t v;
     uint64_t next;
